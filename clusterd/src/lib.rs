@@ -1,1 +1,4 @@
+pub mod auth;
 pub mod config;
+pub mod model;
+pub mod raft;

@@ -1,0 +1,927 @@
+//! The replicated cluster model: what every node agrees on through Raft.
+//!
+//! This module owns the cluster state (members, floating addresses and their owners, per-node
+//! admin state, the bounded event history), the commands that are Raft log entries, and `apply`,
+//! which turns one command into the next state. It is pure: no IO, no tokio, no clock reads.
+//! Every timestamp arrives inside a command, stamped by the node that proposed it, so every
+//! replica computes the same state from the same log.
+//!
+//! Members come from Raft's own membership log entries (`set_membership`); the model keeps a copy
+//! so that planners and `status` can reason about names and roles without reaching into openraft.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub use crate::config::Role;
+
+/// Raft node id. Operators only ever see names; the id is derived from the name.
+pub type NodeId = u64;
+
+/// The stable Raft node id of a member name: the first 8 bytes of SHA-256 of the name.
+///
+/// Deriving the id from the name means every node computes the same id for a peer from its
+/// config alone, with nothing numeric for operators to keep in step.
+pub fn node_id(name: &str) -> NodeId {
+    let digest = Sha256::digest(name.as_bytes());
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(bytes)
+}
+
+/// A cluster member as stored in Raft membership: how to reach it and what it may do.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Unique member name, e.g. `mx1`.
+    pub name: String,
+    /// `host:port` of its peer and admin API.
+    pub addr: String,
+    /// Whether it may hold addresses (`mail`) or only votes (`witness`).
+    pub role: Role,
+}
+
+impl fmt::Display for Member {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.name, self.addr)
+    }
+}
+
+/// A floating address as declared in config: identical on every node.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct AddressSpec {
+    /// `ip/prefix`, e.g. `192.0.2.101/24`; the key of the address everywhere.
+    pub ip: String,
+    /// Interface the address is configured on.
+    pub interface: String,
+    /// The member that holds it when all is well.
+    pub home: String,
+    /// Services (check names) the owner must pass.
+    pub services: Vec<String>,
+}
+
+/// Operator-set state of a node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminState {
+    /// Takes part normally.
+    #[default]
+    Active,
+    /// Keeps running and voting but should hold no addresses.
+    Drained,
+}
+
+impl fmt::Display for AdminState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AdminState::Active => "active",
+            AdminState::Drained => "drained",
+        })
+    }
+}
+
+/// A member as the state machine knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberState {
+    /// `host:port` of its API.
+    pub addr: String,
+    /// Mail node or witness.
+    pub role: Role,
+    /// Voter (true) or learner (false).
+    pub voter: bool,
+    /// Operator-set admin state.
+    pub admin: AdminState,
+}
+
+/// A floating address and who serves it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressState {
+    /// The declared address.
+    pub spec: AddressSpec,
+    /// Current owner, if assigned.
+    pub owner: Option<String>,
+    /// Assignment epoch (fencing token), increases with every change of owner.
+    pub epoch: u64,
+    /// When the current owner was assigned (unix ms), if assigned.
+    pub since_ms: Option<u64>,
+}
+
+/// What a node reported as its configured address set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Declared {
+    /// The node's declared addresses, sorted by ip.
+    pub addresses: Vec<AddressSpec>,
+    /// When it reported them (unix ms).
+    pub at_ms: u64,
+}
+
+/// One entry of the replicated history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Sequence number, increasing by one per event over the life of the cluster.
+    pub seq: u64,
+    /// When it happened (unix ms, from the proposing node's clock).
+    pub at_ms: u64,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+/// The kinds of history events, each with the facts an operator needs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventKind {
+    /// A node became Raft leader.
+    LeaderElected {
+        /// The new leader.
+        node: String,
+        /// Its term.
+        term: u64,
+    },
+    /// Raft membership changed.
+    MembershipChanged {
+        /// Voters after the change.
+        voters: Vec<String>,
+        /// Learners after the change.
+        learners: Vec<String>,
+    },
+    /// The declared address set in the cluster state changed.
+    AddressesChanged {
+        /// Addresses added.
+        added: Vec<String>,
+        /// Addresses removed.
+        removed: Vec<String>,
+        /// Addresses whose interface, home or services changed.
+        changed: Vec<String>,
+        /// The node whose config was applied (the leader at the time).
+        by: String,
+    },
+    /// A node's declared address set differs from the cluster's.
+    DeclarationDiffers {
+        /// The node.
+        node: String,
+        /// What differs, for humans.
+        detail: String,
+    },
+    /// An operator changed a node's admin state.
+    AdminChanged {
+        /// The node.
+        node: String,
+        /// The new state.
+        state: AdminState,
+        /// Who asked (node the request came through).
+        by: String,
+    },
+    /// A note written by an operator.
+    Note {
+        /// Node the note was written through.
+        by: String,
+        /// The text.
+        text: String,
+    },
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EventKind::LeaderElected { node, term } => {
+                write!(f, "{node} became leader in term {term}")
+            }
+            EventKind::MembershipChanged { voters, learners } => {
+                write!(f, "membership: voters [{}]", voters.join(", "))?;
+                if !learners.is_empty() {
+                    write!(f, ", learners [{}]", learners.join(", "))?;
+                }
+                Ok(())
+            }
+            EventKind::AddressesChanged {
+                added,
+                removed,
+                changed,
+                by,
+            } => {
+                write!(f, "addresses from {by}'s config:")?;
+                for (label, list) in [("added", added), ("removed", removed), ("changed", changed)]
+                {
+                    if !list.is_empty() {
+                        write!(f, " {label} {}", list.join(", "))?;
+                    }
+                }
+                Ok(())
+            }
+            EventKind::DeclarationDiffers { node, detail } => {
+                write!(f, "{node} declares different addresses: {detail}")
+            }
+            EventKind::AdminChanged { node, state, by } => {
+                write!(f, "{node} set {state} (via {by})")
+            }
+            EventKind::Note { by, text } => write!(f, "note (via {by}): {text}"),
+        }
+    }
+}
+
+/// A Raft log entry's payload: everything that changes the cluster state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Command {
+    /// Proposed by a node right after it became leader.
+    LeaderElected {
+        /// The leader.
+        node: String,
+        /// Its term.
+        term: u64,
+        /// Unix ms.
+        at_ms: u64,
+    },
+    /// Proposed by the leader when Raft membership differs from the last recorded one.
+    RecordMembership {
+        /// Unix ms.
+        at_ms: u64,
+    },
+    /// The leader reconciles the cluster's address set to its own config.
+    SetAddresses {
+        /// The leader.
+        by: String,
+        /// The full declared set.
+        addresses: Vec<AddressSpec>,
+        /// Unix ms.
+        at_ms: u64,
+    },
+    /// A node reports its configured address set.
+    Declare {
+        /// The reporting node.
+        node: String,
+        /// Its configured addresses.
+        addresses: Vec<AddressSpec>,
+        /// Unix ms.
+        at_ms: u64,
+    },
+    /// Operator sets a node's admin state.
+    SetAdmin {
+        /// The node.
+        node: String,
+        /// The new state.
+        state: AdminState,
+        /// The node the request came through.
+        by: String,
+        /// Unix ms.
+        at_ms: u64,
+    },
+    /// Operator note in the history.
+    Note {
+        /// The node the request came through.
+        by: String,
+        /// The text.
+        text: String,
+        /// Unix ms.
+        at_ms: u64,
+    },
+}
+
+/// The state machine's answer to one command.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    /// Whether the state changed.
+    pub changed: bool,
+    /// Why the command was refused, if it was.
+    pub refused: Option<String>,
+}
+
+impl Applied {
+    fn changed(changed: bool) -> Self {
+        Applied {
+            changed,
+            refused: None,
+        }
+    }
+
+    fn refused(reason: impl Into<String>) -> Self {
+        Applied {
+            changed: false,
+            refused: Some(reason.into()),
+        }
+    }
+}
+
+/// Longest operator note accepted, in bytes.
+pub const MAX_NOTE_LEN: usize = 1000;
+
+/// Events kept when nothing else is configured.
+pub const DEFAULT_HISTORY_LIMIT: usize = 500;
+
+/// The whole replicated cluster state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    /// Members by name, from Raft membership.
+    pub members: BTreeMap<String, MemberState>,
+    /// Floating addresses by `ip/prefix`.
+    pub addresses: BTreeMap<String, AddressState>,
+    /// Each node's last reported address set.
+    pub declared: BTreeMap<String, Declared>,
+    /// Membership as last recorded in the history: (voters, learners).
+    pub recorded_membership: (Vec<String>, Vec<String>),
+    /// Bounded event history, oldest first.
+    pub events: VecDeque<Event>,
+    /// Sequence number of the next event.
+    pub next_event_seq: u64,
+    /// How many events to keep.
+    pub history_limit: usize,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State::new(DEFAULT_HISTORY_LIMIT)
+    }
+}
+
+impl State {
+    /// An empty state keeping at most `history_limit` events.
+    pub fn new(history_limit: usize) -> Self {
+        State {
+            members: BTreeMap::new(),
+            addresses: BTreeMap::new(),
+            declared: BTreeMap::new(),
+            recorded_membership: (Vec::new(), Vec::new()),
+            events: VecDeque::new(),
+            next_event_seq: 1,
+            history_limit: history_limit.max(1),
+        }
+    }
+
+    /// Replace the member list from a Raft membership: `(name -> member, voter?)`.
+    ///
+    /// Admin state survives for members that stay.
+    pub fn set_membership(&mut self, members: impl IntoIterator<Item = (Member, bool)>) {
+        let mut next = BTreeMap::new();
+        for (m, voter) in members {
+            let admin = self
+                .members
+                .get(&m.name)
+                .map(|s| s.admin)
+                .unwrap_or_default();
+            next.insert(
+                m.name.clone(),
+                MemberState {
+                    addr: m.addr,
+                    role: m.role,
+                    voter,
+                    admin,
+                },
+            );
+        }
+        self.members = next;
+    }
+
+    /// Voters and learners by name, as currently known.
+    pub fn membership(&self) -> (Vec<String>, Vec<String>) {
+        let voters = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.voter)
+            .map(|(n, _)| n.clone())
+            .collect();
+        let learners = self
+            .members
+            .iter()
+            .filter(|(_, m)| !m.voter)
+            .map(|(n, _)| n.clone())
+            .collect();
+        (voters, learners)
+    }
+
+    /// Whether the history lacks the current membership (the leader then proposes
+    /// [`Command::RecordMembership`]).
+    pub fn membership_unrecorded(&self) -> bool {
+        self.membership() != self.recorded_membership
+    }
+
+    /// The cluster's address set in declaration form, sorted by ip.
+    pub fn address_specs(&self) -> Vec<AddressSpec> {
+        self.addresses.values().map(|a| a.spec.clone()).collect()
+    }
+
+    /// How `node`'s declared set differs from the cluster's, or `None` when they match or the
+    /// node has not reported yet.
+    pub fn declaration_difference(&self, node: &str) -> Option<String> {
+        let declared = self.declared.get(node)?;
+        describe_difference(&self.address_specs(), &declared.addresses)
+    }
+
+    /// Apply one command. Deterministic: the same state and command give the same result on
+    /// every replica.
+    pub fn apply(&mut self, cmd: &Command) -> Applied {
+        match cmd {
+            Command::LeaderElected { node, term, at_ms } => {
+                self.push_event(
+                    *at_ms,
+                    EventKind::LeaderElected {
+                        node: node.clone(),
+                        term: *term,
+                    },
+                );
+                Applied::changed(true)
+            }
+            Command::RecordMembership { at_ms } => {
+                if !self.membership_unrecorded() {
+                    return Applied::changed(false);
+                }
+                let (voters, learners) = self.membership();
+                self.recorded_membership = (voters.clone(), learners.clone());
+                self.push_event(*at_ms, EventKind::MembershipChanged { voters, learners });
+                Applied::changed(true)
+            }
+            Command::SetAddresses {
+                by,
+                addresses,
+                at_ms,
+            } => self.set_addresses(by, addresses, *at_ms),
+            Command::Declare {
+                node,
+                addresses,
+                at_ms,
+            } => {
+                let mut addresses = addresses.clone();
+                addresses.sort();
+                if self.declared.get(node).map(|d| &d.addresses) == Some(&addresses) {
+                    return Applied::changed(false);
+                }
+                self.declared.insert(
+                    node.clone(),
+                    Declared {
+                        addresses,
+                        at_ms: *at_ms,
+                    },
+                );
+                if let Some(detail) = self.declaration_difference(node) {
+                    self.push_event(
+                        *at_ms,
+                        EventKind::DeclarationDiffers {
+                            node: node.clone(),
+                            detail,
+                        },
+                    );
+                }
+                Applied::changed(true)
+            }
+            Command::SetAdmin {
+                node,
+                state,
+                by,
+                at_ms,
+            } => {
+                let Some(member) = self.members.get_mut(node) else {
+                    return Applied::refused(format!(
+                        "{node} is not a member; `clusterctl status` lists the members"
+                    ));
+                };
+                if member.admin == *state {
+                    return Applied::changed(false);
+                }
+                member.admin = *state;
+                self.push_event(
+                    *at_ms,
+                    EventKind::AdminChanged {
+                        node: node.clone(),
+                        state: *state,
+                        by: by.clone(),
+                    },
+                );
+                Applied::changed(true)
+            }
+            Command::Note { by, text, at_ms } => {
+                if text.trim().is_empty() {
+                    return Applied::refused("the note is empty; write some text");
+                }
+                if text.len() > MAX_NOTE_LEN {
+                    return Applied::refused(format!(
+                        "the note is {} bytes; keep it under {MAX_NOTE_LEN}",
+                        text.len()
+                    ));
+                }
+                self.push_event(
+                    *at_ms,
+                    EventKind::Note {
+                        by: by.clone(),
+                        text: text.clone(),
+                    },
+                );
+                Applied::changed(true)
+            }
+        }
+    }
+
+    fn set_addresses(&mut self, by: &str, addresses: &[AddressSpec], at_ms: u64) -> Applied {
+        let mut wanted: BTreeMap<&str, &AddressSpec> = BTreeMap::new();
+        for spec in addresses {
+            if wanted.insert(spec.ip.as_str(), spec).is_some() {
+                return Applied::refused(format!(
+                    "address {} is declared twice; declare each address once",
+                    spec.ip
+                ));
+            }
+        }
+        let removed: Vec<String> = self
+            .addresses
+            .keys()
+            .filter(|ip| !wanted.contains_key(ip.as_str()))
+            .cloned()
+            .collect();
+        let mut added = Vec::new();
+        let mut changed = Vec::new();
+        for (ip, spec) in &wanted {
+            match self.addresses.get_mut(*ip) {
+                None => {
+                    added.push(ip.to_string());
+                    self.addresses.insert(
+                        ip.to_string(),
+                        AddressState {
+                            spec: (*spec).clone(),
+                            owner: None,
+                            epoch: 0,
+                            since_ms: None,
+                        },
+                    );
+                }
+                Some(existing) if existing.spec != **spec => {
+                    changed.push(ip.to_string());
+                    existing.spec = (*spec).clone();
+                }
+                Some(_) => {}
+            }
+        }
+        for ip in &removed {
+            self.addresses.remove(ip);
+        }
+        if added.is_empty() && removed.is_empty() && changed.is_empty() {
+            return Applied::changed(false);
+        }
+        self.push_event(
+            at_ms,
+            EventKind::AddressesChanged {
+                added,
+                removed,
+                changed,
+                by: by.to_string(),
+            },
+        );
+        Applied::changed(true)
+    }
+
+    fn push_event(&mut self, at_ms: u64, kind: EventKind) {
+        self.events.push_back(Event {
+            seq: self.next_event_seq,
+            at_ms,
+            kind,
+        });
+        self.next_event_seq += 1;
+        while self.events.len() > self.history_limit {
+            self.events.pop_front();
+        }
+    }
+}
+
+/// Describe how `declared` differs from `cluster`, or `None` when equal (order ignored).
+pub fn describe_difference(cluster: &[AddressSpec], declared: &[AddressSpec]) -> Option<String> {
+    let by_ip = |specs: &[AddressSpec]| -> BTreeMap<String, AddressSpec> {
+        specs.iter().map(|s| (s.ip.clone(), s.clone())).collect()
+    };
+    let cluster = by_ip(cluster);
+    let declared = by_ip(declared);
+    let mut parts = Vec::new();
+    let only_declared: BTreeSet<&String> = declared
+        .keys()
+        .filter(|k| !cluster.contains_key(*k))
+        .collect();
+    let only_cluster: BTreeSet<&String> = cluster
+        .keys()
+        .filter(|k| !declared.contains_key(*k))
+        .collect();
+    if !only_declared.is_empty() {
+        parts.push(format!(
+            "not in the cluster: {}",
+            only_declared
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if !only_cluster.is_empty() {
+        parts.push(format!(
+            "missing from its config: {}",
+            only_cluster
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    for (ip, d) in &declared {
+        if let Some(c) = cluster.get(ip)
+            && c != d
+        {
+            parts.push(format!(
+                "{ip} differs (cluster: {} home {} [{}], config: {} home {} [{}])",
+                c.interface,
+                c.home,
+                c.services.join(","),
+                d.interface,
+                d.home,
+                d.services.join(",")
+            ));
+        }
+    }
+    if parts.is_empty() {
+        None
+    } else {
+        Some(parts.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(ip: &str, home: &str) -> AddressSpec {
+        AddressSpec {
+            ip: ip.to_string(),
+            interface: "eth0".to_string(),
+            home: home.to_string(),
+            services: vec!["imap".to_string()],
+        }
+    }
+
+    fn member(name: &str, role: Role) -> Member {
+        Member {
+            name: name.to_string(),
+            addr: format!("{name}:7400"),
+            role,
+        }
+    }
+
+    fn three_members() -> State {
+        let mut s = State::default();
+        s.set_membership([
+            (member("mx1", Role::Mail), true),
+            (member("mx2", Role::Mail), true),
+            (member("w1", Role::Witness), true),
+        ]);
+        s
+    }
+
+    #[test]
+    fn node_ids_are_stable_and_distinct() {
+        assert_eq!(node_id("mx1"), node_id("mx1"));
+        assert_ne!(node_id("mx1"), node_id("mx2"));
+        // Pinned: changing the derivation would orphan every existing cluster's membership.
+        assert_eq!(node_id(""), 0xe3b0_c442_98fc_1c14);
+    }
+
+    #[test]
+    fn set_addresses_adds_changes_and_removes_with_one_event() {
+        let mut s = three_members();
+        let r = s.apply(&Command::SetAddresses {
+            by: "mx1".into(),
+            addresses: vec![spec("192.0.2.101/24", "mx1"), spec("192.0.2.102/24", "mx2")],
+            at_ms: 10,
+        });
+        assert!(r.changed);
+        assert_eq!(s.addresses.len(), 2);
+        assert_eq!(s.events.len(), 1);
+
+        let mut moved = spec("192.0.2.102/24", "mx1");
+        moved.interface = "eth1".into();
+        let r = s.apply(&Command::SetAddresses {
+            by: "mx2".into(),
+            addresses: vec![moved.clone(), spec("192.0.2.103/24", "mx2")],
+            at_ms: 20,
+        });
+        assert!(r.changed);
+        let keys: Vec<_> = s.addresses.keys().cloned().collect();
+        assert_eq!(keys, vec!["192.0.2.102/24", "192.0.2.103/24"]);
+        assert_eq!(s.addresses["192.0.2.102/24"].spec, moved);
+        match &s.events.back().unwrap().kind {
+            EventKind::AddressesChanged {
+                added,
+                removed,
+                changed,
+                by,
+            } => {
+                assert_eq!(added, &vec!["192.0.2.103/24".to_string()]);
+                assert_eq!(removed, &vec!["192.0.2.101/24".to_string()]);
+                assert_eq!(changed, &vec!["192.0.2.102/24".to_string()]);
+                assert_eq!(by, "mx2");
+            }
+            other => panic!("unexpected event {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unchanged_address_set_records_nothing() {
+        let mut s = three_members();
+        let cmd = Command::SetAddresses {
+            by: "mx1".into(),
+            addresses: vec![spec("192.0.2.101/24", "mx1")],
+            at_ms: 10,
+        };
+        s.apply(&cmd);
+        let before = s.clone();
+        let r = s.apply(&cmd);
+        assert!(!r.changed);
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn duplicate_address_in_one_declaration_is_refused() {
+        let mut s = three_members();
+        let r = s.apply(&Command::SetAddresses {
+            by: "mx1".into(),
+            addresses: vec![spec("192.0.2.101/24", "mx1"), spec("192.0.2.101/24", "mx2")],
+            at_ms: 10,
+        });
+        assert!(r.refused.unwrap().contains("declared twice"));
+        assert!(s.addresses.is_empty());
+    }
+
+    #[test]
+    fn address_change_keeps_owner_and_epoch() {
+        let mut s = three_members();
+        s.apply(&Command::SetAddresses {
+            by: "mx1".into(),
+            addresses: vec![spec("192.0.2.101/24", "mx1")],
+            at_ms: 1,
+        });
+        let a = s.addresses.get_mut("192.0.2.101/24").unwrap();
+        a.owner = Some("mx1".into());
+        a.epoch = 7;
+        let mut changed = spec("192.0.2.101/24", "mx1");
+        changed.services.push("pop3".into());
+        s.apply(&Command::SetAddresses {
+            by: "mx1".into(),
+            addresses: vec![changed],
+            at_ms: 2,
+        });
+        let a = &s.addresses["192.0.2.101/24"];
+        assert_eq!(a.owner.as_deref(), Some("mx1"));
+        assert_eq!(a.epoch, 7);
+    }
+
+    #[test]
+    fn differing_declaration_is_shown_and_recorded() {
+        let mut s = three_members();
+        s.apply(&Command::SetAddresses {
+            by: "mx1".into(),
+            addresses: vec![spec("192.0.2.101/24", "mx1")],
+            at_ms: 1,
+        });
+        s.apply(&Command::Declare {
+            node: "mx1".into(),
+            addresses: vec![spec("192.0.2.101/24", "mx1")],
+            at_ms: 2,
+        });
+        assert_eq!(s.declaration_difference("mx1"), None);
+        s.apply(&Command::Declare {
+            node: "mx2".into(),
+            addresses: vec![spec("192.0.2.101/24", "mx2"), spec("192.0.2.109/24", "mx2")],
+            at_ms: 3,
+        });
+        let d = s.declaration_difference("mx2").unwrap();
+        assert!(d.contains("not in the cluster: 192.0.2.109/24"), "{d}");
+        assert!(d.contains("192.0.2.101/24 differs"), "{d}");
+        assert!(matches!(
+            s.events.back().unwrap().kind,
+            EventKind::DeclarationDiffers { .. }
+        ));
+        assert_eq!(s.declaration_difference("w1"), None, "not reported yet");
+    }
+
+    #[test]
+    fn repeated_declaration_changes_nothing() {
+        let mut s = three_members();
+        let cmd = Command::Declare {
+            node: "mx2".into(),
+            addresses: vec![spec("192.0.2.109/24", "mx2")],
+            at_ms: 3,
+        };
+        s.apply(&cmd);
+        let before = s.clone();
+        assert!(!s.apply(&cmd).changed);
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn missing_address_in_declaration_is_described() {
+        let d = describe_difference(
+            &[spec("192.0.2.101/24", "mx1"), spec("192.0.2.102/24", "mx2")],
+            &[spec("192.0.2.102/24", "mx2")],
+        )
+        .unwrap();
+        assert_eq!(d, "missing from its config: 192.0.2.101/24");
+    }
+
+    #[test]
+    fn history_is_bounded_and_sequence_keeps_counting() {
+        let mut s = State::new(3);
+        for i in 0..5 {
+            s.apply(&Command::Note {
+                by: "mx1".into(),
+                text: format!("n{i}"),
+                at_ms: i,
+            });
+        }
+        assert_eq!(s.events.len(), 3);
+        let seqs: Vec<u64> = s.events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, vec![3, 4, 5]);
+        assert_eq!(s.next_event_seq, 6);
+    }
+
+    #[test]
+    fn empty_or_huge_notes_are_refused() {
+        let mut s = State::default();
+        let r = s.apply(&Command::Note {
+            by: "mx1".into(),
+            text: "  ".into(),
+            at_ms: 0,
+        });
+        assert!(r.refused.is_some());
+        let r = s.apply(&Command::Note {
+            by: "mx1".into(),
+            text: "x".repeat(MAX_NOTE_LEN + 1),
+            at_ms: 0,
+        });
+        assert!(r.refused.unwrap().contains("keep it under"));
+        assert!(s.events.is_empty());
+    }
+
+    #[test]
+    fn admin_state_of_unknown_node_is_refused() {
+        let mut s = three_members();
+        let r = s.apply(&Command::SetAdmin {
+            node: "mx9".into(),
+            state: AdminState::Drained,
+            by: "mx1".into(),
+            at_ms: 0,
+        });
+        assert!(r.refused.unwrap().contains("not a member"));
+    }
+
+    #[test]
+    fn admin_state_survives_membership_change_of_others() {
+        let mut s = three_members();
+        s.apply(&Command::SetAdmin {
+            node: "mx2".into(),
+            state: AdminState::Drained,
+            by: "mx1".into(),
+            at_ms: 0,
+        });
+        s.set_membership([
+            (member("mx1", Role::Mail), true),
+            (member("mx2", Role::Mail), true),
+            (member("w1", Role::Witness), true),
+            (member("mx3", Role::Mail), false),
+        ]);
+        assert_eq!(s.members["mx2"].admin, AdminState::Drained);
+        assert_eq!(s.members["mx3"].admin, AdminState::Active);
+        assert!(!s.members["mx3"].voter);
+    }
+
+    #[test]
+    fn membership_is_recorded_once_per_change() {
+        let mut s = three_members();
+        assert!(s.membership_unrecorded());
+        assert!(s.apply(&Command::RecordMembership { at_ms: 5 }).changed);
+        assert!(!s.membership_unrecorded());
+        assert!(!s.apply(&Command::RecordMembership { at_ms: 6 }).changed);
+        assert_eq!(s.events.len(), 1);
+        assert_eq!(
+            s.events[0].kind.to_string(),
+            "membership: voters [mx1, mx2, w1]"
+        );
+    }
+
+    #[test]
+    fn leader_election_is_recorded_with_term() {
+        let mut s = State::default();
+        s.apply(&Command::LeaderElected {
+            node: "mx2".into(),
+            term: 4,
+            at_ms: 99,
+        });
+        let e = &s.events[0];
+        assert_eq!(e.at_ms, 99);
+        assert_eq!(e.kind.to_string(), "mx2 became leader in term 4");
+    }
+
+    #[test]
+    fn commands_round_trip_through_json() {
+        let cmd = Command::SetAdmin {
+            node: "mx2".into(),
+            state: AdminState::Drained,
+            by: "mx1".into(),
+            at_ms: 3,
+        };
+        let text = serde_json::to_string(&cmd).unwrap();
+        assert!(text.contains("\"cmd\":\"set_admin\""), "{text}");
+        assert_eq!(serde_json::from_str::<Command>(&text).unwrap(), cmd);
+    }
+}
