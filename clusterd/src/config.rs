@@ -36,3 +36,4 @@ impl Config {
     pub fn is_voter(&self, name: &str) -> bool { self.voters().iter().any(|v| v == name) }
     pub fn advertise(&self) -> SocketAddr { self.node.advertise.unwrap_or(self.node.listen) }
 }
+pub fn check_member_name(name: &str) -> Result<(), String> { if name.is_empty() { Err("empty".into()) } else { Ok(()) } }

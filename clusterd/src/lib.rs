@@ -1,4 +1,9 @@
+pub mod api;
 pub mod auth;
+pub mod client;
 pub mod config;
+pub mod ctl;
+pub mod daemon;
 pub mod model;
 pub mod raft;
+pub mod status;

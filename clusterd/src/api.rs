@@ -1,0 +1,724 @@
+//! The HTTP API of a node: Raft RPC for peers and the admin API for `clusterctl`.
+//!
+//! Every route is behind [`authenticate`]: a request without a valid cluster-key signature gets
+//! 401, changes nothing, and is logged at most once per [`UNAUTHORIZED_LOG_EVERY`]. Requests
+//! that only the leader can serve are applied locally on the leader and forwarded one hop by
+//! other nodes; without a leader they get 503 with what to check.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::{Json, Router};
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest};
+use openraft::{ChangeMembers, ServerState};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::auth::{self, HEADER_SIGNATURE, HEADER_TIME};
+use crate::client::{ApiClient, ClientError};
+use crate::daemon::Shared;
+use crate::model::{Applied, Command, Member, NodeId, Role, node_id};
+use crate::raft::TypeConfig;
+use crate::raft::network::paths;
+use crate::status::{self, AddressReport, Freshness, NodeReport, StatusReport};
+
+/// Largest request body accepted (snapshots of our small state fit easily).
+pub const MAX_BODY: usize = 16 * 1024 * 1024;
+/// Unauthenticated requests are logged at most this often.
+pub const UNAUTHORIZED_LOG_EVERY: Duration = Duration::from_secs(10);
+/// Header marking a request already forwarded once (no second hop).
+pub const HEADER_FORWARDED: &str = "x-clusterd-forwarded";
+/// How long a membership change may take before the API gives up waiting.
+const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Admin API paths.
+pub mod admin_paths {
+    /// `GET`: the status report.
+    pub const STATUS: &str = "/v1/status";
+    /// `GET`: history events.
+    pub const HISTORY: &str = "/v1/history";
+    /// `POST`: propose a model command (leader).
+    pub const PROPOSE: &str = "/v1/propose";
+    /// `POST`: add an operator note to the history.
+    pub const NOTE: &str = "/v1/note";
+    /// `POST`: add a member; `DELETE /v1/members/NAME`: remove one.
+    pub const MEMBERS: &str = "/v1/members";
+}
+
+/// Error body of every non-2xx admin answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ApiErrorBody {
+    /// What went wrong and what to do.
+    pub error: String,
+}
+
+/// An error answer: status and an explanation for the operator.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    /// The explanation given to the caller.
+    pub fn message_text(&self) -> &str {
+        &self.message
+    }
+
+    fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(ApiErrorBody {
+                error: self.message,
+            }),
+        )
+            .into_response()
+    }
+}
+
+impl From<ClientError> for ApiError {
+    fn from(e: ClientError) -> Self {
+        match e {
+            ClientError::Api { status, message } => ApiError::new(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+                message,
+            ),
+            other => ApiError::unavailable(format!("forwarding to the leader failed: {other}")),
+        }
+    }
+}
+
+/// Body of `POST /v1/note`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct NoteRequest {
+    /// The note.
+    pub text: String,
+}
+
+/// Body of `POST /v1/members`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AddMemberRequest {
+    /// Member name.
+    pub name: String,
+    /// Its API `host:port`.
+    pub addr: String,
+    /// Its role.
+    pub role: Role,
+    /// Make it a voter (after it caught up as a learner).
+    #[serde(default)]
+    pub voter: bool,
+    /// Accept a voter count other than 3 or 5.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// Query of `DELETE /v1/members/NAME`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct RemoveMemberQuery {
+    /// Accept a voter count other than 3 or 5.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// Membership after a change.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MembershipReply {
+    /// Voter names.
+    pub voters: Vec<String>,
+    /// Learner names.
+    pub learners: Vec<String>,
+    /// What happened.
+    pub message: String,
+}
+
+/// Query of the status and history routes.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct EventsQuery {
+    /// How many recent events to include.
+    pub limit: Option<usize>,
+}
+
+/// Throttle for the log line about unauthenticated requests.
+#[derive(Debug, Default)]
+pub struct UnauthorizedLog {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+/// The router of one node.
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route(paths::APPEND, post(raft_append))
+        .route(paths::VOTE, post(raft_vote))
+        .route(paths::SNAPSHOT, post(raft_snapshot))
+        .route(admin_paths::STATUS, get(get_status))
+        .route(admin_paths::HISTORY, get(get_history))
+        .route(admin_paths::PROPOSE, post(post_propose))
+        .route(admin_paths::NOTE, post(post_note))
+        .route(admin_paths::MEMBERS, post(post_member))
+        .route("/v1/members/{name}", delete(delete_member))
+        .layer(middleware::from_fn_with_state(shared.clone(), authenticate))
+        .with_state(shared)
+}
+
+/// Verify the signature of every request before any handler sees it.
+async fn authenticate(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
+        return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
+            .into_response();
+    };
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    if let Err(e) = shared.key.verify(
+        parts.method.as_str(),
+        path,
+        header(HEADER_TIME),
+        header(HEADER_SIGNATURE),
+        &bytes,
+        auth::unix_ms(),
+    ) {
+        let mut log = shared
+            .unauthorized
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let due = log
+            .last
+            .is_none_or(|t| t.elapsed() >= UNAUTHORIZED_LOG_EVERY);
+        if due {
+            warn!(
+                from = %peer,
+                path = %parts.uri.path(),
+                reason = %e,
+                suppressed = log.suppressed,
+                "rejected unauthenticated request"
+            );
+            log.last = Some(Instant::now());
+            log.suppressed = 0;
+        } else {
+            log.suppressed += 1;
+        }
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            format!("unauthorized: {e}; requests must be signed with the cluster key"),
+        )
+        .into_response();
+    }
+    next.run(Request::from_parts(parts, Body::from(bytes))).await
+}
+
+async fn raft_append(
+    State(s): State<Arc<Shared>>,
+    Json(req): Json<AppendEntriesRequest<TypeConfig>>,
+) -> Json<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>> {
+    let res = s.raft.append_entries(req).await;
+    if let Ok(r) = &res
+        && !matches!(r, AppendEntriesResponse::HigherVote(_))
+    {
+        s.note_leader_contact();
+    }
+    Json(res)
+}
+
+async fn raft_vote(
+    State(s): State<Arc<Shared>>,
+    Json(req): Json<VoteRequest<NodeId>>,
+) -> impl IntoResponse {
+    Json(s.raft.vote(req).await)
+}
+
+async fn raft_snapshot(
+    State(s): State<Arc<Shared>>,
+    Json(req): Json<InstallSnapshotRequest<TypeConfig>>,
+) -> impl IntoResponse {
+    let res = s.raft.install_snapshot(req).await;
+    if res.is_ok() {
+        s.note_leader_contact();
+    }
+    Json(res)
+}
+
+async fn get_status(
+    State(s): State<Arc<Shared>>,
+    Query(q): Query<EventsQuery>,
+) -> Json<StatusReport> {
+    Json(build_status(&s, q.limit.unwrap_or(20)))
+}
+
+async fn get_history(
+    State(s): State<Arc<Shared>>,
+    Query(q): Query<EventsQuery>,
+) -> Json<Vec<crate::model::Event>> {
+    let replica = s.replica.borrow().clone();
+    let limit = q.limit.unwrap_or(usize::MAX);
+    let events = &replica.state.events;
+    let skip = events.len().saturating_sub(limit);
+    Json(events.iter().skip(skip).cloned().collect())
+}
+
+async fn post_propose(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Json(cmd): Json<Command>,
+) -> Result<Json<Applied>, ApiError> {
+    propose_inner(&s, cmd, is_forwarded(&headers)).await.map(Json)
+}
+
+async fn post_note(
+    State(s): State<Arc<Shared>>,
+    Json(req): Json<NoteRequest>,
+) -> Result<Json<Applied>, ApiError> {
+    let cmd = Command::Note {
+        by: s.me.clone(),
+        text: req.text,
+        at_ms: auth::unix_ms(),
+    };
+    propose(&s, cmd).await.map(Json)
+}
+
+fn is_forwarded(headers: &HeaderMap) -> bool {
+    headers.contains_key(HEADER_FORWARDED)
+}
+
+/// Propose a command: applied here when this node leads, forwarded to the leader otherwise.
+/// A refusal by the model becomes 409.
+pub async fn propose(s: &Shared, cmd: Command) -> Result<Applied, ApiError> {
+    propose_inner(s, cmd, false).await
+}
+
+async fn propose_inner(s: &Shared, cmd: Command, forwarded: bool) -> Result<Applied, ApiError> {
+    let applied = match leader_route(s, forwarded)? {
+        LeaderRoute::Here => match s.raft.client_write(cmd).await {
+            Ok(resp) => resp.data,
+            Err(e) => return Err(write_error(e)),
+        },
+        LeaderRoute::Forward(client) => {
+            let body = serde_json::to_vec(&cmd)
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+            client
+                .send("POST", admin_paths::PROPOSE, body, &[(HEADER_FORWARDED, "1")])
+                .await?
+        }
+    };
+    match &applied.refused {
+        Some(reason) => Err(ApiError::new(StatusCode::CONFLICT, reason.clone())),
+        None => Ok(applied),
+    }
+}
+
+enum LeaderRoute {
+    Here,
+    Forward(ApiClient),
+}
+
+fn leader_route(s: &Shared, forwarded: bool) -> Result<LeaderRoute, ApiError> {
+    let metrics = s.raft.metrics().borrow().clone();
+    match metrics.current_leader {
+        Some(l) if l == s.id && metrics.state == ServerState::Leader => Ok(LeaderRoute::Here),
+        Some(_) if forwarded => Err(ApiError::unavailable(
+            "leadership is moving; retry in a moment",
+        )),
+        Some(l) => {
+            let node = metrics
+                .membership_config
+                .membership()
+                .get_node(&l)
+                .cloned()
+                .ok_or_else(|| ApiError::unavailable("the leader is not in the membership yet; retry"))?;
+            Ok(LeaderRoute::Forward(ApiClient::new(node.addr, s.key.clone())))
+        }
+        None => Err(ApiError::unavailable(format!(
+            "{} knows no leader right now (no quorum?); check `clusterctl status` on the other nodes",
+            s.me
+        ))),
+    }
+}
+
+fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> ApiError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
+            ApiError::unavailable("leadership moved while writing; retry")
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            ApiError::new(StatusCode::CONFLICT, e.to_string())
+        }
+        RaftError::Fatal(e) => ApiError::unavailable(format!("raft stopped: {e}")),
+    }
+}
+
+/// Forward the request as it came to the leader, or tell the caller to go on locally.
+async fn forward_unless_leader(
+    s: &Shared,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: Vec<u8>,
+) -> Result<Option<Response>, ApiError> {
+    match leader_route(s, is_forwarded(headers))? {
+        LeaderRoute::Here => Ok(None),
+        LeaderRoute::Forward(client) => {
+            let client = client.with_timeout(MEMBERSHIP_TIMEOUT + Duration::from_secs(5));
+            let (status, bytes) = client
+                .send_raw(method.as_str(), path, body, &[(HEADER_FORWARDED, "1")])
+                .await?;
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+            Ok(Some(
+                (
+                    status,
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    bytes,
+                )
+                    .into_response(),
+            ))
+        }
+    }
+}
+
+fn membership_names(s: &Shared) -> (BTreeSet<NodeId>, Vec<String>, Vec<String>) {
+    let metrics = s.raft.metrics().borrow().clone();
+    let m = metrics.membership_config.membership();
+    let voter_ids: BTreeSet<NodeId> = m.voter_ids().collect();
+    let mut voters = Vec::new();
+    let mut learners = Vec::new();
+    for (id, node) in m.nodes() {
+        if voter_ids.contains(id) {
+            voters.push(node.name.clone());
+        } else {
+            learners.push(node.name.clone());
+        }
+    }
+    voters.sort();
+    learners.sort();
+    (voter_ids, voters, learners)
+}
+
+fn voter_count_problem(count: usize, force: bool) -> Option<String> {
+    if force || count == 3 || count == 5 {
+        return None;
+    }
+    Some(format!(
+        "this would leave {count} voters; clusterd runs with 3 or 5 (an even count adds no \
+         failure tolerance, fewer than 3 cannot survive a failure). Add or remove a voter to \
+         get there, use a witness node as the third voter, or pass --force to accept it"
+    ))
+}
+
+async fn post_member(
+    State(s): State<Arc<Shared>>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: AddMemberRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("bad request body: {e}")))?;
+    if let Err(problem) = crate::config::check_member_name(&req.name) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, problem));
+    }
+    if req.addr.parse::<SocketAddr>().is_err() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("address {:?} is not HOST:PORT with an IP, e.g. 192.0.2.14:7400", req.addr),
+        ));
+    }
+    if req.role == Role::Witness && !req.voter {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "a witness only votes; add it with --voter",
+        ));
+    }
+    if let Some(resp) =
+        forward_unless_leader(&s, &method, admin_paths::MEMBERS, &headers, body.to_vec()).await?
+    {
+        return Ok(resp);
+    }
+    let id = node_id(&req.name);
+    let member = Member {
+        name: req.name.clone(),
+        addr: req.addr.clone(),
+        role: req.role,
+    };
+    let metrics = s.raft.metrics().borrow().clone();
+    let existing = metrics.membership_config.membership().get_node(&id).cloned();
+    let (voter_ids, ..) = membership_names(&s);
+    let already_voter = voter_ids.contains(&id);
+    if let Some(existing) = &existing
+        && existing != &member
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "{} is already a member as {} ({:?}); remove it first to change its address or role",
+                req.name, existing.addr, existing.role
+            ),
+        ));
+    }
+    if req.voter && !already_voter {
+        if let Some(p) = voter_count_problem(voter_ids.len() + 1, req.force) {
+            return Err(ApiError::new(StatusCode::CONFLICT, p));
+        }
+    }
+    if existing.is_none() {
+        let added = tokio::time::timeout(MEMBERSHIP_TIMEOUT, s.raft.add_learner(id, member, true))
+            .await
+            .map_err(|_| {
+                ApiError::unavailable(format!(
+                    "{} did not catch up within {}s; is it running and reachable at {}?",
+                    req.name,
+                    MEMBERSHIP_TIMEOUT.as_secs(),
+                    req.addr
+                ))
+            })?;
+        added.map_err(write_error)?;
+        info!(node = %req.name, addr = %req.addr, "added learner");
+    }
+    if req.voter && !already_voter {
+        let ids: BTreeSet<NodeId> = [id].into();
+        tokio::time::timeout(
+            MEMBERSHIP_TIMEOUT,
+            s.raft.change_membership(ChangeMembers::AddVoterIds(ids), true),
+        )
+        .await
+        .map_err(|_| ApiError::unavailable("membership change did not finish in time; check status"))?
+        .map_err(write_error)?;
+        info!(node = %req.name, "promoted to voter");
+    }
+    let (_, voters, learners) = membership_names(&s);
+    let message = match (existing.is_some(), req.voter, already_voter) {
+        (true, false, _) | (true, true, true) => format!("{} is already a member", req.name),
+        (_, true, _) => format!("{} added as a voter", req.name),
+        (false, false, _) => format!("{} added as a learner", req.name),
+    };
+    Ok(Json(MembershipReply {
+        voters,
+        learners,
+        message,
+    })
+    .into_response())
+}
+
+async fn delete_member(
+    State(s): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    Query(q): Query<RemoveMemberQuery>,
+    method: Method,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let path = if q.force {
+        format!("/v1/members/{name}?force=true")
+    } else {
+        format!("/v1/members/{name}")
+    };
+    if let Some(resp) = forward_unless_leader(&s, &method, &path, &headers, Vec::new()).await? {
+        return Ok(resp);
+    }
+    let id = node_id(&name);
+    let metrics = s.raft.metrics().borrow().clone();
+    if metrics.membership_config.membership().get_node(&id).is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("{name} is not a member; `clusterctl status` lists the members"),
+        ));
+    }
+    let (voter_ids, ..) = membership_names(&s);
+    let ids: BTreeSet<NodeId> = [id].into();
+    let change = if voter_ids.contains(&id) {
+        if let Some(p) = voter_count_problem(voter_ids.len() - 1, q.force) {
+            return Err(ApiError::new(StatusCode::CONFLICT, p));
+        }
+        ChangeMembers::RemoveVoters(ids)
+    } else {
+        ChangeMembers::RemoveNodes(ids)
+    };
+    tokio::time::timeout(MEMBERSHIP_TIMEOUT, s.raft.change_membership(change, false))
+        .await
+        .map_err(|_| ApiError::unavailable("membership change did not finish in time; check status"))?
+        .map_err(write_error)?;
+    info!(node = %name, "removed member");
+    let (_, voters, learners) = membership_names(&s);
+    Ok(Json(MembershipReply {
+        voters,
+        learners,
+        message: format!("{name} removed; stop its clusterd and take it out of the peers lists"),
+    })
+    .into_response())
+}
+
+fn state_name(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+/// Build this node's status report from its metrics, replica and peer observations.
+pub fn build_status(s: &Shared, event_limit: usize) -> StatusReport {
+    let metrics = s.raft.metrics().borrow().clone();
+    let replica = s.replica.borrow().clone();
+    let peers = s.peers.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let leader_contact = s.leader_contact_ms();
+    let is_leader = metrics.state == ServerState::Leader;
+    let reachable_within = s.reachable_within;
+    let membership = metrics.membership_config.membership();
+    let voter_ids: BTreeSet<NodeId> = membership.voter_ids().collect();
+    let leader_name = metrics
+        .current_leader
+        .and_then(|l| membership.get_node(&l))
+        .map(|n| n.name.clone());
+
+    let mut nodes: Vec<NodeReport> = membership
+        .nodes()
+        .map(|(id, member)| {
+            let voter = voter_ids.contains(id);
+            let is_self = *id == s.id;
+            let is_current_leader = metrics.current_leader == Some(*id);
+            let raft_state = if is_self {
+                state_name(metrics.state).to_string()
+            } else if is_current_leader {
+                "leader".to_string()
+            } else if voter {
+                "follower".to_string()
+            } else {
+                "learner".to_string()
+            };
+            let last_contact_ms = if is_self {
+                Some(0)
+            } else if is_leader {
+                peers
+                    .get(id)
+                    .and_then(|p| p.last_ok)
+                    .map(|t| t.elapsed().as_millis() as u64)
+            } else if is_current_leader {
+                leader_contact
+            } else {
+                None
+            };
+            let reachable = if is_self {
+                Some(true)
+            } else if is_leader || is_current_leader {
+                Some(last_contact_ms.is_some_and(|ms| ms <= reachable_within.as_millis() as u64))
+            } else {
+                None
+            };
+            let matched_index = metrics
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(id).cloned().flatten())
+                .map(|l| l.index);
+            let state_member = replica.state.members.get(&member.name);
+            let declared = if replica.state.declared.contains_key(&member.name) {
+                replica
+                    .state
+                    .declaration_difference(&member.name)
+                    .unwrap_or_else(|| "same".to_string())
+            } else if member.role == Role::Witness {
+                "-".to_string()
+            } else {
+                "unreported".to_string()
+            };
+            NodeReport {
+                name: member.name.clone(),
+                role: member.role,
+                voter,
+                raft_state,
+                reachable,
+                last_contact_ms,
+                matched_index,
+                admin: state_member.map(|m| m.admin).unwrap_or_default(),
+                address: member.addr.clone(),
+                declared,
+            }
+        })
+        .collect();
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+
+    let addresses = replica
+        .state
+        .addresses
+        .values()
+        .map(|a| AddressReport {
+            ip: a.spec.ip.clone(),
+            interface: a.spec.interface.clone(),
+            home: a.spec.home.clone(),
+            services: a.spec.services.clone(),
+            owner: a.owner.clone(),
+            epoch: a.epoch,
+            since_ms: a.since_ms,
+        })
+        .collect();
+
+    let (last_contact_ms, summary) = if is_leader {
+        let ack = metrics.millis_since_quorum_ack;
+        (
+            ack,
+            match ack {
+                Some(ms) => format!("leader, quorum acknowledged {ms} ms ago"),
+                None => "leader, no quorum acknowledgement yet".to_string(),
+            },
+        )
+    } else {
+        (
+            leader_contact,
+            match leader_contact {
+                Some(ms) => format!(
+                    "{}, replica as of leader contact {} ago",
+                    state_name(metrics.state),
+                    status::age(ms)
+                ),
+                None => format!(
+                    "{}, no contact with a leader yet: this view may be stale",
+                    state_name(metrics.state)
+                ),
+            },
+        )
+    };
+    let events = &replica.state.events;
+    let skip = events.len().saturating_sub(event_limit);
+    StatusReport {
+        answered_by: s.me.clone(),
+        leader: leader_name,
+        term: metrics.current_term,
+        commit_index: replica.last_applied,
+        freshness: Freshness {
+            raft_state: state_name(metrics.state).to_string(),
+            last_contact_ms,
+            summary,
+        },
+        nodes,
+        addresses,
+        events: events.iter().skip(skip).cloned().collect(),
+    }
+}

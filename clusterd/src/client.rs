@@ -1,0 +1,192 @@
+//! A signed HTTP client for the admin API, used by `clusterctl`, by nodes forwarding requests to
+//! the leader, and by tests.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::api::ApiErrorBody;
+use crate::auth::ClusterKey;
+use crate::raft::network::{http_client, signature_headers};
+
+/// Why an admin request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Could not connect or no answer in time.
+    #[error("cannot reach clusterd at {addr}: {reason}")]
+    Unreachable {
+        /// `host:port`.
+        addr: String,
+        /// The transport error.
+        reason: String,
+    },
+    /// The node refused our signature.
+    #[error(
+        "clusterd at {addr} refused our credentials (401): use the cluster's key file (--key-file or key_file in the config)"
+    )]
+    Unauthorized {
+        /// `host:port`.
+        addr: String,
+    },
+    /// The node answered with an error.
+    #[error("{message}")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// The node's explanation.
+        message: String,
+    },
+    /// The answer could not be decoded.
+    #[error("unexpected answer from {addr}: {reason}")]
+    Decode {
+        /// `host:port`.
+        addr: String,
+        /// The decode error.
+        reason: String,
+    },
+}
+
+impl ClientError {
+    /// Whether trying again (or another node) may help: unreachable, or no leader right now.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Unreachable { .. } | ClientError::Api { status: 503, .. }
+        )
+    }
+}
+
+/// A client for one node's admin API.
+#[derive(Clone, Debug)]
+pub struct ApiClient {
+    addr: String,
+    key: ClusterKey,
+    http: reqwest::Client,
+    timeout: Duration,
+}
+
+impl ApiClient {
+    /// A client for the node at `addr` (`host:port`).
+    pub fn new(addr: impl Into<String>, key: ClusterKey) -> Self {
+        ApiClient {
+            addr: addr.into(),
+            key,
+            http: http_client(),
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// A client for another node with the same key, deadline and connection pool.
+    pub fn clone_to(&self, addr: impl Into<String>) -> Self {
+        ApiClient {
+            addr: addr.into(),
+            ..self.clone()
+        }
+    }
+
+    /// Use another per-request deadline.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The node's `host:port`.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// `GET path`.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.send("GET", path, Vec::new(), &[]).await
+    }
+
+    /// `POST path` with a JSON body.
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let bytes = serde_json::to_vec(body).map_err(|e| ClientError::Decode {
+            addr: self.addr.clone(),
+            reason: e.to_string(),
+        })?;
+        self.send("POST", path, bytes, &[]).await
+    }
+
+    /// `DELETE path`.
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.send("DELETE", path, Vec::new(), &[]).await
+    }
+
+    /// Send a request with an arbitrary method and raw body, plus extra headers.
+    pub async fn send<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+        extra_headers: &[(&str, &str)],
+    ) -> Result<T, ClientError> {
+        let (status, bytes) = self.send_raw(method, path, body, extra_headers).await?;
+        if !(200..300).contains(&status) {
+            let message = serde_json::from_slice::<ApiErrorBody>(&bytes)
+                .map(|b| b.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+            return Err(ClientError::Api { status, message });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
+            addr: self.addr.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Send a signed request and return the status and body as they came (401 is an error).
+    pub async fn send_raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+        extra_headers: &[(&str, &str)],
+    ) -> Result<(u16, Vec<u8>), ClientError> {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| ClientError::Decode {
+            addr: self.addr.clone(),
+            reason: e.to_string(),
+        })?;
+        let mut req = self
+            .http
+            .request(m, format!("http://{}{}", self.addr, path))
+            .timeout(self.timeout)
+            .header(reqwest::header::CONTENT_TYPE, "application/json");
+        for (name, value) in signature_headers(&self.key, method, path, &body) {
+            req = req.header(name, value);
+        }
+        for (name, value) in extra_headers {
+            req = req.header(*name, *value);
+        }
+        let resp = req
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| ClientError::Unreachable {
+                addr: self.addr.clone(),
+                reason: if e.is_timeout() {
+                    "no answer in time".to_string()
+                } else if e.is_connect() {
+                    "connection refused or no route".to_string()
+                } else {
+                    e.to_string()
+                },
+            })?;
+        let status = resp.status().as_u16();
+        if status == 401 {
+            return Err(ClientError::Unauthorized {
+                addr: self.addr.clone(),
+            });
+        }
+        let bytes = resp.bytes().await.map_err(|e| ClientError::Unreachable {
+            addr: self.addr.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok((status, bytes.to_vec()))
+    }
+}

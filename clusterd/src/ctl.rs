@@ -1,0 +1,384 @@
+//! `clusterctl`: the operator's command line, as a library so that tests and packaging (man
+//! pages, completions) use the same definitions.
+//!
+//! Exit codes: 0 done; 1 the cluster refused or failed the operation; 2 bad usage or config;
+//! 3 no node or no leader could be reached (retrying later may help).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::api::{AddMemberRequest, MembershipReply, NoteRequest, admin_paths};
+use crate::auth::{self, ClusterKey};
+use crate::client::{ApiClient, ClientError};
+use crate::config::{self, Config};
+use crate::model::{Applied, Event, Role};
+use crate::status::{self, StatusReport};
+
+/// Default config path on a node.
+pub const DEFAULT_CONFIG: &str = "/etc/clusterd/clusterd.toml";
+
+/// Exit code: the cluster refused or failed the operation.
+pub const EXIT_FAILED: i32 = 1;
+/// Exit code: bad usage or config.
+pub const EXIT_USAGE: i32 = 2;
+/// Exit code: nothing reachable or no leader.
+pub const EXIT_UNREACHABLE: i32 = 3;
+
+/// Operate a clusterd cluster.
+#[derive(Debug, Parser)]
+#[command(name = "clusterctl", version, about, long_about = None)]
+pub struct Cli {
+    /// Config file of the local node: gives the node address and the key file.
+    #[arg(long, short, global = true, env = "CLUSTERD_CONFIG", default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// Talk to this node (HOST:PORT) instead of the one in the config.
+    #[arg(long, global = true)]
+    pub node: Option<String>,
+    /// Cluster key file, instead of the config's key_file.
+    #[arg(long, global = true)]
+    pub key_file: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// clusterctl subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show nodes, leader, addresses and recent events.
+    Status(StatusArgs),
+    /// Show the cluster's event history.
+    History {
+        /// Show only the last N events.
+        #[arg(long, short = 'n')]
+        limit: Option<usize>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a note into the cluster's history (e.g. "maintenance on mx2 starts").
+    Note {
+        /// The text.
+        #[arg(required = true)]
+        text: Vec<String>,
+    },
+    /// Change cluster membership.
+    Members {
+        /// add or remove.
+        #[command(subcommand)]
+        action: MembersAction,
+    },
+    /// Write a new cluster key file (mode 0600) to copy to every node.
+    Keygen {
+        /// Where to write it (default: the config's key_file, else /etc/clusterd/cluster.key).
+        path: Option<PathBuf>,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Validate a config file without starting anything.
+    CheckConfig {
+        /// The file (default: --config).
+        path: Option<PathBuf>,
+    },
+}
+
+/// Arguments of `status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print JSON (schema: leader, term, nodes[], addresses[], events[]).
+    #[arg(long)]
+    pub json: bool,
+    /// Ask the leader instead of the node's own replica.
+    #[arg(long)]
+    pub leader: bool,
+    /// Refresh every N seconds until interrupted.
+    #[arg(long, value_name = "SECONDS")]
+    pub watch: Option<u64>,
+    /// How many recent events to include.
+    #[arg(long, default_value_t = 5)]
+    pub events: usize,
+}
+
+/// `members` actions.
+#[derive(Debug, Subcommand)]
+pub enum MembersAction {
+    /// Add a node (as a learner; --voter to make it vote once it caught up).
+    Add {
+        /// Its name.
+        name: String,
+        /// Its API address, HOST:PORT.
+        addr: String,
+        /// mail or witness.
+        #[arg(long, default_value = "mail", value_parser = parse_role)]
+        role: Role,
+        /// Make it a voter.
+        #[arg(long)]
+        voter: bool,
+        /// Accept a voter count other than 3 or 5.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Remove a node from the cluster.
+    Remove {
+        /// Its name.
+        name: String,
+        /// Accept a voter count other than 3 or 5.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    match s {
+        "mail" => Ok(Role::Mail),
+        "witness" => Ok(Role::Witness),
+        other => Err(format!("{other:?} is not a role; use mail or witness")),
+    }
+}
+
+/// A failed command: exit code and message.
+#[derive(Debug)]
+pub struct Failure {
+    /// Process exit code.
+    pub code: i32,
+    /// What went wrong and what to do.
+    pub message: String,
+}
+
+impl Failure {
+    fn usage(message: impl Into<String>) -> Self {
+        Failure {
+            code: EXIT_USAGE,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        let code = if e.is_retryable() {
+            EXIT_UNREACHABLE
+        } else {
+            EXIT_FAILED
+        };
+        Failure {
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Self {
+        Failure {
+            code: EXIT_FAILED,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Run one clusterctl invocation, writing its output to `out`.
+pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<(), Failure> {
+    match &cli.command {
+        Command::CheckConfig { path } => {
+            let path = path.as_deref().unwrap_or(&cli.config);
+            let cfg = config::load(path).map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
+            writeln!(
+                out,
+                "{}: ok ({} as {:?}, {} members, voters {}, {} addresses)",
+                path.display(),
+                cfg.node.name,
+                cfg.node.role,
+                cfg.members().len(),
+                cfg.voters().join(","),
+                cfg.addresses.len()
+            )?;
+            Ok(())
+        }
+        Command::Keygen { path, force } => {
+            let path = match path {
+                Some(p) => p.clone(),
+                None => config::load(&cli.config)
+                    .map(|c| c.node.key_file)
+                    .unwrap_or_else(|_| PathBuf::from("/etc/clusterd/cluster.key")),
+            };
+            ClusterKey::generate()
+                .write(&path, *force)
+                .map_err(|e| Failure::usage(e.to_string()))?;
+            writeln!(
+                out,
+                "wrote a new cluster key to {} (mode 0600); copy it to every node",
+                path.display()
+            )?;
+            Ok(())
+        }
+        Command::Status(args) => status_cmd(&cli, args, out).await,
+        Command::History { limit, json } => {
+            let client = connect(&cli)?;
+            let path = match limit {
+                Some(n) => format!("{}?limit={n}", admin_paths::HISTORY),
+                None => admin_paths::HISTORY.to_string(),
+            };
+            let events: Vec<Event> = client.get(&path).await?;
+            if *json {
+                writeln!(out, "{}", to_json(&events))?;
+            } else {
+                write!(out, "{}", status::render_events(&events, auth::unix_ms()))?;
+            }
+            Ok(())
+        }
+        Command::Note { text } => {
+            let client = connect(&cli)?;
+            let req = NoteRequest {
+                text: text.join(" "),
+            };
+            let _: Applied = with_retries(|| client.post(admin_paths::NOTE, &req)).await?;
+            writeln!(out, "noted")?;
+            Ok(())
+        }
+        Command::Members { action } => {
+            let client = connect(&cli)?.with_timeout(Duration::from_secs(40));
+            let reply: MembershipReply = match action {
+                MembersAction::Add {
+                    name,
+                    addr,
+                    role,
+                    voter,
+                    force,
+                } => {
+                    let req = AddMemberRequest {
+                        name: name.clone(),
+                        addr: addr.clone(),
+                        role: *role,
+                        voter: *voter,
+                        force: *force,
+                    };
+                    with_retries(|| client.post(admin_paths::MEMBERS, &req)).await?
+                }
+                MembersAction::Remove { name, force } => {
+                    let path = if *force {
+                        format!("{}/{name}?force=true", admin_paths::MEMBERS)
+                    } else {
+                        format!("{}/{name}", admin_paths::MEMBERS)
+                    };
+                    with_retries(|| client.delete(&path)).await?
+                }
+            };
+            writeln!(out, "{}", reply.message)?;
+            writeln!(out, "voters: {}", reply.voters.join(", "))?;
+            if !reply.learners.is_empty() {
+                writeln!(out, "learners: {}", reply.learners.join(", "))?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}
+
+async fn with_retries<T, F, Fut>(mut f: F) -> Result<T, ClientError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
+{
+    let mut attempt = 0;
+    loop {
+        match f().await {
+            Err(e) if e.is_retryable() && attempt < 5 => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(400)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Where to connect and with which key, from the flags and the config.
+fn connect(cli: &Cli) -> Result<ApiClient, Failure> {
+    let (addr, key_path) = match (&cli.node, &cli.key_file) {
+        (Some(node), Some(key)) => (node.clone(), key.clone()),
+        _ => {
+            let cfg = config::load(&cli.config).map_err(|e| {
+                Failure::usage(format!(
+                    "{}: {e}\n(give --node HOST:PORT and --key-file PATH to run without a config)",
+                    cli.config.display()
+                ))
+            })?;
+            (
+                cli.node.clone().unwrap_or_else(|| local_address(&cfg)),
+                cli.key_file.clone().unwrap_or(cfg.node.key_file),
+            )
+        }
+    };
+    let key = ClusterKey::load(&key_path).map_err(|e| Failure::usage(e.to_string()))?;
+    Ok(ApiClient::new(addr, key))
+}
+
+/// The address to reach the local node: its listen address, or its advertised one when it
+/// listens on all addresses.
+fn local_address(cfg: &Config) -> String {
+    if cfg.node.listen.ip().is_unspecified() {
+        cfg.advertise().to_string()
+    } else {
+        cfg.node.listen.to_string()
+    }
+}
+
+async fn fetch_status(
+    client: &ApiClient,
+    args: &StatusArgs,
+) -> Result<StatusReport, ClientError> {
+    let path = format!("{}?limit={}", admin_paths::STATUS, args.events);
+    let report: StatusReport = client.get(&path).await?;
+    if !args.leader {
+        return Ok(report);
+    }
+    let Some(leader) = report.leader.clone() else {
+        return Err(ClientError::Api {
+            status: 503,
+            message: format!(
+                "{} knows no leader (no quorum?); run without --leader to see its replica",
+                report.answered_by
+            ),
+        });
+    };
+    if leader == report.answered_by {
+        return Ok(report);
+    }
+    let Some(node) = report.nodes.iter().find(|n| n.name == leader) else {
+        return Ok(report);
+    };
+    let leader_client = client.clone_to(&node.address);
+    leader_client.get(&path).await
+}
+
+async fn status_cmd(
+    cli: &Cli,
+    args: &StatusArgs,
+    out: &mut (dyn Write + Send),
+) -> Result<(), Failure> {
+    let client = connect(cli)?;
+    loop {
+        let report = fetch_status(&client, args).await?;
+        if args.json {
+            writeln!(out, "{}", to_json(&report))?;
+        } else {
+            if args.watch.is_some() {
+                // Clear the screen and go home, like watch(1).
+                write!(out, "\x1b[2J\x1b[H")?;
+            }
+            write!(out, "{}", status::render(&report, auth::unix_ms()))?;
+        }
+        out.flush()?;
+        match args.watch {
+            Some(secs) => tokio::time::sleep(Duration::from_secs(secs.max(1))).await,
+            None => return Ok(()),
+        }
+    }
+}

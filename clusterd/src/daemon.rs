@@ -1,0 +1,468 @@
+//! The daemon: wires config, store, Raft, the API and the background duties together.
+//!
+//! [`run`] is what `clusterd` calls and what in-process tests call: it owns no global state, so
+//! several nodes can run in one process. Background duties are small loops that look at Raft
+//! metrics and the replica and propose commands; the decisions themselves live in `model`.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openraft::error::{InitializeError, RaftError};
+use openraft::{ServerState, SnapshotPolicy};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::api::{self, AddMemberRequest, MembershipReply, UnauthorizedLog, admin_paths};
+use crate::auth::{self, ClusterKey, KeyError};
+use crate::client::ApiClient;
+use crate::config::Config;
+use crate::model::{AddressSpec, Command, Member, NodeId, node_id};
+use crate::raft::network::{Network, PeerTable};
+use crate::raft::store::{self, OpenError, Replica};
+use crate::raft::{Metrics, Raft};
+use crate::status::StatusReport;
+
+/// How often background duties look at the cluster when nothing changed.
+const DUTY_TICK: Duration = Duration::from_millis(250);
+/// Pause after a failed duty before trying it again.
+const DUTY_RETRY: Duration = Duration::from_secs(1);
+
+/// Why the daemon could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The cluster key could not be loaded.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The Raft store could not be opened.
+    #[error(transparent)]
+    Store(#[from] OpenError),
+    /// openraft refused its configuration or failed to start.
+    #[error("raft: {0}")]
+    Raft(String),
+    /// The API server failed.
+    #[error("API server on {addr}: {source}")]
+    Serve {
+        /// The listen address.
+        addr: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// What the API handlers and background duties share.
+pub struct Shared {
+    /// This node's name.
+    pub me: String,
+    /// This node's Raft id.
+    pub id: NodeId,
+    /// The loaded config.
+    pub config: Config,
+    /// The Raft handle.
+    pub raft: Raft,
+    /// The cluster key.
+    pub key: ClusterKey,
+    /// Every applied state.
+    pub replica: watch::Receiver<Arc<Replica>>,
+    /// What this node saw of its peers through its own RPCs.
+    pub peers: PeerTable,
+    /// When the leader last reached this node.
+    leader_contact: Mutex<Option<Instant>>,
+    /// Throttle for unauthenticated-request log lines.
+    pub unauthorized: Mutex<UnauthorizedLog>,
+    /// A peer heard from within this long counts as reachable.
+    pub reachable_within: Duration,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").field("me", &self.me).finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// Record that the leader just reached this node.
+    pub fn note_leader_contact(&self) {
+        *self
+            .leader_contact
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+
+    /// ms since the leader last reached this node.
+    pub fn leader_contact_ms(&self) -> Option<u64> {
+        self.leader_contact
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|t| t.elapsed().as_millis() as u64)
+    }
+
+    /// This node's configured floating addresses in model form, sorted.
+    pub fn declared_addresses(&self) -> Vec<AddressSpec> {
+        declared_addresses(&self.config)
+    }
+}
+
+/// The configured floating addresses of `config` in model form, sorted by ip.
+pub fn declared_addresses(config: &Config) -> Vec<AddressSpec> {
+    let mut specs: Vec<AddressSpec> = config
+        .addresses
+        .iter()
+        .map(|a| AddressSpec {
+            ip: a.ip.to_string(),
+            interface: a.interface.clone(),
+            home: a.home.clone(),
+            services: a.services.clone(),
+        })
+        .collect();
+    specs.sort();
+    specs
+}
+
+fn raft_config(config: &Config) -> Result<openraft::Config, RunError> {
+    let ms = |d: Duration| d.as_millis() as u64;
+    let r = &config.raft;
+    openraft::Config {
+        cluster_name: "clusterd".to_string(),
+        heartbeat_interval: ms(r.heartbeat_interval.0),
+        election_timeout_min: ms(r.election_timeout_min.0),
+        election_timeout_max: ms(r.election_timeout_max.0),
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(r.snapshot_after),
+        max_in_snapshot_log_to_keep: 100,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| RunError::Raft(e.to_string()))
+}
+
+/// Run one node until `shutdown` resolves, serving on `listener`.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let key = ClusterKey::load(&config.node.key_file)?;
+    let me = config.node.name.clone();
+    let id = node_id(&me);
+    let (log_store, state_machine, replica) =
+        store::open(&config.node.data_dir, config.raft.history_limit)?;
+    let raft_cfg = raft_config(&config)?;
+    let reachable_within = Duration::from_millis(raft_cfg.election_timeout_max * 3);
+    let peers = PeerTable::default();
+    let network = Network::new(
+        id,
+        key.clone(),
+        peers.clone(),
+        Duration::from_millis(raft_cfg.heartbeat_interval * 4),
+    );
+    let raft = Raft::new(id, Arc::new(raft_cfg), network, log_store, state_machine)
+        .await
+        .map_err(|e| RunError::Raft(e.to_string()))?;
+    let shared = Arc::new(Shared {
+        me: me.clone(),
+        id,
+        config,
+        raft: raft.clone(),
+        key,
+        replica,
+        peers,
+        leader_contact: Mutex::new(None),
+        unauthorized: Mutex::new(UnauthorizedLog::default()),
+        reachable_within,
+    });
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "?".into());
+    let app = api::router(shared.clone());
+    let mut server_stop = stop_rx.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = server_stop.wait_for(|s| *s).await;
+        })
+        .await
+    });
+    info!(node = %me, "listening on {addr}");
+
+    let duties = tokio::spawn(duties(shared.clone(), stop_rx.clone()));
+    let joiner = tokio::spawn(bootstrap(shared.clone(), stop_rx.clone()));
+
+    shutdown.await;
+    info!(node = %me, "shutting down");
+    let _ = stop_tx.send(true);
+    let _ = joiner.await;
+    let _ = duties.await;
+    if let Err(e) = raft.shutdown().await {
+        warn!(error = %e, "raft did not shut down cleanly");
+    }
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(source)) => return Err(RunError::Serve { addr, source }),
+        Err(e) => warn!(error = %e, "API server task failed"),
+    }
+    info!(node = %me, "stopped");
+    Ok(())
+}
+
+fn is_member(metrics: &Metrics, id: NodeId) -> bool {
+    metrics
+        .membership_config
+        .membership()
+        .get_node(&id)
+        .is_some()
+}
+
+/// Form the cluster on first start, or join an existing one.
+///
+/// Configured voters that find no initialized peer call `initialize` with the configured voter
+/// set; several doing so at once is safe because they all write the same first entry. A node
+/// that finds an existing cluster (or is not a configured voter) asks the leader to add it as a
+/// learner instead, and keeps asking until it is a member.
+async fn bootstrap(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let cfg = &shared.config;
+    let initialized = shared.raft.is_initialized().await.unwrap_or(false);
+    if initialized {
+        info!("restarting from the Raft store; no bootstrap needed");
+        return;
+    }
+    let voter = cfg.is_voter(&shared.me);
+    if voter && !existing_cluster(&shared).await {
+        let members: BTreeMap<NodeId, Member> = cfg
+            .members()
+            .into_iter()
+            .filter(|m| cfg.is_voter(&m.name))
+            .map(|m| {
+                (
+                    node_id(&m.name),
+                    Member {
+                        name: m.name,
+                        addr: m.address.to_string(),
+                        role: m.role,
+                    },
+                )
+            })
+            .collect();
+        match shared.raft.initialize(members).await {
+            Ok(()) => info!(voters = ?cfg.voters(), "initialized a new cluster"),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
+                debug!("already initialized by a peer")
+            }
+            Err(e) => warn!(error = %e, "could not initialize the cluster"),
+        }
+        return;
+    }
+    if voter {
+        info!("found an existing cluster; waiting to be replicated to");
+        return;
+    }
+    // A learner: ask to be added until we are a member.
+    let request = AddMemberRequest {
+        name: shared.me.clone(),
+        addr: cfg.advertise().to_string(),
+        role: cfg.node.role,
+        voter: false,
+        force: false,
+    };
+    loop {
+        if is_member(&shared.raft.metrics().borrow(), shared.id) {
+            info!("joined the cluster as a learner");
+            return;
+        }
+        for peer in &cfg.peers {
+            let client = ApiClient::new(peer.address.to_string(), shared.key.clone())
+                .with_timeout(Duration::from_secs(20));
+            match client
+                .post::<_, MembershipReply>(admin_paths::MEMBERS, &request)
+                .await
+            {
+                Ok(reply) => {
+                    info!(via = %peer.name, "{}", reply.message);
+                    break;
+                }
+                Err(e) => debug!(via = %peer.name, error = %e, "join request failed"),
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Whether any peer already runs an initialized cluster.
+async fn existing_cluster(shared: &Shared) -> bool {
+    for peer in &shared.config.peers {
+        let client = ApiClient::new(peer.address.to_string(), shared.key.clone())
+            .with_timeout(Duration::from_millis(700));
+        if let Ok(report) = client.get::<StatusReport>(admin_paths::STATUS).await
+            && report.commit_index.is_some()
+        {
+            return true;
+        }
+    }
+    false
+}
+
+/// Observed Raft facts worth a log line when they change.
+#[derive(Debug, PartialEq, Eq)]
+struct Observed {
+    state: ServerState,
+    leader: Option<NodeId>,
+    term: u64,
+    membership: (Vec<String>, Vec<String>),
+}
+
+fn observe(m: &Metrics) -> Observed {
+    let membership = m.membership_config.membership();
+    let voter_ids: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
+    let mut voters = Vec::new();
+    let mut learners = Vec::new();
+    for (id, n) in membership.nodes() {
+        if voter_ids.contains(id) {
+            voters.push(n.name.clone());
+        } else {
+            learners.push(n.name.clone());
+        }
+    }
+    voters.sort();
+    learners.sort();
+    Observed {
+        state: m.state,
+        leader: m.current_leader,
+        term: m.current_term,
+        membership: (voters, learners),
+    }
+}
+
+fn name_of(m: &Metrics, id: Option<NodeId>) -> String {
+    id.and_then(|id| m.membership_config.membership().get_node(&id))
+        .map(|n| n.name.clone())
+        .unwrap_or_else(|| "none".into())
+}
+
+/// The background loop: log Raft changes, and propose what this node is responsible for.
+async fn duties(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut metrics_rx = shared.raft.metrics();
+    let mut last: Option<Observed> = None;
+    let mut announced_term: Option<u64> = None;
+    let mut retry_at = Instant::now();
+    let declared = shared.declared_addresses();
+    loop {
+        let metrics = metrics_rx.borrow_and_update().clone();
+        let now = observe(&metrics);
+        if last.as_ref() != Some(&now) {
+            log_change(last.as_ref(), &now, &metrics);
+            last = Some(now);
+        }
+        if Instant::now() >= retry_at {
+            if let Err(e) = run_duties(&shared, &metrics, &mut announced_term, &declared).await {
+                debug!(error = %e.message_text(), "duty failed; will retry");
+                retry_at = Instant::now() + DUTY_RETRY;
+            }
+        }
+        tokio::select! {
+            _ = metrics_rx.changed() => {}
+            _ = tokio::time::sleep(DUTY_TICK) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+fn log_change(before: Option<&Observed>, now: &Observed, m: &Metrics) {
+    let leader = name_of(m, now.leader);
+    match before {
+        Some(b) if b.state != now.state => info!(
+            from = ?b.state, to = ?now.state, term = now.term, leader = %leader,
+            "raft state changed"
+        ),
+        Some(b) if b.leader != now.leader => {
+            info!(leader = %leader, term = now.term, "leader changed")
+        }
+        None => info!(state = ?now.state, term = now.term, leader = %leader, "raft started"),
+        _ => {}
+    }
+    if before.map(|b| &b.membership) != Some(&now.membership) {
+        info!(voters = ?now.membership.0, learners = ?now.membership.1, "membership");
+    }
+}
+
+async fn run_duties(
+    shared: &Shared,
+    metrics: &Metrics,
+    announced_term: &mut Option<u64>,
+    declared: &[AddressSpec],
+) -> Result<(), api::ApiError> {
+    if metrics.current_leader.is_none() {
+        return Ok(());
+    }
+    let replica = shared.replica.borrow().clone();
+    let at_ms = auth::unix_ms();
+    if metrics.state == ServerState::Leader && metrics.current_leader == Some(shared.id) {
+        if *announced_term != Some(metrics.current_term) {
+            api::propose(
+                shared,
+                Command::LeaderElected {
+                    node: shared.me.clone(),
+                    term: metrics.current_term,
+                    at_ms,
+                },
+            )
+            .await?;
+            *announced_term = Some(metrics.current_term);
+        }
+        if replica.state.membership_unrecorded()
+            && !metrics
+                .membership_config
+                .membership()
+                .get_joint_config()
+                .len()
+                > 1
+        {
+            api::propose(shared, Command::RecordMembership { at_ms }).await?;
+        }
+        if replica.state.address_specs() != declared {
+            info!(
+                addresses = declared.len(),
+                "reconciling the cluster's address set to this node's config"
+            );
+            api::propose(
+                shared,
+                Command::SetAddresses {
+                    by: shared.me.clone(),
+                    addresses: declared.to_vec(),
+                    at_ms,
+                },
+            )
+            .await?;
+        }
+    }
+    let reported = replica
+        .state
+        .declared
+        .get(&shared.me)
+        .map(|d| d.addresses.as_slice());
+    if shared.config.node.role == crate::model::Role::Mail
+        && is_member(metrics, shared.id)
+        && reported != Some(declared)
+    {
+        api::propose(
+            shared,
+            Command::Declare {
+                node: shared.me.clone(),
+                addresses: declared.to_vec(),
+                at_ms,
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,318 @@
+//! The `status` report: its stable JSON schema and its table rendering.
+//!
+//! The daemon builds a [`StatusReport`] from its replica and its own view of the network; the
+//! same types are decoded by `clusterctl`. Field names here are a public interface (scripts read
+//! `clusterctl status --json`): add fields, never rename or remove them.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{AdminState, Event, Role};
+
+/// Everything `clusterctl status` shows.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// The node that answered.
+    pub answered_by: String,
+    /// The Raft leader as the answering node knows it, if any.
+    pub leader: Option<String>,
+    /// Current Raft term.
+    pub term: u64,
+    /// Index of the last log entry the answering node knows to be committed (applied).
+    pub commit_index: Option<u64>,
+    /// How fresh the answering node's replica is.
+    pub freshness: Freshness,
+    /// Every member.
+    pub nodes: Vec<NodeReport>,
+    /// Every floating address.
+    pub addresses: Vec<AddressReport>,
+    /// The most recent history events, oldest first.
+    pub events: Vec<Event>,
+}
+
+/// How stale the answering node's view may be.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Freshness {
+    /// Raft state of the answering node: leader, follower, candidate, learner, shutdown.
+    pub raft_state: String,
+    /// For the leader: ms since a quorum last acknowledged it. For others: ms since the leader
+    /// last reached this node. `None`: never.
+    pub last_contact_ms: Option<u64>,
+    /// Human summary, e.g. "leader, quorum ack 12 ms ago".
+    pub summary: String,
+}
+
+/// One member as seen from the answering node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeReport {
+    /// Member name.
+    pub name: String,
+    /// `mail` or `witness`.
+    pub role: Role,
+    /// Votes (true) or is a learner.
+    pub voter: bool,
+    /// leader, follower, candidate, learner (the answering node's own state for itself).
+    pub raft_state: String,
+    /// Whether the answering node has heard from it recently; `None` when it cannot know
+    /// (followers only hear from the leader).
+    pub reachable: Option<bool>,
+    /// ms since the answering node last heard from it, if ever.
+    pub last_contact_ms: Option<u64>,
+    /// Highest log index known replicated to it (leader only).
+    pub matched_index: Option<u64>,
+    /// Operator-set admin state.
+    pub admin: AdminState,
+    /// Its peer/admin API address.
+    pub address: String,
+    /// How its configured addresses compare with the cluster's: `same`, `unreported`, or a
+    /// description of the difference.
+    pub declared: String,
+}
+
+/// One floating address.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AddressReport {
+    /// `ip/prefix`.
+    pub ip: String,
+    /// Interface it is configured on.
+    pub interface: String,
+    /// Home node.
+    pub home: String,
+    /// Services its owner must pass.
+    pub services: Vec<String>,
+    /// Current owner, if assigned.
+    pub owner: Option<String>,
+    /// Assignment epoch.
+    pub epoch: u64,
+    /// When the owner got it (unix ms).
+    pub since_ms: Option<u64>,
+}
+
+/// Render the report as the table `clusterctl status` prints.
+pub fn render(report: &StatusReport, now_ms: u64) -> String {
+    let mut out = String::new();
+    let leader = report.leader.as_deref().unwrap_or("none (no quorum?)");
+    let commit = report
+        .commit_index
+        .map(|c| c.to_string())
+        .unwrap_or_else(|| "-".into());
+    let _ = writeln!(
+        out,
+        "leader: {leader}   term: {}   commit index: {commit}",
+        report.term
+    );
+    let _ = writeln!(
+        out,
+        "answered by {} ({})",
+        report.answered_by, report.freshness.summary
+    );
+    out.push('\n');
+    let rows: Vec<Vec<String>> = report
+        .nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.name.clone(),
+                format!("{:?}", n.role).to_lowercase(),
+                if n.voter { "voter" } else { "learner" }.to_string(),
+                n.raft_state.clone(),
+                match n.reachable {
+                    Some(true) => "yes".into(),
+                    Some(false) => "NO".into(),
+                    None => "?".into(),
+                },
+                n.last_contact_ms
+                    .map(|ms| format!("{ms} ms ago"))
+                    .unwrap_or_else(|| "-".into()),
+                n.admin.to_string(),
+                n.declared.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &mut out,
+        &[
+            "NODE",
+            "ROLE",
+            "VOTE",
+            "RAFT",
+            "REACHABLE",
+            "LAST CONTACT",
+            "ADMIN",
+            "CONFIG",
+        ],
+        &rows,
+    );
+    out.push('\n');
+    if report.addresses.is_empty() {
+        out.push_str("no floating addresses configured\n");
+    } else {
+        let rows: Vec<Vec<String>> = report
+            .addresses
+            .iter()
+            .map(|a| {
+                vec![
+                    a.ip.clone(),
+                    a.interface.clone(),
+                    a.home.clone(),
+                    a.services.join(","),
+                    a.owner.clone().unwrap_or_else(|| "unassigned".into()),
+                    a.epoch.to_string(),
+                    a.since_ms
+                        .map(|s| age(now_ms.saturating_sub(s)))
+                        .unwrap_or_else(|| "-".into()),
+                ]
+            })
+            .collect();
+        table(
+            &mut out,
+            &["ADDRESS", "IFACE", "HOME", "SERVICES", "OWNER", "EPOCH", "SINCE"],
+            &rows,
+        );
+    }
+    if !report.events.is_empty() {
+        out.push_str("\nrecent events:\n");
+        for e in report.events.iter().rev().take(5).rev() {
+            let _ = writeln!(
+                out,
+                "  {} ago  {}",
+                age(now_ms.saturating_sub(e.at_ms)),
+                e.kind
+            );
+        }
+    }
+    out
+}
+
+/// Render history events, one per line, oldest first.
+pub fn render_events(events: &[Event], now_ms: u64) -> String {
+    let mut out = String::new();
+    for e in events {
+        let _ = writeln!(
+            out,
+            "#{:<5} {:>10} ago  {}",
+            e.seq,
+            age(now_ms.saturating_sub(e.at_ms)),
+            e.kind
+        );
+    }
+    if out.is_empty() {
+        out.push_str("no events\n");
+    }
+    out
+}
+
+/// A short human duration: `850ms`, `12s`, `5m03s`, `2h10m`, `3d04h`.
+pub fn age(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        _ if ms < 1000 => format!("{ms}ms"),
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..=86399 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d{:02}h", s / 86400, (s % 86400) / 3600),
+    }
+}
+
+fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |out: &mut String, cells: &[String]| {
+        let mut s = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(cell);
+            } else {
+                let _ = write!(s, "{cell:<w$}  ");
+            }
+        }
+        out.push_str(s.trim_end());
+        out.push('\n');
+    };
+    line(out, &header.iter().map(|h| h.to_string()).collect::<Vec<_>>());
+    for row in rows {
+        line(out, row);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::EventKind;
+
+    fn report() -> StatusReport {
+        StatusReport {
+            answered_by: "mx2".into(),
+            leader: Some("mx1".into()),
+            term: 3,
+            commit_index: Some(17),
+            freshness: Freshness {
+                raft_state: "follower".into(),
+                last_contact_ms: Some(20),
+                summary: "follower, leader contact 20 ms ago".into(),
+            },
+            nodes: vec![NodeReport {
+                name: "mx1".into(),
+                role: Role::Mail,
+                voter: true,
+                raft_state: "leader".into(),
+                reachable: Some(true),
+                last_contact_ms: Some(20),
+                matched_index: None,
+                admin: AdminState::Active,
+                address: "192.0.2.11:7400".into(),
+                declared: "same".into(),
+            }],
+            addresses: vec![AddressReport {
+                ip: "192.0.2.101/24".into(),
+                interface: "eth0".into(),
+                home: "mx1".into(),
+                services: vec!["imap".into(), "smtp".into()],
+                owner: None,
+                epoch: 0,
+                since_ms: None,
+            }],
+            events: vec![Event {
+                seq: 1,
+                at_ms: 1_000,
+                kind: EventKind::LeaderElected {
+                    node: "mx1".into(),
+                    term: 3,
+                },
+            }],
+        }
+    }
+
+    #[test]
+    fn json_schema_has_the_documented_top_level_fields() {
+        let v = serde_json::to_value(report()).unwrap();
+        for field in ["leader", "term", "nodes", "addresses", "events"] {
+            assert!(v.get(field).is_some(), "missing {field}");
+        }
+        assert_eq!(v["nodes"][0]["role"], "mail");
+        assert_eq!(v["events"][0]["kind"]["type"], "leader_elected");
+    }
+
+    #[test]
+    fn table_shows_leader_nodes_addresses_and_events() {
+        let text = render(&report(), 61_000);
+        assert!(text.starts_with("leader: mx1   term: 3   commit index: 17"));
+        assert!(text.contains("mx1   mail  voter  leader  yes"), "{text}");
+        assert!(text.contains("192.0.2.101/24  eth0   mx1   imap,smtp  unassigned"), "{text}");
+        assert!(text.contains("1m00s ago  mx1 became leader in term 3"), "{text}");
+    }
+
+    #[test]
+    fn ages_read_naturally() {
+        assert_eq!(age(850), "850ms");
+        assert_eq!(age(12_000), "12s");
+        assert_eq!(age(303_000), "5m03s");
+        assert_eq!(age(7_800_000), "2h10m");
+        assert_eq!(age(273_600_000), "3d04h");
+    }
+}
