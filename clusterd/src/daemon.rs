@@ -148,7 +148,7 @@ pub async fn run(
     let me = config.node.name.clone();
     let id = node_id(&me);
     let (log_store, state_machine, replica) =
-        store::open(&config.node.data_dir, config.raft.history_limit)?;
+        store::open(&config.node.data_dir, config.raft.history_limit as usize)?;
     let raft_cfg = raft_config(&config)?;
     let reachable_within = Duration::from_millis(raft_cfg.election_timeout_max * 3);
     let peers = PeerTable::default();
