@@ -10,15 +10,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::{Json, Router};
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
+use axum::{Json, Router};
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest,
+};
 use openraft::{ChangeMembers, ServerState};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
@@ -235,7 +237,8 @@ async fn authenticate(
         )
         .into_response();
     }
-    next.run(Request::from_parts(parts, Body::from(bytes))).await
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
 }
 
 async fn raft_append(
@@ -292,7 +295,9 @@ async fn post_propose(
     headers: HeaderMap,
     Json(cmd): Json<Command>,
 ) -> Result<Json<Applied>, ApiError> {
-    propose_inner(&s, cmd, is_forwarded(&headers)).await.map(Json)
+    propose_inner(&s, cmd, is_forwarded(&headers))
+        .await
+        .map(Json)
 }
 
 async fn post_note(
@@ -327,7 +332,12 @@ async fn propose_inner(s: &Shared, cmd: Command, forwarded: bool) -> Result<Appl
             let body = serde_json::to_vec(&cmd)
                 .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
             client
-                .send("POST", admin_paths::PROPOSE, body, &[(HEADER_FORWARDED, "1")])
+                .send(
+                    "POST",
+                    admin_paths::PROPOSE,
+                    body,
+                    &[(HEADER_FORWARDED, "1")],
+                )
                 .await?
         }
     };
@@ -355,8 +365,13 @@ fn leader_route(s: &Shared, forwarded: bool) -> Result<LeaderRoute, ApiError> {
                 .membership()
                 .get_node(&l)
                 .cloned()
-                .ok_or_else(|| ApiError::unavailable("the leader is not in the membership yet; retry"))?;
-            Ok(LeaderRoute::Forward(ApiClient::new(node.addr, s.key.clone())))
+                .ok_or_else(|| {
+                    ApiError::unavailable("the leader is not in the membership yet; retry")
+                })?;
+            Ok(LeaderRoute::Forward(ApiClient::new(
+                node.addr,
+                s.key.clone(),
+            )))
         }
         None => Err(ApiError::unavailable(format!(
             "{} knows no leader right now (no quorum?); check `clusterctl status` on the other nodes",
@@ -448,7 +463,10 @@ async fn post_member(
     if req.addr.parse::<SocketAddr>().is_err() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            format!("address {:?} is not HOST:PORT with an IP, e.g. 192.0.2.14:7400", req.addr),
+            format!(
+                "address {:?} is not HOST:PORT with an IP, e.g. 192.0.2.14:7400",
+                req.addr
+            ),
         ));
     }
     if req.role == Role::Witness && !req.voter {
@@ -469,7 +487,11 @@ async fn post_member(
         role: req.role,
     };
     let metrics = s.raft.metrics().borrow().clone();
-    let existing = metrics.membership_config.membership().get_node(&id).cloned();
+    let existing = metrics
+        .membership_config
+        .membership()
+        .get_node(&id)
+        .cloned();
     let (voter_ids, ..) = membership_names(&s);
     let already_voter = voter_ids.contains(&id);
     if let Some(existing) = &existing
@@ -506,10 +528,13 @@ async fn post_member(
         let ids: BTreeSet<NodeId> = [id].into();
         tokio::time::timeout(
             MEMBERSHIP_TIMEOUT,
-            s.raft.change_membership(ChangeMembers::AddVoterIds(ids), true),
+            s.raft
+                .change_membership(ChangeMembers::AddVoterIds(ids), true),
         )
         .await
-        .map_err(|_| ApiError::unavailable("membership change did not finish in time; check status"))?
+        .map_err(|_| {
+            ApiError::unavailable("membership change did not finish in time; check status")
+        })?
         .map_err(write_error)?;
         info!(node = %req.name, "promoted to voter");
     }
@@ -544,7 +569,12 @@ async fn delete_member(
     }
     let id = node_id(&name);
     let metrics = s.raft.metrics().borrow().clone();
-    if metrics.membership_config.membership().get_node(&id).is_none() {
+    if metrics
+        .membership_config
+        .membership()
+        .get_node(&id)
+        .is_none()
+    {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("{name} is not a member; `clusterctl status` lists the members"),
@@ -562,7 +592,9 @@ async fn delete_member(
     };
     tokio::time::timeout(MEMBERSHIP_TIMEOUT, s.raft.change_membership(change, false))
         .await
-        .map_err(|_| ApiError::unavailable("membership change did not finish in time; check status"))?
+        .map_err(|_| {
+            ApiError::unavailable("membership change did not finish in time; check status")
+        })?
         .map_err(write_error)?;
     info!(node = %name, "removed member");
     let (_, voters, learners) = membership_names(&s);

@@ -57,7 +57,9 @@ pub enum KeyError {
         path: String,
     },
     /// Refused to overwrite an existing key.
-    #[error("key file {path} already exists; pass --force to replace it (every node needs the new key)")]
+    #[error(
+        "key file {path} already exists; pass --force to replace it (every node needs the new key)"
+    )]
     Exists {
         /// The key file.
         path: String,
@@ -149,7 +151,11 @@ impl ClusterKey {
 
     /// The signature of a request made at `time_ms`.
     pub fn sign(&self, method: &str, path: &str, time_ms: u64, body: &[u8]) -> String {
-        hex::encode(self.mac(method, path, time_ms, body).finalize().into_bytes())
+        hex::encode(
+            self.mac(method, path, time_ms, body)
+                .finalize()
+                .into_bytes(),
+        )
     }
 
     /// Check a request's time and signature against this key.
@@ -170,7 +176,10 @@ impl ClusterKey {
             return Err(AuthError::Stale);
         }
         let given = hex::decode(signature).map_err(|_| AuthError::BadSignature)?;
-        let expected = self.mac(method, path, time_ms, body).finalize().into_bytes();
+        let expected = self
+            .mac(method, path, time_ms, body)
+            .finalize()
+            .into_bytes();
         if expected.as_slice().ct_eq(&given).into() {
             Ok(())
         } else {

@@ -148,10 +148,11 @@ impl ApiClient {
         body: Vec<u8>,
         extra_headers: &[(&str, &str)],
     ) -> Result<(u16, Vec<u8>), ClientError> {
-        let m = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| ClientError::Decode {
-            addr: self.addr.clone(),
-            reason: e.to_string(),
-        })?;
+        let m =
+            reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| ClientError::Decode {
+                addr: self.addr.clone(),
+                reason: e.to_string(),
+            })?;
         let mut req = self
             .http
             .request(m, format!("http://{}{}", self.addr, path))
@@ -188,5 +189,24 @@ impl ApiClient {
             reason: e.to_string(),
         })?;
         Ok((status, bytes.to_vec()))
+    }
+}
+
+/// Run `f` until it succeeds or fails for good: retryable errors (unreachable, no leader yet)
+/// are tried again up to 5 times, 400 ms apart.
+pub async fn with_retries<T, F, Fut>(mut f: F) -> Result<T, ClientError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
+{
+    let mut attempt = 0;
+    loop {
+        match f().await {
+            Err(e) if e.is_retryable() && attempt < 5 => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(400)).await;
+            }
+            other => return other,
+        }
     }
 }

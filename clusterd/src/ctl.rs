@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::api::{AddMemberRequest, MembershipReply, NoteRequest, admin_paths};
 use crate::auth::{self, ClusterKey};
-use crate::client::{ApiClient, ClientError};
+use crate::client::{ApiClient, ClientError, with_retries};
 use crate::config::{self, Config};
 use crate::model::{Applied, Event, Role};
 use crate::status::{self, StatusReport};
@@ -186,7 +186,8 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<(), Failure> 
     match &cli.command {
         Command::CheckConfig { path } => {
             let path = path.as_deref().unwrap_or(&cli.config);
-            let cfg = config::load(path).map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
+            let cfg = config::load(path)
+                .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
             writeln!(
                 out,
                 "{}: ok ({} as {:?}, {} members, voters {}, {} addresses)",
@@ -282,23 +283,6 @@ fn to_json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }
 
-async fn with_retries<T, F, Fut>(mut f: F) -> Result<T, ClientError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, ClientError>>,
-{
-    let mut attempt = 0;
-    loop {
-        match f().await {
-            Err(e) if e.is_retryable() && attempt < 5 => {
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(400)).await;
-            }
-            other => return other,
-        }
-    }
-}
-
 /// Where to connect and with which key, from the flags and the config.
 fn connect(cli: &Cli) -> Result<ApiClient, Failure> {
     let (addr, key_path) = match (&cli.node, &cli.key_file) {
@@ -330,10 +314,7 @@ fn local_address(cfg: &Config) -> String {
     }
 }
 
-async fn fetch_status(
-    client: &ApiClient,
-    args: &StatusArgs,
-) -> Result<StatusReport, ClientError> {
+async fn fetch_status(client: &ApiClient, args: &StatusArgs) -> Result<StatusReport, ClientError> {
     let path = format!("{}?limit={}", admin_paths::STATUS, args.events);
     let report: StatusReport = client.get(&path).await?;
     if !args.leader {

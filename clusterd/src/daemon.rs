@@ -29,7 +29,7 @@ use crate::status::StatusReport;
 /// How often background duties look at the cluster when nothing changed.
 const DUTY_TICK: Duration = Duration::from_millis(250);
 /// Pause after a failed duty before trying it again.
-const DUTY_RETRY: Duration = Duration::from_secs(1);
+const DUTY_RETRY: Duration = Duration::from_millis(300);
 
 /// Why the daemon could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +79,9 @@ pub struct Shared {
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared").field("me", &self.me).finish_non_exhaustive()
+        f.debug_struct("Shared")
+            .field("me", &self.me)
+            .finish_non_exhaustive()
     }
 }
 
@@ -149,6 +151,7 @@ pub async fn run(
     let id = node_id(&me);
     let (log_store, state_machine, replica) =
         store::open(&config.node.data_dir, config.raft.history_limit as usize)?;
+    let store_in_use = log_store.closed_watch();
     let raft_cfg = raft_config(&config)?;
     let reachable_within = Duration::from_millis(raft_cfg.election_timeout_max * 3);
     let peers = PeerTable::default();
@@ -204,7 +207,19 @@ pub async fn run(
     if let Err(e) = raft.shutdown().await {
         warn!(error = %e, "raft did not shut down cleanly");
     }
-    match server.await {
+    let served = server.await;
+    drop(raft);
+    drop(shared);
+    // Raft's worker tasks let go of the store shortly after shutdown; return only once the
+    // file is closed, so that a restart in the same process can open it again.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while store_in_use.strong_count() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if store_in_use.strong_count() > 0 {
+        warn!("the Raft store is still in use 5 s after shutdown");
+    }
+    match served {
         Ok(Ok(())) => {}
         Ok(Err(source)) => return Err(RunError::Serve { addr, source }),
         Err(e) => warn!(error = %e, "API server task failed"),
@@ -361,6 +376,10 @@ async fn duties(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         let now = observe(&metrics);
         if last.as_ref() != Some(&now) {
             log_change(last.as_ref(), &now, &metrics);
+            if last.as_ref().map(|l| (l.leader, l.term)) != Some((now.leader, now.term)) {
+                // A new leader may accept what the old one could not: try at once.
+                retry_at = Instant::now();
+            }
             last = Some(now);
         }
         if Instant::now() >= retry_at {

@@ -167,7 +167,9 @@ pub fn render(report: &StatusReport, now_ms: u64) -> String {
             .collect();
         table(
             &mut out,
-            &["ADDRESS", "IFACE", "HOME", "SERVICES", "OWNER", "EPOCH", "SINCE"],
+            &[
+                "ADDRESS", "IFACE", "HOME", "SERVICES", "OWNER", "EPOCH", "SINCE",
+            ],
             &rows,
         );
     }
@@ -234,7 +236,10 @@ fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
         out.push_str(s.trim_end());
         out.push('\n');
     };
-    line(out, &header.iter().map(|h| h.to_string()).collect::<Vec<_>>());
+    line(
+        out,
+        &header.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
+    );
     for row in rows {
         line(out, row);
     }
@@ -303,8 +308,14 @@ mod tests {
         let text = render(&report(), 61_000);
         assert!(text.starts_with("leader: mx1   term: 3   commit index: 17"));
         assert!(text.contains("mx1   mail  voter  leader  yes"), "{text}");
-        assert!(text.contains("192.0.2.101/24  eth0   mx1   imap,smtp  unassigned"), "{text}");
-        assert!(text.contains("1m00s ago  mx1 became leader in term 3"), "{text}");
+        assert!(
+            text.contains("192.0.2.101/24  eth0   mx1   imap,smtp  unassigned"),
+            "{text}"
+        );
+        assert!(
+            text.contains("1m00s ago  mx1 became leader in term 3"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use openraft::RPCTypes;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
 };
@@ -18,7 +19,6 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::RPCTypes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -87,7 +87,11 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerClient {
-        let client = self.clients.entry(target).or_insert_with(http_client).clone();
+        let client = self
+            .clients
+            .entry(target)
+            .or_insert_with(http_client)
+            .clone();
         PeerClient {
             me: self.me,
             target,
@@ -113,7 +117,12 @@ pub struct PeerClient {
 }
 
 /// Sign `body` for `method path` now and return the two header values.
-pub fn signature_headers(key: &ClusterKey, method: &str, path: &str, body: &[u8]) -> [(&'static str, String); 2] {
+pub fn signature_headers(
+    key: &ClusterKey,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> [(&'static str, String); 2] {
     let now = auth::unix_ms();
     [
         (auth::HEADER_TIME, now.to_string()),
@@ -205,7 +214,13 @@ impl PeerClient {
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let reply: Result<Resp, E> =
             serde_json::from_slice(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        reply.map_err(|e| RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), e)))
+        reply.map_err(|e| {
+            RPCError::RemoteError(RemoteError::new_with_node(
+                self.target,
+                self.node.clone(),
+                e,
+            ))
+        })
     }
 }
 

@@ -142,7 +142,9 @@ fn get_json<T: for<'a> Deserialize<'a>>(
     let table = txn.open_table(table).map_err(read_err)?;
     match table.get(key).map_err(read_err)? {
         None => Ok(None),
-        Some(v) => serde_json::from_slice(v.value()).map(Some).map_err(read_err),
+        Some(v) => serde_json::from_slice(v.value())
+            .map(Some)
+            .map_err(read_err),
     }
 }
 
@@ -168,6 +170,13 @@ fn put_json<T: Serialize>(
 #[derive(Clone, Debug)]
 pub struct LogStore {
     db: Arc<Database>,
+}
+
+impl LogStore {
+    /// A handle that tells when every user of the database file has let go of it.
+    pub fn closed_watch(&self) -> std::sync::Weak<Database> {
+        Arc::downgrade(&self.db)
+    }
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -372,7 +381,8 @@ pub struct StateMachineStore {
 
 impl StateMachineStore {
     fn publish(&self) {
-        self.published.send_replace(Arc::new(Replica::from(&self.data)));
+        self.published
+            .send_replace(Arc::new(Replica::from(&self.data)));
     }
 
     async fn persist(&self, durability: Durability) -> StorageResult<()> {
@@ -410,7 +420,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 EntryPayload::Blank => Applied::default(),
                 EntryPayload::Normal(cmd) => self.data.state.apply(cmd),
                 EntryPayload::Membership(m) => {
-                    self.data.last_membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                    self.data.last_membership =
+                        StoredMembership::new(Some(entry.log_id), m.clone());
                     let members = membership_members(&self.data.last_membership);
                     self.data.state.set_membership(members);
                     Applied {
@@ -528,9 +539,7 @@ mod tests {
     struct RedbBuilder;
 
     impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for RedbBuilder {
-        async fn build(
-            &self,
-        ) -> StorageResult<(tempfile::TempDir, LogStore, StateMachineStore)> {
+        async fn build(&self) -> StorageResult<(tempfile::TempDir, LogStore, StateMachineStore)> {
             let dir = tempfile::tempdir().map_err(write_err)?;
             let (log, sm, _rx) = open(dir.path(), 100).map_err(write_err)?;
             Ok((dir, log, sm))
@@ -576,7 +585,15 @@ mod tests {
         }
         let (mut log, mut sm, rx) = open(dir.path(), 100).unwrap();
         assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(3, 7)));
-        assert_eq!(log.get_log_state().await.unwrap().last_log_id.unwrap().index, 1);
+        assert_eq!(
+            log.get_log_state()
+                .await
+                .unwrap()
+                .last_log_id
+                .unwrap()
+                .index,
+            1
+        );
         let (applied, _) = sm.applied_state().await.unwrap();
         assert_eq!(applied.unwrap().index, 1);
         assert_eq!(rx.borrow().state.events.len(), 1);
