@@ -505,10 +505,11 @@ async fn post_member(
             ),
         ));
     }
-    if req.voter && !already_voter {
-        if let Some(p) = voter_count_problem(voter_ids.len() + 1, req.force) {
-            return Err(ApiError::new(StatusCode::CONFLICT, p));
-        }
+    if req.voter
+        && !already_voter
+        && let Some(p) = voter_count_problem(voter_ids.len() + 1, req.force)
+    {
+        return Err(ApiError::new(StatusCode::CONFLICT, p));
     }
     if existing.is_none() {
         let added = tokio::time::timeout(MEMBERSHIP_TIMEOUT, s.raft.add_learner(id, member, true))

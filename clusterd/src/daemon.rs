@@ -382,11 +382,11 @@ async fn duties(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             }
             last = Some(now);
         }
-        if Instant::now() >= retry_at {
-            if let Err(e) = run_duties(&shared, &metrics, &mut announced_term, &declared).await {
-                debug!(error = %e.message_text(), "duty failed; will retry");
-                retry_at = Instant::now() + DUTY_RETRY;
-            }
+        if Instant::now() >= retry_at
+            && let Err(e) = run_duties(&shared, &metrics, &mut announced_term, &declared).await
+        {
+            debug!(error = %e.message_text(), "duty failed; will retry");
+            retry_at = Instant::now() + DUTY_RETRY;
         }
         tokio::select! {
             _ = metrics_rx.changed() => {}

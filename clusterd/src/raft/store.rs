@@ -7,6 +7,10 @@
 //! snapshot wins, so a crash between the two never loses applied entries that were purged from
 //! the log. All disk work runs on tokio's blocking pool.
 
+// openraft's trait signatures fix the error type to its (large) StorageError; the helpers here
+// share it so that `?` works throughout.
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::RangeBounds;
@@ -85,7 +89,7 @@ pub enum OpenError {
         /// The file.
         path: String,
         /// Cause.
-        source: StorageError<NodeId>,
+        source: Box<StorageError<NodeId>>,
     },
 }
 
@@ -107,7 +111,7 @@ pub fn open(
     let db = Arc::new(db);
     let corrupt = |source| OpenError::Corrupt {
         path: path.display().to_string(),
-        source,
+        source: Box::new(source),
     };
     init_tables(&db).map_err(corrupt)?;
     let mut data = load_state_machine(&db).map_err(corrupt)?;

@@ -1,0 +1,374 @@
+//! Process tests: the real `clusterd` and `clusterctl` binaries on loopback.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use clusterd::auth::ClusterKey;
+use clusterd::client::{ApiClient, ClientError};
+use clusterd::model::EventKind;
+use clusterd::status::StatusReport;
+use common::{NodeSpec, eventually, write_configs, write_key};
+
+const CLUSTERD: &str = env!("CARGO_BIN_EXE_clusterd");
+const CLUSTERCTL: &str = env!("CARGO_BIN_EXE_clusterctl");
+
+/// Daemons started by this test; killed (by their own pid) when dropped.
+struct Daemons {
+    children: Vec<Child>,
+}
+
+impl Drop for Daemons {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn start(spec: &NodeSpec, log: &Path) -> Child {
+    Command::new(CLUSTERD)
+        .arg("--config")
+        .arg(&spec.config_path)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .expect("start clusterd")
+}
+
+fn ctl(args: &[&str]) -> Output {
+    Command::new(CLUSTERCTL)
+        .args(args)
+        .output()
+        .expect("run clusterctl")
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+struct Lab {
+    dir: tempfile::TempDir,
+    key_path: PathBuf,
+    specs: Vec<NodeSpec>,
+    daemons: Daemons,
+}
+
+impl Lab {
+    fn start() -> Lab {
+        let dir = tempfile::tempdir().unwrap();
+        let key_path = write_key(dir.path());
+        let specs = write_configs(
+            dir.path(),
+            &key_path,
+            &["n1", "n2", "n3"],
+            &["n1", "n2", "n3"],
+            &common::two_addresses,
+        );
+        let children = specs
+            .iter()
+            .map(|s| start(s, &dir.path().join(format!("{}.log", s.name))))
+            .collect();
+        Lab {
+            dir,
+            key_path,
+            specs,
+            daemons: Daemons { children },
+        }
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    fn status_json(&self, node: usize) -> Option<StatusReport> {
+        let out = ctl(&[
+            "--config",
+            path_str(&self.specs[node].config_path),
+            "status",
+            "--json",
+        ]);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_daemons_show_three_nodes_and_one_leader_in_clusterctl_status() {
+    let lab = Lab::start();
+    let report = eventually(
+        "a leader in clusterctl status",
+        Duration::from_secs(15),
+        || async {
+            let r = lab.status_json(0)?;
+            r.leader.is_some().then_some(r)
+        },
+    )
+    .await;
+    assert_eq!(report.nodes.len(), 3, "{report:?}");
+    let leaders: Vec<_> = report
+        .nodes
+        .iter()
+        .filter(|n| n.raft_state == "leader")
+        .map(|n| n.name.clone())
+        .collect();
+    assert_eq!(leaders, vec![report.leader.clone().unwrap()]);
+    // The JSON has the documented top-level fields.
+    let out = ctl(&[
+        "--config",
+        path_str(&lab.specs[1].config_path),
+        "status",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for field in ["leader", "term", "nodes", "addresses", "events"] {
+        assert!(v.get(field).is_some(), "status --json lacks {field}: {v}");
+    }
+    // Every node agrees on the leader; --leader answers from the leader itself.
+    for i in 0..3 {
+        let r = eventually("same leader everywhere", Duration::from_secs(5), || async {
+            let r = lab.status_json(i)?;
+            (r.leader == report.leader).then_some(r)
+        })
+        .await;
+        assert_eq!(r.nodes.len(), 3);
+    }
+    let out = ctl(&[
+        "--config",
+        path_str(&lab.specs[0].config_path),
+        "status",
+        "--leader",
+        "--json",
+    ]);
+    let r: StatusReport = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(Some(r.answered_by), report.leader);
+    // The table is readable.
+    let out = ctl(&["--config", path_str(&lab.specs[0].config_path), "status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("NODE") && text.contains("192.0.2.101/24"),
+        "{text}"
+    );
+    drop(lab.daemons);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_key_gets_401_and_changes_nothing() {
+    let lab = Lab::start();
+    eventually("a leader", Duration::from_secs(15), || async {
+        lab.status_json(0)?.leader.map(|_| ())
+    })
+    .await;
+    let key = ClusterKey::load(&lab.key_path).unwrap();
+    let addr = lab.specs[0].addr.to_string();
+    let events_before = eventually("history settles", Duration::from_secs(5), || async {
+        let e: Vec<clusterd::model::Event> = ApiClient::new(addr.clone(), key.clone())
+            .get("/v1/history")
+            .await
+            .ok()?;
+        // Leader election, membership, addresses and three declarations: wait until the two
+        // address-declaring nodes have reported.
+        (e.len() >= 3).then_some(e)
+    })
+    .await;
+
+    let wrong_path = lab.dir.path().join("wrong.key");
+    ClusterKey::generate().write(&wrong_path, false).unwrap();
+    let wrong = ClusterKey::load(&wrong_path).unwrap();
+
+    // clusterctl with the wrong key: refused, exit code 1, a message about the key.
+    let out = ctl(&[
+        "--node",
+        &addr,
+        "--key-file",
+        path_str(&wrong_path),
+        "note",
+        "should",
+        "not",
+        "land",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("401"), "{stderr}");
+
+    // A wrongly signed write, an unsigned one, and a wrongly signed Raft RPC: all 401.
+    let err = ApiClient::new(addr.clone(), wrong.clone())
+        .post::<_, serde_json::Value>("/v1/note", &serde_json::json!({"text": "forged"}))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::Unauthorized { .. }), "{err}");
+    let http = reqwest::Client::new();
+    for (path, body) in [
+        ("/v1/note", r#"{"text":"unsigned"}"#),
+        ("/raft/vote", r#"{}"#),
+        (
+            "/v1/members",
+            r#"{"name":"evil","addr":"127.0.0.1:1","role":"mail","voter":true}"#,
+        ),
+    ] {
+        let resp = http
+            .post(format!("http://{addr}{path}"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 401, "{path}");
+    }
+    let resp = http
+        .get(format!("http://{addr}/v1/status"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+
+    // Nothing changed: the history holds no note and membership is unchanged.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let events: Vec<clusterd::model::Event> = ApiClient::new(addr.clone(), key.clone())
+        .get("/v1/history")
+        .await
+        .unwrap();
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::Note { .. })),
+        "{events:?}"
+    );
+    assert!(events.len() >= events_before.len());
+    let report = lab.status_json(0).unwrap();
+    assert_eq!(report.nodes.len(), 3);
+
+    // The refusals were logged once (rate-limited), and no key material reached a log.
+    let log = lab.log("n1");
+    let lines = log.matches("rejected unauthenticated request").count();
+    assert_eq!(
+        lines, 1,
+        "expected one rate-limited line, got {lines}:\n{log}"
+    );
+    let key_hex = std::fs::read_to_string(&lab.key_path).unwrap();
+    let wrong_hex = std::fs::read_to_string(&wrong_path).unwrap();
+    for name in ["n1", "n2", "n3"] {
+        let log = lab.log(name);
+        assert!(!log.contains(key_hex.trim()) && !log.contains(wrong_hex.trim()));
+    }
+
+    // With the right key the same note lands.
+    let out = ctl(&[
+        "--config",
+        path_str(&lab.specs[0].config_path),
+        "note",
+        "right",
+        "key",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let out = ctl(&[
+        "--config",
+        path_str(&lab.specs[2].config_path),
+        "history",
+        "--json",
+    ]);
+    let events: Vec<clusterd::model::Event> = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(&e.kind, EventKind::Note { text, .. } if text == "right key"))
+    );
+    drop(lab.daemons);
+}
+
+#[test]
+fn sigterm_stops_a_daemon_cleanly() {
+    let lab = Lab::start();
+    let mut daemons = lab.daemons;
+    let mut child = daemons.children.remove(0);
+    let log_path = lab.dir.path().join("n1.log");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log_path)
+        .unwrap_or_default()
+        .contains("listening on")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no 'listening on' line"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "clusterd ignored SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(log.contains("stopped"), "{log}");
+}
+
+#[test]
+fn check_config_accepts_good_and_names_the_field_of_bad_configs() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = write_key(dir.path());
+    let specs = write_configs(
+        dir.path(),
+        &key,
+        &["n1", "n2", "n3"],
+        &["n1", "n2", "n3"],
+        &|_| String::new(),
+    );
+    let out = ctl(&["check-config", path_str(&specs[0].config_path)]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
+
+    let bad = dir.path().join("bad.toml");
+    let text = std::fs::read_to_string(&specs[0].config_path)
+        .unwrap()
+        .replace(
+            "[cluster]\nvoters = [\"n1\", \"n2\", \"n3\"]",
+            "[cluster]\nvoters = [\"n1\", \"n2\"]",
+        );
+    std::fs::write(&bad, text).unwrap();
+    let out = ctl(&["check-config", path_str(&bad)]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cluster.voters"), "{stderr}");
+    assert!(stderr.contains("witness"), "{stderr}");
+
+    // The daemon refuses the same file at start, with the same explanation.
+    let out = Command::new(CLUSTERD)
+        .arg("--config")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cluster.voters"));
+}
+
+#[test]
+fn keygen_writes_a_private_key_and_refuses_to_overwrite() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k");
+    let out = ctl(&["keygen", path_str(&path)]);
+    assert!(out.status.success(), "{out:?}");
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let out = ctl(&["keygen", path_str(&path)]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
+}
