@@ -148,7 +148,11 @@ fn b64(data: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -163,10 +167,14 @@ fn b64(data: &[u8]) -> String {
 
 async fn bench_etcd(dir: &Path) -> Option<Result> {
     if Command::new("etcd").arg("--version").output().is_err() {
-        println!("etcd is not installed: apt-get install -y etcd-server (the anchor of this benchmark)");
+        println!(
+            "etcd is not installed: apt-get install -y etcd-server (the anchor of this benchmark)"
+        );
         return None;
     }
-    let ports: Vec<(u16, u16)> = (0..3).map(|_| (common::free_port(), common::free_port())).collect();
+    let ports: Vec<(u16, u16)> = (0..3)
+        .map(|_| (common::free_port(), common::free_port()))
+        .collect();
     let cluster = ports
         .iter()
         .enumerate()
@@ -182,12 +190,26 @@ async fn bench_etcd(dir: &Path) -> Option<Result> {
                     .args(["--name", &format!("e{i}")])
                     .arg("--data-dir")
                     .arg(dir.join(format!("e{i}")))
-                    .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
-                    .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
+                    .args([
+                        "--listen-client-urls",
+                        &format!("http://127.0.0.1:{client}"),
+                    ])
+                    .args([
+                        "--advertise-client-urls",
+                        &format!("http://127.0.0.1:{client}"),
+                    ])
                     .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-                    .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
+                    .args([
+                        "--initial-advertise-peer-urls",
+                        &format!("http://127.0.0.1:{peer}"),
+                    ])
                     .args(["--initial-cluster", &cluster])
-                    .args(["--initial-cluster-state", "new", "--initial-cluster-token", "bench"])
+                    .args([
+                        "--initial-cluster-state",
+                        "new",
+                        "--initial-cluster-token",
+                        "bench",
+                    ])
                     .args(["--log-level", "error"])
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
@@ -219,14 +241,22 @@ async fn bench_etcd(dir: &Path) -> Option<Result> {
         if ok {
             break;
         }
-        assert!(Instant::now() < deadline, "etcd did not accept writes within 20 s");
+        assert!(
+            Instant::now() < deadline,
+            "etcd did not accept writes within 20 s"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut lat = Vec::with_capacity(WRITES);
     for i in 0..WRITES {
         let t = Instant::now();
-        let resp = http.post(&url).body(body(i)).send().await.expect("etcd put");
+        let resp = http
+            .post(&url)
+            .body(body(i))
+            .send()
+            .await
+            .expect("etcd put");
         assert!(resp.status().is_success());
         let _ = resp.bytes().await;
         lat.push(t.elapsed().as_secs_f64() * 1000.0);
@@ -263,23 +293,53 @@ async fn main() {
     println!(
         "3 nodes on loopback, {WRITES} sequential writes through the leader, idle over {IDLE_SECS} s"
     );
-    println!("{:<28} {:>15} {:>15} {:>8}", "metric", "clusterd", "etcd 3.4", "ratio");
+    println!(
+        "{:<28} {:>15} {:>15} {:>8}",
+        "metric", "clusterd", "etcd 3.4", "ratio"
+    );
     let a = anchor.as_ref();
     row("commit latency p50", ours.p50_ms, a.map(|r| r.p50_ms), "ms");
     row("commit latency p99", ours.p99_ms, a.map(|r| r.p99_ms), "ms");
-    row("commit latency mean", ours.mean_ms, a.map(|r| r.mean_ms), "ms");
-    row("idle RSS per daemon (mean)", mean(&ours.rss_mib), a.map(|r| mean(&r.rss_mib)), "MiB");
-    row("idle CPU per daemon (mean)", mean(&ours.cpu_pct), a.map(|r| mean(&r.cpu_pct)), "%");
+    row(
+        "commit latency mean",
+        ours.mean_ms,
+        a.map(|r| r.mean_ms),
+        "ms",
+    );
+    row(
+        "idle RSS per daemon (mean)",
+        mean(&ours.rss_mib),
+        a.map(|r| mean(&r.rss_mib)),
+        "MiB",
+    );
+    row(
+        "idle CPU per daemon (mean)",
+        mean(&ours.cpu_pct),
+        a.map(|r| mean(&r.cpu_pct)),
+        "%",
+    );
     println!(
         "clusterd per daemon: RSS {:?} MiB, CPU {:?} %",
-        ours.rss_mib.iter().map(|v| (v * 10.0).round() / 10.0).collect::<Vec<_>>(),
-        ours.cpu_pct.iter().map(|v| (v * 100.0).round() / 100.0).collect::<Vec<_>>()
+        ours.rss_mib
+            .iter()
+            .map(|v| (v * 10.0).round() / 10.0)
+            .collect::<Vec<_>>(),
+        ours.cpu_pct
+            .iter()
+            .map(|v| (v * 100.0).round() / 100.0)
+            .collect::<Vec<_>>()
     );
     if let Some(r) = a {
         println!(
             "etcd per member:     RSS {:?} MiB, CPU {:?} %",
-            r.rss_mib.iter().map(|v| (v * 10.0).round() / 10.0).collect::<Vec<_>>(),
-            r.cpu_pct.iter().map(|v| (v * 100.0).round() / 100.0).collect::<Vec<_>>()
+            r.rss_mib
+                .iter()
+                .map(|v| (v * 10.0).round() / 10.0)
+                .collect::<Vec<_>>(),
+            r.cpu_pct
+                .iter()
+                .map(|v| (v * 100.0).round() / 100.0)
+                .collect::<Vec<_>>()
         );
     } else {
         std::process::exit(1);

@@ -745,6 +745,8 @@ pub fn build_status(s: &Shared, event_limit: usize) -> StatusReport {
         leader: leader_name,
         term: metrics.current_term,
         commit_index: replica.last_applied,
+        snapshot_index: metrics.snapshot.map(|l| l.index),
+        purged_index: metrics.purged.map(|l| l.index),
         freshness: Freshness {
             raft_state: state_name(metrics.state).to_string(),
             last_contact_ms,

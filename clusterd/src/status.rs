@@ -21,6 +21,10 @@ pub struct StatusReport {
     pub term: u64,
     /// Index of the last log entry the answering node knows to be committed (applied).
     pub commit_index: Option<u64>,
+    /// Last log index included in the answering node's latest snapshot.
+    pub snapshot_index: Option<u64>,
+    /// Log entries up to this index were compacted away on the answering node.
+    pub purged_index: Option<u64>,
     /// How fresh the answering node's replica is.
     pub freshness: Freshness,
     /// Every member.
@@ -256,6 +260,8 @@ mod tests {
             leader: Some("mx1".into()),
             term: 3,
             commit_index: Some(17),
+            snapshot_index: None,
+            purged_index: None,
             freshness: Freshness {
                 raft_state: "follower".into(),
                 last_contact_ms: Some(20),

@@ -61,14 +61,28 @@ struct Cluster {
 
 impl Cluster {
     async fn start(names: &[&str], voters: &[&str]) -> Cluster {
+        Self::start_with(names, voters, &two_addresses, names).await
+    }
+
+    /// Write configs for `names` with `extra` TOML, and start the nodes in `running`.
+    async fn start_with(
+        names: &[&str],
+        voters: &[&str],
+        extra: &dyn Fn(&str) -> String,
+        running: &[&str],
+    ) -> Cluster {
         common::init_logs();
         let dir = tempfile::tempdir().unwrap();
         let key_path = write_key(dir.path());
         let key = ClusterKey::load(&key_path).unwrap();
-        let specs = write_configs(dir.path(), &key_path, names, voters, &two_addresses);
+        let specs = write_configs(dir.path(), &key_path, names, voters, extra);
         let mut nodes = Vec::new();
         for spec in &specs {
-            nodes.push(Some(Running::start(spec).await));
+            if running.contains(&spec.name.as_str()) {
+                nodes.push(Some(Running::start(spec).await));
+            } else {
+                nodes.push(None);
+            }
         }
         Cluster {
             _dir: dir,
@@ -428,4 +442,62 @@ async fn two_voter_config_is_refused_with_the_witness_explained() {
         .to_string();
     assert!(err.contains("witness"), "{err}");
     assert!(err.contains("allow_two_voters"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_learner_catches_up_from_a_snapshot_after_log_compaction() {
+    let extra = |n: &str| format!("{}\n[raft]\nsnapshot_after = 10\n", two_addresses(n));
+    let mut c = Cluster::start_with(
+        &["n1", "n2", "n3", "n4"],
+        &["n1", "n2", "n3"],
+        &extra,
+        &["n1", "n2", "n3"],
+    )
+    .await;
+    let leader = c.leader().await;
+    let client = c.client(&leader);
+    for i in 0..150 {
+        let _: Applied = client
+            .post(
+                "/v1/note",
+                &NoteRequest {
+                    text: format!("note {i}"),
+                },
+            )
+            .await
+            .unwrap();
+    }
+    // The leader snapshotted and dropped the start of its log (it keeps 100 entries).
+    let report = eventually(
+        "log compaction on the leader",
+        Duration::from_secs(10),
+        || async {
+            let r = status(c.specs[c.index(&leader)].addr, &c.key).await?;
+            (r.purged_index.unwrap_or(0) > 10).then_some(r)
+        },
+    )
+    .await;
+    assert!(report.snapshot_index.unwrap() >= report.purged_index.unwrap());
+
+    // n4 starts with an empty store: the entries it needs are gone, so it must install the
+    // snapshot over HTTP, and ends up with the whole history.
+    c.start_node("n4").await;
+    let n4 = c.specs[3].addr;
+    let n4_client = ApiClient::new(n4.to_string(), c.key.clone());
+    eventually("n4 has every note", Duration::from_secs(15), || async {
+        let events: Vec<clusterd::model::Event> = n4_client.get("/v1/history").await.ok()?;
+        let notes: Vec<String> = events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::Note { text, .. } => Some(text.clone()),
+                _ => None,
+            })
+            .collect();
+        let expected: Vec<String> = (0..150).map(|i| format!("note {i}")).collect();
+        (notes == expected).then_some(())
+    })
+    .await;
+    let r = status(n4, &c.key).await.unwrap();
+    assert!(r.nodes.iter().any(|n| n.name == "n4" && !n.voter));
+    c.stop_all().await;
 }

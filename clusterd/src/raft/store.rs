@@ -487,6 +487,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         .await?;
         self.data = data;
         self.publish();
+        tracing::info!(
+            snapshot = %meta.snapshot_id,
+            last_index = ?meta.last_log_id.map(|l| l.index),
+            "installed a snapshot from the leader"
+        );
         Ok(())
     }
 
@@ -528,6 +533,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let db = self.db.clone();
         blocking(move || put_json(&db, SM, &[(KEY_SNAPSHOT, &stored)], Durability::Immediate))
             .await?;
+        tracing::debug!(snapshot = %meta.snapshot_id, "built a snapshot");
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(bytes)),
