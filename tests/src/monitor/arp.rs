@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -16,11 +16,10 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::net::if_::if_nametoindex;
+use nix::poll::{PollFd, PollFlags, poll};
 use nix::sys::socket::{
-    AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, bind, recv, send, setsockopt,
-    socket, sockopt,
+    AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, bind, recv, send, socket,
 };
-use nix::sys::time::TimeVal;
 
 use super::holders::{HolderTimeline, Holders};
 use super::linkaddr::link_addr;
@@ -174,8 +173,6 @@ impl ArpProber {
                     .map_err(|e| format!("AF_PACKET socket: {e}"))?;
                     let addr = link_addr(ifindex, ETH_P_ARP).ok_or("bad sockaddr_ll")?;
                     bind(fd.as_raw_fd(), &addr).map_err(|e| format!("bind: {e}"))?;
-                    setsockopt(&fd, sockopt::ReceiveTimeout, &TimeVal::new(0, 1000))
-                        .map_err(|e| e.to_string())?;
                     Ok(fd)
                 })();
                 let fd = match opened {
@@ -204,14 +201,28 @@ impl ArpProber {
                     }
                     round_end += every;
                     let mut holders: Holders = BTreeMap::new();
-                    while Instant::now() < round_end {
-                        let n = match recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+                    loop {
+                        let left = round_end.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            break;
+                        }
+                        // poll has ms resolution on an hrtimer; SO_RCVTIMEO rounds to jiffies.
+                        let ms = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
+                        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+                        match poll(&mut fds, ms) {
+                            Ok(0) | Err(Errno::EINTR) => continue,
+                            Ok(_) => {}
+                            Err(e) => {
+                                log.timeline.errors.push((at, format!("poll: {e}")));
+                                break;
+                            }
+                        }
+                        let n = match recv(fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
                             Ok(n) => n,
                             Err(Errno::EAGAIN | Errno::EINTR) => continue,
                             Err(e) => {
                                 log.timeline.errors.push((at, format!("recv: {e}")));
-                                thread::sleep(Duration::from_millis(1));
-                                continue;
+                                break;
                             }
                         };
                         let Some(p) = parse_arp(&buf[..n]) else {
