@@ -1,8 +1,9 @@
 //! clusterd inside the lab: the generated per-node config and shared key, starting and stopping
 //! the daemon by its recorded pid, and asking `clusterctl status --json` who leads.
 //!
-//! The config shape is the contract with the daemon (see DESIGN.md "Config"); each node's
-//! `[[addresses]]` names that node's own interface, because interface names differ per node.
+//! The config shape is the contract with the daemon (see DESIGN.md "Config"). Everything but
+//! `[node]` and `[[peers]]` must be identical on every node (the daemon compares what each node
+//! declares), which is why every node's interface has the same name.
 
 use std::fs;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -14,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{IoContext, LabError, Result};
 use super::process::{ProcId, ns_command, run_timeout};
-use super::state::{CLUSTERD_PORT, LabState, NodeRole, NodeState};
+use super::state::{CLUSTERD_PORT, LabState, NodeState};
 
 /// Environment variable naming the clusterd binary to run in the lab.
 pub const CLUSTERD_BIN_ENV: &str = "CLUSTERD_BIN";
@@ -212,16 +213,30 @@ pub fn status(state: &LabState, node: &NodeState) -> Result<ClusterStatus> {
 /// Wait until every node whose daemon runs (and answers) names the same leader; at least a
 /// majority of the voters must answer. Returns the leader's name.
 pub fn wait_for_leader(state: &LabState, timeout: Duration) -> Result<String> {
+    let running: Vec<&str> = state
+        .nodes
+        .iter()
+        .filter(|n| n.clusterd.is_some_and(|p| p.alive()))
+        .map(|n| n.name.as_str())
+        .collect();
+    wait_for_leader_seen_by(state, &running, None, timeout)
+}
+
+/// Wait until the nodes in `observers` that answer agree on one leader (other than `not`, if
+/// given), and more than half of all nodes are among those answering. Returns the leader.
+pub fn wait_for_leader_seen_by(
+    state: &LabState,
+    observers: &[&str],
+    not: Option<&str>,
+    timeout: Duration,
+) -> Result<String> {
     let deadline = Instant::now() + timeout;
     let voters = state.nodes.len();
     let mut last = String::from("no answer yet");
     loop {
         let mut leaders = Vec::new();
-        for node in state
-            .nodes
-            .iter()
-            .filter(|n| n.clusterd.is_some_and(|p| p.alive()))
-        {
+        for name in observers {
+            let node = state.node(name)?;
             match status(state, node) {
                 Ok(s) => leaders.push((node.name.clone(), s.leader)),
                 Err(e) => last = e.to_string(),
@@ -230,6 +245,7 @@ pub fn wait_for_leader(state: &LabState, timeout: Duration) -> Result<String> {
         if leaders.len() > voters / 2 {
             let first = leaders[0].1.clone();
             if let Some(leader) = first
+                && not != Some(leader.as_str())
                 && leaders
                     .iter()
                     .all(|(_, l)| l.as_deref() == Some(leader.as_str()))
@@ -237,18 +253,15 @@ pub fn wait_for_leader(state: &LabState, timeout: Duration) -> Result<String> {
                 return Ok(leader);
             }
             last = format!("views differ: {leaders:?}");
+        } else if !leaders.is_empty() {
+            last = format!("only {} of {voters} answered: {leaders:?}", leaders.len());
         }
         if Instant::now() >= deadline {
             return Err(LabError::Timeout {
-                what: format!("a leader all running daemons agree on (last: {last})"),
+                what: format!("a leader {observers:?} agree on (last: {last})"),
                 after: timeout,
             });
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// Whether any node of the lab runs (or is configured to run) clusterd.
-pub fn in_use(state: &LabState) -> bool {
-    state.clusterd_bin.is_some() && state.nodes.iter().any(|n| n.role == NodeRole::Mail)
 }

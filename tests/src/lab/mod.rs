@@ -299,6 +299,55 @@ impl Lab {
         clusterd::wait_for_leader(&self.state, timeout)
     }
 
+    /// Wait (bounded) until the nodes in `observers` agree on a leader (e.g. the majority side
+    /// of a partition, which the cut-off old leader would contradict).
+    pub fn wait_for_leader_seen_by(&self, observers: &[&str], timeout: Duration) -> Result<String> {
+        clusterd::wait_for_leader_seen_by(&self.state, observers, None, timeout)
+    }
+
+    /// Wait (bounded) until every other node whose daemon runs agrees on a leader that is not
+    /// `old` (after killing, stopping or partitioning `old`). Returns the new leader.
+    pub fn wait_for_new_leader(&self, old: &str, timeout: Duration) -> Result<String> {
+        let observers: Vec<&str> = self
+            .state
+            .nodes
+            .iter()
+            .filter(|n| n.name != old && n.clusterd.is_some_and(|p| p.alive()))
+            .map(|n| n.name.as_str())
+            .collect();
+        clusterd::wait_for_leader_seen_by(&self.state, &observers, Some(old), timeout)
+    }
+
+    /// Run `clusterctl --config <node's config> ARGS...` inside node `name`; its stdout.
+    pub fn clusterctl(&self, name: &str, args: &[&str]) -> Result<String> {
+        clusterd::clusterctl(&self.state, self.node(name)?, args)
+    }
+
+    /// Kill every daemon first, then start them all again (a whole-cluster restart).
+    pub fn restart_all_daemons(&mut self) -> Result<()> {
+        let bin = self.state.clusterd_bin.clone().ok_or_else(no_clusterd)?;
+        for node in &self.state.nodes {
+            if let Some(p) = node.clusterd {
+                p.signal(Signal::SIGKILL)?;
+            }
+        }
+        for node in &self.state.nodes {
+            if let Some(p) = node.clusterd
+                && !p.wait_gone(Duration::from_secs(5))
+            {
+                return Err(LabError::Timeout {
+                    what: format!("clusterd on {} to die", node.name),
+                    after: Duration::from_secs(5),
+                });
+            }
+        }
+        self.reap();
+        for name in self.node_names() {
+            self.start_clusterd(&bin, &name)?;
+        }
+        Ok(())
+    }
+
     /// Inject a fault into node `name`. Saves the state afterwards.
     pub fn fault(&mut self, name: &str, fault: Fault) -> Result<()> {
         self.reap();
@@ -543,7 +592,8 @@ fn plan(
         }
         nodes.push(NodeState {
             netns: format!("{prefix}-{name}"),
-            iface: format!("{prefix}-{name}"),
+            // Same name on every node: clusterd's `[[addresses]] interface` is cluster-wide.
+            iface: format!("{prefix}-lan"),
             bridge_port: format!("{prefix}-{name}b"),
             mac: topology::mac_for(ipv4.octets()[3]),
             ipv4,
@@ -565,7 +615,7 @@ fn plan(
         bridge: format!("{prefix}-br"),
         client: ClientState {
             netns: format!("{prefix}-client"),
-            iface: format!("{prefix}-cl"),
+            iface: format!("{prefix}-lan"),
             bridge_port: format!("{prefix}-clb"),
             mac: topology::mac_for(topology::CLIENT_IPV4.octets()[3]),
             ipv4: topology::CLIENT_IPV4,

@@ -75,7 +75,7 @@ pub struct NodeState {
     pub role: NodeRole,
     /// The node's network namespace.
     pub netns: String,
-    /// The node's veth end, inside its namespace.
+    /// The node's veth end, inside its namespace (`<prefix>-lan`, the same on every node).
     pub iface: String,
     /// The bridge-side veth end, inside the switch namespace.
     pub bridge_port: String,
