@@ -1,14 +1,18 @@
 //! From the client namespace, every mail node serves mail on its own address like a real
 //! server: IMAP login and read, POP3 login, SMTP delivery that then shows over IMAP, each with
-//! a greeting that names the node. Run as root; see tests/README.md.
+//! a greeting that names the node; and the service prober measures what a client sees.
+//! Run as root; see tests/README.md.
+// Measurements on stderr are part of what these tests report.
+#![allow(clippy::print_stderr)]
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use clusterd_tests::LabSpec;
 use clusterd_tests::lab::testing::TestLab;
 use clusterd_tests::probe::{self, Protocol};
+use clusterd_tests::probe::{ProberSpec, ServiceProber};
+use clusterd_tests::{Fault, LabSpec, Service};
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -77,5 +81,58 @@ fn client_reads_and_delivers_mail_on_each_nodes_own_address() -> Result<()> {
             "{v6}"
         );
     }
+    Ok(())
+}
+
+#[test]
+fn service_prober_names_the_greeter_and_measures_an_outage() -> Result<()> {
+    let mut lab = TestLab::up(LabSpec {
+        mail_nodes: 1,
+        witness: false,
+        ..LabSpec::default()
+    })?;
+    let ip = IpAddr::V4(lab.node("mx1")?.ipv4);
+    let prober = ServiceProber::start(
+        &lab,
+        ProberSpec {
+            interval: Duration::from_millis(50),
+            timeout: Duration::from_millis(500),
+            max_duration: Duration::from_secs(30),
+            ..ProberSpec::new(ip)
+        },
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let stopped = Instant::now();
+    lab.fault("mx1", Fault::ServiceStop(Service::Dovecot))?;
+    std::thread::sleep(Duration::from_millis(500));
+    lab.fault("mx1", Fault::ServiceStart(Service::Dovecot))?;
+    let down_for = stopped.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    let log = prober.stop();
+
+    for p in [Protocol::Imap, Protocol::Pop3, Protocol::Smtp] {
+        let greeters = log.greeters(p);
+        ensure!(
+            greeters.iter().map(|(_, n)| n.as_str()).eq(["mx1"]),
+            "{p:?} greeters: {greeters:?}"
+        );
+    }
+    for p in [Protocol::Imap, Protocol::Pop3] {
+        let outage = log.longest_outage(p).context("no outage seen")?;
+        eprintln!("{p:?}: outage {outage:?} (dovecot down for about {down_for:?})");
+        ensure!(
+            outage >= Duration::from_millis(400) && outage <= down_for + Duration::from_secs(1),
+            "{p:?} outage {outage:?} does not match dovecot being down for {down_for:?}"
+        );
+    }
+    ensure!(
+        log.longest_outage(Protocol::Smtp).is_none(),
+        "SMTP failed although postfix kept running"
+    );
+    let imap = log.of(Protocol::Imap).count();
+    ensure!(
+        imap >= 20,
+        "only {imap} IMAP sessions in 1.5 s at a 50 ms interval"
+    );
     Ok(())
 }

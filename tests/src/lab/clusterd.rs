@@ -265,3 +265,59 @@ pub fn wait_for_leader_seen_by(
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lab::{LabSpec, plan};
+
+    #[test]
+    fn key_file_is_64_hex_characters_and_a_newline_readable_only_by_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = key_path(dir.path());
+        write_key(&path).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        assert_eq!(text.len(), 65);
+        assert!(text.ends_with('\n'));
+        assert!(text.trim_end().chars().all(|c| c.is_ascii_hexdigit()));
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn config_follows_the_daemons_shape_and_is_identical_but_for_node_and_peers() {
+        let spec = LabSpec::default();
+        let st = plan(
+            &spec,
+            "cdl0a1b2",
+            Path::new("/run/clusterd-lab/cdl0a1b2"),
+            None,
+            None,
+        );
+        let parse = |name: &str| -> toml::Table {
+            toml::from_str(&config_toml(&st, st.node(name).unwrap())).unwrap()
+        };
+        let mx1 = parse("mx1");
+        let w1 = parse("w1");
+        assert_eq!(mx1["node"]["name"].as_str(), Some("mx1"));
+        assert_eq!(mx1["node"]["role"].as_str(), Some("mail"));
+        assert_eq!(w1["node"]["role"].as_str(), Some("witness"));
+        assert_eq!(mx1["node"]["listen"].as_str(), Some("192.0.2.11:7400"));
+        assert_eq!(
+            mx1["node"]["key_file"].as_str(),
+            Some("/run/clusterd-lab/cdl0a1b2/cluster.key")
+        );
+        let peers = mx1["peers"].as_array().unwrap();
+        assert_eq!(peers.len(), 2);
+        assert_eq!(peers[1]["name"].as_str(), Some("w1"));
+        assert_eq!(peers[1]["address"].as_str(), Some("192.0.2.13:7400"));
+        assert_eq!(peers[1]["role"].as_str(), Some("witness"));
+        let addrs = mx1["addresses"].as_array().unwrap();
+        assert_eq!(addrs[1]["ip"].as_str(), Some("192.0.2.102/24"));
+        assert_eq!(addrs[1]["home"].as_str(), Some("mx2"));
+        assert_eq!(addrs[1]["interface"].as_str(), Some("cdl0a1b2-lan"));
+        assert_eq!(mx1["addresses"], w1["addresses"]);
+        assert_eq!(mx1["checks"], w1["checks"]);
+        assert_eq!(mx1["checks"]["smtp"]["kind"].as_str(), Some("smtp"));
+    }
+}

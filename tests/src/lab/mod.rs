@@ -564,7 +564,7 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
 }
 
 /// Decide names, addresses and directories of a lab (no side effects).
-fn plan(
+pub(crate) fn plan(
     spec: &LabSpec,
     prefix: &str,
     run_dir: &Path,

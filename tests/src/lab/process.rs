@@ -91,6 +91,67 @@ impl ProcId {
     }
 }
 
+impl ProcId {
+    /// Every live descendant (children, grandchildren, ...) of this process.
+    pub fn descendants(&self) -> Vec<ProcId> {
+        let mut parent_of = Vec::new();
+        if let Ok(entries) = std::fs::read_dir("/proc") {
+            for e in entries.flatten() {
+                if let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok())
+                    && let Some(ppid) = read_ppid(pid)
+                {
+                    parent_of.push((pid, ppid));
+                }
+            }
+        }
+        let mut found: Vec<u32> = vec![self.pid];
+        let mut i = 0;
+        while i < found.len() {
+            let p = found[i];
+            found.extend(parent_of.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+            i += 1;
+        }
+        found.into_iter().skip(1).filter_map(ProcId::of).collect()
+    }
+
+    /// SIGTERM, give the process `grace` to end (with its children), then SIGKILL it and every
+    /// descendant still there, so no orphan keeps a listening socket open.
+    pub fn terminate_tree(&self, grace: Duration) -> Result<()> {
+        let mut tree = self.descendants();
+        self.signal(Signal::SIGTERM)?;
+        let _ = self.signal(Signal::SIGCONT);
+        let gone = self.wait_gone(grace);
+        for p in self.descendants() {
+            if !tree.contains(&p) {
+                tree.push(p);
+            }
+        }
+        if !gone {
+            self.signal(Signal::SIGKILL)?;
+        }
+        for p in &tree {
+            p.signal(Signal::SIGKILL)?;
+        }
+        let all_gone = wait_until(Duration::from_secs(5), Duration::from_millis(10), || {
+            !self.alive() && tree.iter().all(|p| !p.alive())
+        });
+        if all_gone {
+            Ok(())
+        } else {
+            Err(LabError::Timeout {
+                what: format!("pid {} and its children to exit", self.pid),
+                after: grace + Duration::from_secs(5),
+            })
+        }
+    }
+}
+
+fn read_ppid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// `(state, start_time)` from `/proc/<pid>/stat`.
 fn read_stat(pid: u32) -> Option<(char, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

@@ -170,7 +170,7 @@ fn parse_dump(buf: &[u8], seq: u32, out: &mut Vec<IpAddr>) -> std::result::Resul
 #[derive(Debug)]
 pub struct AddressSampler {
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<HolderTimeline>,
+    thread: Option<JoinHandle<HolderTimeline>>,
 }
 
 impl AddressSampler {
@@ -255,7 +255,10 @@ impl AddressSampler {
             })
             .map_err(|e| LabError::State(format!("starting the address sampler: {e}")))?;
         match ready_rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(Ok(())) => Ok(AddressSampler { stop, thread }),
+            Ok(Ok(())) => Ok(AddressSampler {
+                stop,
+                thread: Some(thread),
+            }),
             Ok(Err(e)) => Err(LabError::State(format!("address sampler: {e}"))),
             Err(_) => Err(LabError::Timeout {
                 what: "the address sampler to open its sockets".into(),
@@ -265,10 +268,18 @@ impl AddressSampler {
     }
 
     /// Stop and return the timeline.
-    pub fn stop(self) -> HolderTimeline {
+    pub fn stop(mut self) -> HolderTimeline {
         self.stop.store(true, Ordering::Relaxed);
         self.thread
-            .join()
-            .unwrap_or_else(|_| HolderTimeline::new("address sampler (panicked)"))
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_else(|| HolderTimeline::new("address sampler (panicked)"))
+    }
+}
+
+impl Drop for AddressSampler {
+    /// A monitor dropped without `stop` (e.g. a failing test) ends its thread too.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }

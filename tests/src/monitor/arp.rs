@@ -123,7 +123,7 @@ pub struct ArpLog {
 #[derive(Debug)]
 pub struct ArpProber {
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<ArpLog>,
+    thread: Option<JoinHandle<ArpLog>>,
 }
 
 impl ArpProber {
@@ -255,7 +255,10 @@ impl ArpProber {
             })
             .map_err(|e| LabError::State(format!("starting the ARP prober: {e}")))?;
         match ready_rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(Ok(())) => Ok(ArpProber { stop, thread }),
+            Ok(Ok(())) => Ok(ArpProber {
+                stop,
+                thread: Some(thread),
+            }),
             Ok(Err(e)) => Err(LabError::State(format!("ARP prober: {e}"))),
             Err(_) => Err(LabError::Timeout {
                 what: "the ARP prober to open its socket".into(),
@@ -265,9 +268,19 @@ impl ArpProber {
     }
 
     /// Stop and return what was seen.
-    pub fn stop(self) -> ArpLog {
+    pub fn stop(mut self) -> ArpLog {
         self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().unwrap_or_default()
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for ArpProber {
+    /// A monitor dropped without `stop` (e.g. a failing test) ends its thread too.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
