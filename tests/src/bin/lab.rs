@@ -77,6 +77,19 @@ enum Cmd {
     },
     /// Remove the lab: processes, namespaces, interfaces, run directory.
     Down,
+    /// The demo: bring a lab up, show `clusterctl status`, cut the Raft leader off, show the
+    /// new leader and how long the election took, heal, tear down.
+    Demo {
+        /// Number of mail nodes.
+        #[arg(long, default_value_t = 2)]
+        nodes: usize,
+        /// clusterd binary (default: $CLUSTERD_BIN).
+        #[arg(long)]
+        clusterd: Option<PathBuf>,
+        /// clusterctl binary (default: $CLUSTERCTL_BIN, or next to clusterd).
+        #[arg(long)]
+        clusterctl: Option<PathBuf>,
+    },
     /// Remove leftovers of crashed lab runs (never a lab that is up on purpose).
     Sweep,
 }
@@ -256,6 +269,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 );
             }
         }
+        Cmd::Demo {
+            nodes,
+            clusterd,
+            clusterctl,
+        } => demo(&cli.run_root, nodes, clusterd, clusterctl),
         Cmd::Sweep => {
             let report = cleanup::sweep(&cli.run_root)?;
             println!("removed: {:?}", report.removed);
@@ -263,6 +281,77 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn demo(
+    run_root: &Path,
+    nodes: usize,
+    clusterd: Option<PathBuf>,
+    clusterctl: Option<PathBuf>,
+) -> Result<ExitCode> {
+    let (clusterd, clusterctl) =
+        clusterd_tests::lab::clusterd::resolve_binaries(clusterd, clusterctl);
+    if clusterd.is_none() || clusterctl.is_none() {
+        bail!(
+            "the demo needs the daemon: pass --clusterd PATH (clusterctl next to it) or set CLUSTERD_BIN"
+        );
+    }
+    let timeout = Duration::from_secs(30);
+    let t = Instant::now();
+    println!(
+        "== bringing up {nodes} mail nodes and a witness, each with dovecot, postfix and clusterd"
+    );
+    let mut lab = Lab::up(LabSpec {
+        mail_nodes: nodes,
+        run_root: run_root.to_owned(),
+        clusterd_bin: clusterd,
+        clusterctl_bin: clusterctl,
+        ready_timeout: timeout,
+        ..LabSpec::default()
+    })?;
+    let leader = lab.wait_for_leader(timeout)?;
+    println!("up in {:.1?}; leader {leader}", t.elapsed());
+    let sampler = clusterd_tests::monitor::AddressSampler::start(&lab)?;
+    let arp = clusterd_tests::monitor::ArpProber::start(&lab)?;
+    println!("\n== clusterctl status (on {leader})");
+    print!("{}", lab.clusterctl(&leader, &["status"])?);
+
+    println!("\n== cutting the leader {leader} off from its peers (nftables in its namespace)");
+    let cut = Instant::now();
+    lab.fault(&leader, Fault::Partition { from: None })?;
+    let new = lab.wait_for_new_leader(&leader, timeout)?;
+    println!(
+        "new leader {new}, elected {:.0?} after the cut",
+        cut.elapsed()
+    );
+    println!("\n== clusterctl status (on {new})");
+    print!("{}", lab.clusterctl(&new, &["status"])?);
+
+    println!("\n== healing {leader}");
+    lab.fault(&leader, Fault::Heal)?;
+    let after = lab.wait_for_leader(timeout)?;
+    println!("one leader again: {after}");
+    for (name, t) in [
+        ("address sampler", sampler.stop()),
+        ("ARP prober", arp.stop().timeline),
+    ] {
+        match t.assert_single_holder() {
+            Ok(()) => println!(
+                "{name}: no address ever had two holders ({} samples)",
+                t.samples
+            ),
+            Err(report) => println!("{name}: {report}"),
+        }
+    }
+    println!("\n== tearing down");
+    let st = lab.state().clone();
+    lab.down()?;
+    let left = cleanup::leftovers(&st);
+    if !left.is_empty() {
+        bail!("the demo lab left things behind:\n  {}", left.join("\n  "));
+    }
+    println!("done in {:.1?}", t.elapsed());
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The run directory to act on.
@@ -299,6 +388,14 @@ fn select(run_root: &Path, run_dir: Option<&Path>) -> Result<PathBuf> {
     }
 }
 
+/// One line of the node table.
+fn row(c: [&str; 10]) -> String {
+    format!(
+        "{:<5} {:<8} {:<18} {:<14} {:<16} {:<13} {:<10} {:<10} {:<8} {}",
+        c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9]
+    )
+}
+
 fn print_summary(st: &LabState) {
     println!(
         "lab {}  (run directory {})",
@@ -309,28 +406,20 @@ fn print_summary(st: &LabState) {
         "switch namespace {} (bridge {}), client namespace {} at {} / {}",
         st.switch_netns, st.bridge, st.client.netns, st.client.ipv4, st.client.ipv6
     );
-    let header = [
-        "node",
-        "role",
-        "namespace",
-        "address",
-        "ipv6",
-        "floating",
-        "clusterd",
-        "dovecot",
-        "postfix",
-    ];
     println!(
-        "{:<5} {:<8} {:<18} {:<14} {:<16} {:<13} {:<10} {:<10} {}",
-        header[0],
-        header[1],
-        header[2],
-        header[3],
-        header[4],
-        header[5],
-        header[6],
-        header[7],
-        header[8]
+        "{}",
+        row([
+            "node",
+            "role",
+            "namespace",
+            "address",
+            "ipv6",
+            "floating",
+            "clusterd",
+            "dovecot",
+            "postfix",
+            "network",
+        ])
     );
     for n in &st.nodes {
         let proc_state = |p: Option<clusterd_tests::lab::process::ProcId>| match p {
@@ -348,19 +437,44 @@ fn print_summary(st: &LabState) {
         } else {
             "-"
         };
+        let mut network = Vec::new();
+        let port = Command::new("ip")
+            .args(["-n", &st.switch_netns, "-o", "link", "show", &n.bridge_port])
+            .output();
+        if port.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("state DOWN")) {
+            network.push("link-down");
+        }
+        let nft = ns_command(&n.netns, "nft")
+            .args([
+                "list",
+                "table",
+                "inet",
+                clusterd_tests::lab::PARTITION_TABLE,
+            ])
+            .output();
+        if nft.is_ok_and(|o| o.status.success()) {
+            network.push("partitioned");
+        }
+        let network = if network.is_empty() {
+            "ok".to_owned()
+        } else {
+            network.join(",")
+        };
+        let floating = n.floating.map_or_else(|| "-".to_owned(), |f| f.to_string());
         println!(
-            "{:<5} {:<8} {:<18} {:<14} {:<16} {:<13} {:<10} {:<10} {}",
-            n.name,
-            n.role.as_str(),
-            n.netns,
-            n.ipv4.to_string(),
-            n.ipv6.to_string(),
-            n.floating
-                .map(|f| f.to_string())
-                .unwrap_or_else(|| "-".into()),
-            proc_state(n.clusterd),
-            proc_state(n.dovecot),
-            postfix
+            "{}",
+            row([
+                &n.name,
+                n.role.as_str(),
+                &n.netns,
+                &n.ipv4.to_string(),
+                &n.ipv6.to_string(),
+                &floating,
+                &proc_state(n.clusterd),
+                &proc_state(n.dovecot),
+                postfix,
+                &network,
+            ])
         );
     }
 }
