@@ -1,4 +1,4 @@
-//! Tearing labs down, sweeping the leftovers of crashed runs, and listing what is left.
+//! Tearing labs down (SIGKILL to everything inside the lab's namespaces, then delete them), sweeping the leftovers of crashed runs, and listing what is left.
 //!
 //! Only things whose names carry a run prefix are ever touched, and only processes that live in
 //! our namespaces (which only the lab starts processes in) or that the state file records by pid
@@ -13,7 +13,6 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 
 use super::error::{IoContext, LabError, Result};
-use super::mail;
 use super::netns;
 use super::process::{ProcId, run, wait_until};
 use super::state::{LabState, run_prefix_of};
@@ -29,15 +28,11 @@ pub fn teardown(state: &LabState) -> Result<()> {
             first = Some(e);
         }
     };
+    // No graceful stops: the namespaces and the run directory are about to go, so nothing a
+    // daemon would clean up on SIGTERM matters, and SIGKILL is immediate.
     for node in &state.nodes {
-        if let Some(p) = node.clusterd {
-            note(p.terminate(Duration::from_secs(3)));
-        }
-        if let Some(p) = node.dovecot {
-            note(mail::stop_dovecot(&p));
-        }
-        if node.role == super::state::NodeRole::Mail && node.dir.exists() {
-            note(mail::stop_postfix(node));
+        for p in [node.clusterd, node.dovecot].into_iter().flatten() {
+            note(p.signal(Signal::SIGKILL));
         }
     }
     for ns in state.namespaces() {

@@ -489,8 +489,23 @@ impl Lab {
             self.children.insert(id.pid, child);
             self.state.node_mut(&node.name)?.dovecot = Some(id);
             self.state.save()?;
-            mail::start_postfix(node)?;
         }
+        // `postfix start` takes about a second each (its own checks); start them side by side.
+        let started: Vec<Result<()>> = std::thread::scope(|s| {
+            let handles: Vec<_> = nodes
+                .iter()
+                .map(|node| s.spawn(move || mail::start_postfix(node)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(LabError::State("starting postfix panicked".into()))
+                    })
+                })
+                .collect()
+        });
+        started.into_iter().collect::<Result<Vec<()>>>()?;
         let deadline = Instant::now() + timeout;
         for node in &nodes {
             let left = deadline.saturating_duration_since(Instant::now());
