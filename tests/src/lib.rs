@@ -16,4 +16,8 @@ pub mod lab;
 pub mod monitor;
 pub mod probe;
 
+pub use lab::clusterd::ClusterStatus;
+pub use lab::testing::TestLab;
 pub use lab::{Fault, Lab, LabError, LabSpec, LabState, NodeRole, NodeState, Service};
+pub use monitor::{AddressSampler, ArpProber, HolderTimeline};
+pub use probe::{ProbeLog, ProberSpec, Protocol, ServiceProber};

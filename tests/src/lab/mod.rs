@@ -211,6 +211,13 @@ impl Lab {
         self.state.node(name)
     }
 
+    /// The floating address whose home is mail node `name`.
+    pub fn floating_of(&self, name: &str) -> Result<std::net::Ipv4Addr> {
+        self.node(name)?
+            .floating
+            .ok_or_else(|| LabError::State(format!("{name} has no floating address (a witness?)")))
+    }
+
     /// Whether clusterd runs in this lab.
     pub fn has_clusterd(&self) -> bool {
         self.state.clusterd_bin.is_some()
