@@ -151,7 +151,7 @@ pub async fn run(
     let id = node_id(&me);
     let (log_store, state_machine, replica) =
         store::open(&config.node.data_dir, config.raft.history_limit as usize)?;
-    let store_in_use = log_store.closed_watch();
+    let database = log_store.database();
     let raft_cfg = raft_config(&config)?;
     let reachable_within = Duration::from_millis(raft_cfg.election_timeout_max * 3);
     let peers = PeerTable::default();
@@ -210,15 +210,17 @@ pub async fn run(
     let served = server.await;
     drop(raft);
     drop(shared);
-    // Raft's worker tasks let go of the store shortly after shutdown; return only once the
-    // file is closed, so that a restart in the same process can open it again.
+    // Raft's worker tasks let go of the store shortly after shutdown. Close the file here, as
+    // its last user, so that `run` returns only once it is closed and a restart in the same
+    // process can open it again.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while store_in_use.strong_count() > 0 && Instant::now() < deadline {
+    while Arc::strong_count(&database) > 1 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    if store_in_use.strong_count() > 0 {
+    if Arc::strong_count(&database) > 1 {
         warn!("the Raft store is still in use 5 s after shutdown");
     }
+    let _ = tokio::task::spawn_blocking(move || drop(database)).await;
     match served {
         Ok(Ok(())) => {}
         Ok(Err(source)) => return Err(RunError::Serve { addr, source }),

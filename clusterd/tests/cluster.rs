@@ -30,9 +30,17 @@ impl Running {
             .await
             .expect("bind test port");
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(clusterd::daemon::run(config, listener, async {
-            let _ = rx.await;
-        }));
+        let name = spec.name.clone();
+        let task = tokio::spawn(async move {
+            let result = clusterd::daemon::run(config, listener, async {
+                let _ = rx.await;
+            })
+            .await;
+            if let Err(e) = &result {
+                tracing::error!("{name} stopped with an error: {e}");
+            }
+            result
+        });
         Running {
             spec: spec.clone(),
             stop: Some(tx),

@@ -2,11 +2,10 @@
 //! leader is replaced and cannot commit, healing leaves one leader, and a whole-cluster restart
 //! keeps the cluster's state.
 //!
-//! These need a clusterd binary: `CLUSTERD_BIN=/path/to/clusterd` (clusterctl next to it, or
-//! `CLUSTERCTL_BIN`). They are `#[ignore]`d until the daemon is built in the same workspace
-//! run; run them with
-//! `CLUSTERD_BIN=target/debug/clusterd cargo test -p clusterd-tests --test lab_cluster -- --ignored`.
-//! Without a binary they fail and say so. Run as root; see tests/README.md.
+//! They run the clusterd and clusterctl built in the same target directory (`cargo test
+//! --workspace` builds them first), or `CLUSTERD_BIN=/path/to/clusterd` (clusterctl next to it,
+//! or `CLUSTERCTL_BIN`). Without a binary they fail and say how to build one. Run as root; see
+//! tests/README.md.
 // Election times on stderr are part of what these tests report.
 #![allow(clippy::print_stderr)]
 
@@ -23,8 +22,8 @@ fn cluster_lab() -> Result<TestLab> {
     let (clusterd, clusterctl) = resolve_binaries(None, None);
     if clusterd.is_none() || clusterctl.is_none() {
         bail!(
-            "these tests need the daemon: build it (cargo build -p clusterd --bins) and set \
-             {CLUSTERD_BIN_ENV}=<target>/debug/clusterd"
+            "these tests need the daemon: build it (cargo build -p clusterd --bins, or run \
+             cargo test --workspace) or set {CLUSTERD_BIN_ENV}=/path/to/clusterd"
         );
     }
     Ok(TestLab::up(LabSpec {
@@ -34,7 +33,6 @@ fn cluster_lab() -> Result<TestLab> {
 }
 
 #[test]
-#[ignore = "needs CLUSTERD_BIN (see module docs)"]
 fn killing_the_leaders_daemon_elects_a_new_leader_among_the_rest() -> Result<()> {
     let mut lab = cluster_lab()?;
     let old = lab.wait_for_leader(ELECTION)?;
@@ -47,7 +45,6 @@ fn killing_the_leaders_daemon_elects_a_new_leader_among_the_rest() -> Result<()>
 }
 
 #[test]
-#[ignore = "needs CLUSTERD_BIN (see module docs)"]
 fn partitioned_leader_is_replaced_and_cannot_commit_and_heal_leaves_one_leader() -> Result<()> {
     let mut lab = cluster_lab()?;
     let old = lab.wait_for_leader(ELECTION)?;
@@ -79,7 +76,6 @@ fn partitioned_leader_is_replaced_and_cannot_commit_and_heal_leaves_one_leader()
 }
 
 #[test]
-#[ignore = "needs CLUSTERD_BIN (see module docs)"]
 fn restarting_every_daemon_at_once_brings_the_cluster_back_with_its_state() -> Result<()> {
     let mut lab = cluster_lab()?;
     let leader = lab.wait_for_leader(ELECTION)?;

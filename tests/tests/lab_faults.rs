@@ -3,7 +3,6 @@
 //! checked without depending on clusterd. Run as root; see tests/README.md.
 
 use std::net::{IpAddr, SocketAddr};
-use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
@@ -145,6 +144,7 @@ fn service_stop_takes_one_daemon_away_and_service_start_brings_it_back() -> Resu
     let mut lab = TestLab::up(LabSpec {
         mail_nodes: 1,
         witness: false,
+        run_daemons: false,
         ..LabSpec::default()
     })?;
     lab.fault("mx1", Fault::ServiceStop(Service::Dovecot))?;
@@ -193,20 +193,12 @@ fn service_stop_takes_one_daemon_away_and_service_start_brings_it_back() -> Resu
 
 #[test]
 fn daemon_verbs_kill_stop_cont_restart_act_on_the_recorded_process() -> Result<()> {
-    // A stand-in daemon: accepts `--config FILE`, lives a bounded time.
-    let dir = tempfile::tempdir()?;
-    let stand_in = dir.path().join("clusterd");
-    std::fs::write(&stand_in, "#!/bin/sh\nexec sleep 300\n")?;
-    std::fs::set_permissions(&stand_in, std::fs::Permissions::from_mode(0o755))?;
+    // The real daemon on two mail nodes and the witness.
     let mut lab = TestLab::up(LabSpec {
-        mail_nodes: 1,
-        witness: false,
         mail_services: false,
-        clusterd_bin: Some(stand_in),
-        wait_for_leader: false,
         ..LabSpec::default()
     })?;
-    let first = lab.node("mx1")?.clusterd.context("stand-in not recorded")?;
+    let first = lab.node("mx1")?.clusterd.context("clusterd not recorded")?;
     ensure!(first.alive());
     let config = std::fs::read_to_string(
         lab.node("mx1")?

@@ -51,6 +51,7 @@ fn sweeper_removes_a_crashed_runs_leftovers_and_spares_a_live_lab() -> Result<()
     let spec = LabSpec {
         mail_nodes: 1,
         witness: false,
+        run_daemons: false,
         ..LabSpec::default()
     };
     let _exclusive = testing::exclusive(&spec)?;

@@ -89,6 +89,7 @@ fn service_prober_names_the_greeter_and_measures_an_outage() -> Result<()> {
     let mut lab = TestLab::up(LabSpec {
         mail_nodes: 1,
         witness: false,
+        run_daemons: false,
         ..LabSpec::default()
     })?;
     let ip = IpAddr::V4(lab.node("mx1")?.ipv4);

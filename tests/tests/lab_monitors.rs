@@ -39,6 +39,7 @@ fn check_sampling(t: &HolderTimeline, ran_for: Duration) -> Result<()> {
 fn monitors_report_one_floating_address_configured_on_two_nodes() -> Result<()> {
     let lab = TestLab::up(LabSpec {
         mail_services: false,
+        run_daemons: false,
         ..LabSpec::default()
     })?;
     let floating = lab.state().floating[0].ip;
@@ -108,6 +109,7 @@ fn monitors_report_one_floating_address_configured_on_two_nodes() -> Result<()> 
 fn monitors_accept_a_clean_handover() -> Result<()> {
     let lab = TestLab::up(LabSpec {
         mail_services: false,
+        run_daemons: false,
         ..LabSpec::default()
     })?;
     let floating = lab.state().floating[0].ip;

@@ -878,7 +878,7 @@ impl State {
         reason: MoveReason,
         at_ms: u64,
     ) -> Applied {
-        if !self.members.get(to).is_some_and(|m| m.role == Role::Mail) {
+        if self.members.get(to).is_none_or(|m| m.role != Role::Mail) {
             return Applied::refused(format!("{to} is not a mail member and cannot hold {ip}"));
         }
         let Some(a) = self.addresses.get_mut(ip) else {

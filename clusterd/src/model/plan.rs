@@ -97,10 +97,10 @@ pub fn plan(state: &State, live: &Liveness, policy: &Policy, now_ms: u64) -> Vec
             continue;
         };
 
-        let owner_gone = !state
+        let owner_gone = state
             .members
             .get(owner)
-            .is_some_and(|m| m.role == super::Role::Mail);
+            .is_none_or(|m| m.role != super::Role::Mail);
         if live.expired.contains(owner) {
             let preferred = a
                 .handoff

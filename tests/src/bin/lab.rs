@@ -44,12 +44,16 @@ enum Cmd {
         /// No witness node.
         #[arg(long)]
         no_witness: bool,
-        /// clusterd binary to run on every node (default: $CLUSTERD_BIN; none: no daemon).
+        /// clusterd binary to run on every node (default: $CLUSTERD_BIN, else the one built
+        /// next to this program).
         #[arg(long)]
         clusterd: Option<PathBuf>,
         /// clusterctl binary (default: $CLUSTERCTL_BIN, or next to clusterd).
         #[arg(long)]
         clusterctl: Option<PathBuf>,
+        /// Start no clusterd: only the network and the mail services.
+        #[arg(long)]
+        no_daemons: bool,
         /// Seconds to wait for services and for a leader.
         #[arg(long, default_value_t = 30)]
         timeout: u64,
@@ -147,12 +151,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             no_witness,
             clusterd,
             clusterctl,
+            no_daemons,
             timeout,
         } => {
             let started = Instant::now();
             let lab = Lab::up(LabSpec {
                 mail_nodes: nodes,
                 witness: !no_witness,
+                run_daemons: !no_daemons,
                 run_root: cli.run_root.clone(),
                 clusterd_bin: clusterd,
                 clusterctl_bin: clusterctl,

@@ -22,14 +22,26 @@ pub const CLUSTERD_BIN_ENV: &str = "CLUSTERD_BIN";
 /// Environment variable naming the clusterctl binary (default: next to clusterd).
 pub const CLUSTERCTL_BIN_ENV: &str = "CLUSTERCTL_BIN";
 
-/// Resolve which clusterd and clusterctl to use: explicit paths win, then the environment.
-/// `None` for clusterd means the lab runs without the daemon.
+/// The workspace's own build of `name`: next to the running program (`target/debug/lab`) or one
+/// level up (test programs run from `target/debug/deps/`).
+pub fn built_binary(name: &str) -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    [dir.join(name), dir.parent()?.join(name)]
+        .into_iter()
+        .find(|p| p.is_file())
+}
+
+/// Resolve which clusterd and clusterctl to use: explicit paths win, then the environment, then
+/// the binaries built in the same target directory as the running program. `None` for clusterd
+/// means the lab runs without the daemon.
 pub fn resolve_binaries(
     clusterd: Option<PathBuf>,
     clusterctl: Option<PathBuf>,
 ) -> (Option<PathBuf>, Option<PathBuf>) {
     let clusterd = clusterd
         .or_else(|| std::env::var_os(CLUSTERD_BIN_ENV).map(PathBuf::from))
+        .or_else(|| built_binary("clusterd"))
         .filter(|p| p.is_file());
     let clusterctl = clusterctl
         .or_else(|| std::env::var_os(CLUSTERCTL_BIN_ENV).map(PathBuf::from))

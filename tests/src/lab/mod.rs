@@ -47,7 +47,11 @@ pub struct LabSpec {
     pub run_root: PathBuf,
     /// Start dovecot and postfix on the mail nodes.
     pub mail_services: bool,
-    /// clusterd binary; `None` falls back to `$CLUSTERD_BIN`; if neither, no daemon runs.
+    /// Run clusterd on every node. Needs at least three nodes (e.g. two mail nodes and the
+    /// witness), because a cluster needs three voters.
+    pub run_daemons: bool,
+    /// clusterd binary; `None` falls back to `$CLUSTERD_BIN`, then to the one built next to
+    /// the running program; if none is found, no daemon runs.
     pub clusterd_bin: Option<PathBuf>,
     /// clusterctl binary; default `$CLUSTERCTL_BIN` or next to clusterd.
     pub clusterctl_bin: Option<PathBuf>,
@@ -64,6 +68,7 @@ impl Default for LabSpec {
             witness: true,
             run_root: PathBuf::from(state::DEFAULT_RUN_ROOT),
             mail_services: true,
+            run_daemons: true,
             clusterd_bin: None,
             clusterctl_bin: None,
             wait_for_leader: true,
@@ -132,8 +137,18 @@ impl Lab {
         std::fs::create_dir(&run_dir).ctx(|| format!("creating {}", run_dir.display()))?;
         set_mode(&spec.run_root, 0o755)?;
         set_mode(&run_dir, 0o755)?;
-        let (clusterd_bin, clusterctl_bin) =
-            clusterd::resolve_binaries(spec.clusterd_bin.clone(), spec.clusterctl_bin.clone());
+        let (clusterd_bin, clusterctl_bin) = if spec.run_daemons {
+            clusterd::resolve_binaries(spec.clusterd_bin.clone(), spec.clusterctl_bin.clone())
+        } else {
+            (None, None)
+        };
+        let members = spec.mail_nodes + usize::from(spec.witness);
+        if clusterd_bin.is_some() && members < 3 {
+            return Err(LabError::State(format!(
+                "a lab running clusterd needs at least 3 nodes (it has {members}): a cluster \
+                 needs 3 voters; add --witness or more mail nodes, or run it without the daemon"
+            )));
+        }
         let st = plan(&spec, &prefix, &run_dir, clusterd_bin, clusterctl_bin);
         for node in &st.nodes {
             std::fs::create_dir(&node.dir).ctx(|| format!("creating {}", node.dir.display()))?;
