@@ -75,6 +75,8 @@ pub struct Shared {
     pub unauthorized: Mutex<UnauthorizedLog>,
     /// A peer heard from within this long counts as reachable.
     pub reachable_within: Duration,
+    /// A leader that no quorum acknowledged for this long refuses writes at once.
+    pub quorum_lost_after: Duration,
 }
 
 impl std::fmt::Debug for Shared {
@@ -154,6 +156,7 @@ pub async fn run(
     let database = log_store.database();
     let raft_cfg = raft_config(&config)?;
     let reachable_within = Duration::from_millis(raft_cfg.election_timeout_max * 3);
+    let quorum_lost_after = Duration::from_millis(raft_cfg.election_timeout_max * 2);
     let peers = PeerTable::default();
     let network = Network::new(
         id,
@@ -175,6 +178,7 @@ pub async fn run(
         leader_contact: Mutex::new(None),
         unauthorized: Mutex::new(UnauthorizedLog::default()),
         reachable_within,
+        quorum_lost_after,
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);

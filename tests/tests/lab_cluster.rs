@@ -61,7 +61,14 @@ fn partitioned_leader_is_replaced_and_cannot_commit_and_heal_leaves_one_leader()
     let wrote = lab.clusterctl(&old, &["note", &marker]);
     match &wrote {
         Ok(out) => bail!("the partitioned old leader committed a write: {out}"),
-        Err(e) => eprintln!("write on the cut-off leader refused: {e}"),
+        Err(e) => {
+            eprintln!("write on the cut-off leader refused: {e}");
+            // Refused at once and saying why, not after a long hang.
+            ensure!(
+                format!("{e:#}").contains("quorum"),
+                "the refusal does not name the lost quorum: {e:#}"
+            );
+        }
     }
 
     lab.fault(&old, Fault::Heal)?;
