@@ -366,16 +366,15 @@ async fn propose_inner(s: &Shared, cmd: Command, forwarded: bool) -> Result<Appl
 /// openraft 0.9 has no CheckQuorum: a cut-off leader still believes it leads. It has lost its
 /// quorum when no quorum acknowledged it for longer than `Shared::quorum_lost_after`.
 fn no_quorum(s: &Shared, metrics: &crate::raft::Metrics) -> Option<ApiError> {
-    let ack = metrics.millis_since_quorum_ack;
-    if ack.is_some_and(|ms| u128::from(ms) <= s.quorum_lost_after.as_millis()) {
+    // `None`: elected a moment ago and not acknowledged yet; the write itself will tell.
+    let ack = metrics.millis_since_quorum_ack?;
+    if u128::from(ack) <= s.quorum_lost_after.as_millis() {
         return None;
     }
     Some(ApiError::unavailable(format!(
-        "{} leads but no quorum acknowledged it for {}; it cannot commit: check the network and \
-         `clusterctl status` on the other nodes",
-        s.me,
-        ack.map(|ms| format!("{ms} ms"))
-            .unwrap_or_else(|| "ever".to_string())
+        "{} leads but no quorum acknowledged it for {ack} ms; it cannot commit: check the \
+         network and `clusterctl status` on the other nodes",
+        s.me
     )))
 }
 

@@ -156,7 +156,9 @@ pub async fn run(
     let database = log_store.database();
     let raft_cfg = raft_config(&config)?;
     let reachable_within = Duration::from_millis(raft_cfg.election_timeout_max * 3);
-    let quorum_lost_after = Duration::from_millis(raft_cfg.election_timeout_max * 2);
+    // Well above a loaded machine's heartbeat delays, well below an operator's patience.
+    let quorum_lost_after =
+        Duration::from_millis(raft_cfg.election_timeout_max * 5).max(Duration::from_secs(1));
     let peers = PeerTable::default();
     let network = Network::new(
         id,
