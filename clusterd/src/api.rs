@@ -56,6 +56,9 @@ pub mod admin_paths {
     pub const NOTE: &str = "/v1/note";
     /// `POST`: add a member; `DELETE /v1/members/NAME`: remove one.
     pub const MEMBERS: &str = "/v1/members";
+    /// `POST`: grant or renew an address lease (leader only, never forwarded: the holder
+    /// measures its lease from its own send time and must reach the leader itself).
+    pub const LEASE: &str = "/v1/lease";
 }
 
 /// Error body of every non-2xx admin answer.
@@ -182,6 +185,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route(admin_paths::PROPOSE, post(post_propose))
         .route(admin_paths::NOTE, post(post_note))
         .route(admin_paths::MEMBERS, post(post_member))
+        .route(admin_paths::LEASE, post(post_lease))
         .route("/v1/members/{name}", delete(delete_member))
         .layer(middleware::from_fn_with_state(shared.clone(), authenticate))
         .with_state(shared)
@@ -312,6 +316,15 @@ async fn post_note(
         at_ms: auth::unix_ms(),
     };
     propose(&s, cmd).await.map(Json)
+}
+
+async fn post_lease(
+    State(s): State<Arc<Shared>>,
+    Json(req): Json<crate::lease::LeaseRequest>,
+) -> Result<Json<crate::lease::LeaseGrant>, ApiError> {
+    crate::lease::grant(&s, &req.node)
+        .map(Json)
+        .map_err(ApiError::unavailable)
 }
 
 fn is_forwarded(headers: &HeaderMap) -> bool {

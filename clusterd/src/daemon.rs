@@ -19,7 +19,8 @@ use tracing::{debug, info, warn};
 use crate::api::{self, AddMemberRequest, MembershipReply, UnauthorizedLog, admin_paths};
 use crate::auth::{self, ClusterKey, KeyError};
 use crate::client::ApiClient;
-use crate::config::Config;
+use crate::config::{Config, FailbackMode};
+use crate::model::plan::Policy;
 use crate::model::{AddressSpec, Command, Member, NodeId, node_id};
 use crate::raft::network::{Network, PeerTable};
 use crate::raft::store::{self, OpenError, Replica};
@@ -77,6 +78,8 @@ pub struct Shared {
     pub reachable_within: Duration,
     /// A leader that no quorum acknowledged for this long refuses writes at once.
     pub quorum_lost_after: Duration,
+    /// Address leases: the leader's grants and this node's own lease.
+    pub leases: crate::lease::Leases,
 }
 
 impl std::fmt::Debug for Shared {
@@ -149,6 +152,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     let key = ClusterKey::load(&config.node.key_file)?;
+    let lease_timings = config.leases.timings();
+    let policy = Policy {
+        auto_failback: config.placement.failback == FailbackMode::Auto,
+        failback_after_ms: config.placement.failback_after.as_millis(),
+    };
     let me = config.node.name.clone();
     let id = node_id(&me);
     let (log_store, state_machine, replica) =
@@ -181,6 +189,7 @@ pub async fn run(
         unauthorized: Mutex::new(UnauthorizedLog::default()),
         reachable_within,
         quorum_lost_after,
+        leases: crate::lease::Leases::new(lease_timings),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -203,6 +212,17 @@ pub async fn run(
     info!(node = %me, "listening on {addr}");
 
     let duties = tokio::spawn(duties(shared.clone(), stop_rx.clone()));
+    let mut background = vec![tokio::spawn(crate::lease::placement_loop(
+        shared.clone(),
+        policy,
+        stop_rx.clone(),
+    ))];
+    if shared.config.node.role == crate::model::Role::Mail {
+        background.push(tokio::spawn(crate::lease::renew_loop(
+            shared.clone(),
+            stop_rx.clone(),
+        )));
+    }
     let joiner = tokio::spawn(bootstrap(shared.clone(), stop_rx.clone()));
 
     shutdown.await;
@@ -210,6 +230,9 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let _ = joiner.await;
     let _ = duties.await;
+    for task in background {
+        let _ = task.await;
+    }
     if let Err(e) = raft.shutdown().await {
         warn!(error = %e, "raft did not shut down cleanly");
     }

@@ -499,3 +499,57 @@ async fn late_learner_catches_up_from_a_snapshot_after_log_compaction() {
     assert!(r.nodes.iter().any(|n| n.name == "n4" && !n.voter));
     c.stop_all().await;
 }
+
+fn owner_of(report: &clusterd::status::StatusReport, ip: &str) -> Option<(String, u64)> {
+    let a = report.addresses.iter().find(|a| a.ip == ip)?;
+    Some((a.owner.clone()?, a.epoch))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn addresses_go_home_and_a_dead_owners_address_moves_after_the_takeover_delay() {
+    let mut c = Cluster::start(&["n1", "n2", "n3"], &["n1", "n2", "n3"]).await;
+    c.leader().await;
+    let n2 = c.specs[1].addr;
+    eventually(
+        "both addresses at home",
+        Duration::from_secs(10),
+        || async {
+            let r = status(n2, &c.key).await?;
+            let home = owner_of(&r, "192.0.2.101/24")?.0 == "n1"
+                && owner_of(&r, "192.0.2.102/24")?.0 == "n2";
+            home.then_some(())
+        },
+    )
+    .await;
+    let before = owner_of(&status(n2, &c.key).await.unwrap(), "192.0.2.101/24").unwrap();
+
+    let stopped = std::time::Instant::now();
+    c.stop_node("n1").await;
+    let (owner, epoch) = eventually(
+        "192.0.2.101 moved off n1",
+        Duration::from_secs(15),
+        || async {
+            let r = status(n2, &c.key).await?;
+            let (owner, epoch) = owner_of(&r, "192.0.2.101/24")?;
+            (owner != "n1").then_some((owner, epoch))
+        },
+    )
+    .await;
+    let took = stopped.elapsed();
+    // n2 already holds .102, so the least loaded live node is n3.
+    assert_eq!(owner, "n3");
+    assert!(epoch > before.1);
+    // Never before n1's lease could have ended (takeover delay of the default leases).
+    let delay = clusterd_fencing::LeaseTimings::default().takeover_delay();
+    assert!(
+        took >= delay,
+        "moved after {took:?}, before the takeover delay {delay:?}"
+    );
+    let r = status(n2, &c.key).await.unwrap();
+    assert!(r.events.iter().any(|e| matches!(
+        &e.kind,
+        EventKind::OwnerChanged { ip, reason: clusterd::model::MoveReason::LeaseExpired, .. }
+            if ip == "192.0.2.101/24"
+    )));
+    c.stop_all().await;
+}
