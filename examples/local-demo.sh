@@ -26,6 +26,7 @@ for i in 0 1 2; do
   {
     printf '[node]\nname = "%s"\nlisten = "127.0.0.1:%s"\n' "$name" "${ports[$i]}"
     printf 'data_dir = "%s/%s"\nkey_file = "%s/cluster.key"\n' "$run" "$name" "$run"
+    printf 'dry_run = true   # loopback demo: touch no addresses or firewall on this machine\n'
     for j in 0 1 2; do
       [ "$j" = "$i" ] && continue
       printf '\n[[peers]]\nname = "%s"\naddress = "127.0.0.1:%s"\n' "${names[$j]}" "${ports[$j]}"

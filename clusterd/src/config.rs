@@ -70,6 +70,9 @@ pub struct Config {
     /// Where addresses go and when they return home. Optional.
     #[serde(default)]
     pub placement: PlacementConfig,
+    /// Gratuitous ARP / neighbour advertisements after an address moves. Optional.
+    #[serde(default)]
+    pub announce: AnnounceConfig,
     /// The other members of the cluster (every node except this one).
     #[serde(default)]
     pub peers: Vec<PeerConfig>,
@@ -107,6 +110,12 @@ pub struct NodeConfig {
     /// be world-readable. Default "/etc/clusterd/cluster.key".
     #[serde(default = "default_key_file")]
     pub key_file: PathBuf,
+    /// Decide and report placement, but never touch this node's addresses, firewall or ARP:
+    /// for trying clusterd next to an existing setup (e.g. keepalived) before handing it the
+    /// addresses. The node takes no address lease, so the cluster never counts on it to serve.
+    /// Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }
 
 /// What a member does in the cluster.
@@ -263,6 +272,39 @@ impl Default for PlacementConfig {
         PlacementConfig {
             failback: FailbackMode::Auto,
             failback_after: Millis::from_millis(60_000),
+        }
+    }
+}
+
+/// `[announce]`: how a new owner tells the network (switches, routers, clients' neighbour
+/// caches) that an address moved: gratuitous ARP in both request and reply form (switches
+/// differ in which they accept), or IPv6 unsolicited neighbour advertisements.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnnounceConfig {
+    /// Announcements sent at once after the address is added, `burst_interval` apart.
+    /// Default 3.
+    pub burst: u32,
+    /// Gap between the announcements of the burst. Default "100ms".
+    pub burst_interval: Millis,
+    /// Further announcements over the next seconds, `repeat_interval` apart, for hosts that
+    /// missed the burst. Default 3.
+    pub repeats: u32,
+    /// Gap between repeats. Default "1s".
+    pub repeat_interval: Millis,
+    /// A slow periodic announcement while the address is held, so switch forwarding tables
+    /// that age out entries keep pointing at the owner. "0s" turns it off. Default "60s".
+    pub refresh: Millis,
+}
+
+impl Default for AnnounceConfig {
+    fn default() -> Self {
+        AnnounceConfig {
+            burst: 3,
+            burst_interval: Millis::from_millis(100),
+            repeats: 3,
+            repeat_interval: Millis::from_millis(1000),
+            refresh: Millis::from_millis(60_000),
         }
     }
 }
@@ -952,6 +994,7 @@ impl Config {
         self.check_voters(&mut v);
         self.check_raft(&mut v);
         self.check_leases(&mut v);
+        self.check_announce(&mut v);
         self.check_checks(&mut v);
         self.check_addresses(&mut v);
         self.check_dns(&mut v);
@@ -1145,6 +1188,37 @@ impl Config {
                          but vote, so add it to cluster.voters (or remove it)",
                         m.name
                     ),
+                );
+            }
+        }
+    }
+
+    fn check_announce(&self, v: &mut Problems) {
+        let a = &self.announce;
+        if a.burst == 0 || a.burst > 20 {
+            v.push(
+                "announce.burst",
+                format!(
+                    "burst = {} announcements; use 1 to 20 (default 3): with none, clients and \
+                     switches keep sending to the old owner until their caches expire",
+                    a.burst
+                ),
+            );
+        }
+        if a.repeats > 100 {
+            v.push(
+                "announce.repeats",
+                format!("repeats = {}; use at most 100 (default 3)", a.repeats),
+            );
+        }
+        for (field, d) in [
+            ("announce.burst_interval", a.burst_interval),
+            ("announce.repeat_interval", a.repeat_interval),
+        ] {
+            if d.get() < std::time::Duration::from_millis(10) {
+                v.push(
+                    field,
+                    format!("{d} is too short to be useful; use at least \"10ms\""),
                 );
             }
         }
@@ -2344,6 +2418,20 @@ names = { imap = ["imap"], smtp = ["smtp"], mail = ["imap", "smtp"] }
         assert_eq!(c.placement.failback, FailbackMode::Manual);
         assert_eq!(c.placement.failback_after, Millis::from_millis(120_000));
         assert_eq!(base().leases, LeasesConfig::default());
+    }
+
+    #[test]
+    fn announcement_burst_of_zero_is_refused() {
+        let mut c = base();
+        c.announce.burst = 0;
+        assert_refused(&c, "announce.burst", "use 1 to 20");
+    }
+
+    #[test]
+    fn announcement_interval_under_10ms_is_refused() {
+        let mut c = base();
+        c.announce.repeat_interval = Millis::from_millis(1);
+        assert_refused(&c, "announce.repeat_interval", "at least");
     }
 
     #[test]

@@ -44,6 +44,9 @@ pub enum RunError {
     /// openraft refused its configuration or failed to start.
     #[error("raft: {0}")]
     Raft(String),
+    /// The kernel address runtime could not start.
+    #[error("address runtime: {0}")]
+    Net(String),
     /// The API server failed.
     #[error("API server on {addr}: {source}")]
     Serve {
@@ -145,11 +148,30 @@ fn raft_config(config: &Config) -> Result<openraft::Config, RunError> {
     .map_err(|e| RunError::Raft(e.to_string()))
 }
 
-/// Run one node until `shutdown` resolves, serving on `listener`.
+/// Run one node until `shutdown` resolves, serving on `listener`, with the real kernel
+/// address runtime on mail nodes (none in `dry_run`).
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let net = if config.node.role == crate::model::Role::Mail && !config.node.dry_run {
+        Some(Arc::new(
+            crate::vip::linux::LinuxNet::new().map_err(|e| RunError::Net(e.to_string()))?,
+        ))
+    } else {
+        None
+    };
+    run_with(config, listener, shutdown, net).await
+}
+
+/// [`run`] with a chosen address runtime (`None`, or `dry_run` in the config: this node holds
+/// no addresses).
+pub async fn run_with<N: crate::vip::NetOps>(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    net: Option<Arc<N>>,
 ) -> Result<(), RunError> {
     let key = ClusterKey::load(&config.node.key_file)?;
     let lease_timings = config.leases.timings();
@@ -217,9 +239,15 @@ pub async fn run(
         policy,
         stop_rx.clone(),
     ))];
-    if shared.config.node.role == crate::model::Role::Mail {
+    if let Some(net) = net.filter(|_| !shared.config.node.dry_run) {
+        // Only a node that can hold addresses takes leases for them.
         background.push(tokio::spawn(crate::lease::renew_loop(
             shared.clone(),
+            stop_rx.clone(),
+        )));
+        background.push(tokio::spawn(crate::vip::run(
+            shared.clone(),
+            net,
             stop_rx.clone(),
         )));
     }

@@ -8,3 +8,4 @@ pub mod lease;
 pub mod model;
 pub mod raft;
 pub mod status;
+pub mod vip;

@@ -1,17 +1,21 @@
-//! In-process clusters on 127.0.0.1: several `daemon::run` in one test process, talking real
-//! HTTP to each other, with their Raft state in real redb files.
+//! In-process clusters on 127.0.0.1: several `daemon::run_with` in one test process, talking
+//! real HTTP to each other, with their Raft state in real redb files and their floating
+//! addresses in a shared in-memory network (`vip::mem::World`) that records any moment two
+//! nodes answer for one address.
 
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clusterd::api::{AddMemberRequest, MembershipReply, NoteRequest};
 use clusterd::auth::ClusterKey;
 use clusterd::client::{ApiClient, ClientError, with_retries};
 use clusterd::model::{Applied, EventKind, Role};
+use clusterd::vip::mem::World;
 use common::{
-    NodeSpec, agreed_leader, eventually, status, two_addresses, write_configs, write_key,
+    NodeSpec, agreed_leader, eventually, status, two_addresses, write_configs_with, write_key,
 };
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -24,17 +28,24 @@ struct Running {
 }
 
 impl Running {
-    async fn start(spec: &NodeSpec) -> Running {
+    /// Start a node whose addresses live in `world` (never on this machine's interfaces).
+    async fn start(spec: &NodeSpec, world: &Arc<World>) -> Running {
         let config = clusterd::config::load(&spec.config_path).expect("valid test config");
+        let net = Arc::new(world.node(&spec.name));
         let listener = tokio::net::TcpListener::bind(spec.addr)
             .await
             .expect("bind test port");
         let (tx, rx) = oneshot::channel::<()>();
         let name = spec.name.clone();
         let task = tokio::spawn(async move {
-            let result = clusterd::daemon::run(config, listener, async {
-                let _ = rx.await;
-            })
+            let result = clusterd::daemon::run_with(
+                config,
+                listener,
+                async {
+                    let _ = rx.await;
+                },
+                Some(net),
+            )
             .await;
             if let Err(e) = &result {
                 tracing::error!("{name} stopped with an error: {e}");
@@ -46,6 +57,12 @@ impl Running {
             stop: Some(tx),
             task,
         }
+    }
+
+    /// Kill the node without any cleanup, like `kill -9`: its addresses stay configured in the
+    /// world and only its guard's timeouts stop it answering.
+    fn crash(self) {
+        self.task.abort();
     }
 
     async fn stop(mut self) {
@@ -61,6 +78,7 @@ impl Running {
 }
 
 struct Cluster {
+    world: Arc<World>,
     _dir: tempfile::TempDir,
     key: ClusterKey,
     specs: Vec<NodeSpec>,
@@ -83,16 +101,18 @@ impl Cluster {
         let dir = tempfile::tempdir().unwrap();
         let key_path = write_key(dir.path());
         let key = ClusterKey::load(&key_path).unwrap();
-        let specs = write_configs(dir.path(), &key_path, names, voters, extra);
+        let specs = write_configs_with(dir.path(), &key_path, names, voters, extra, false);
+        let world = World::new();
         let mut nodes = Vec::new();
         for spec in &specs {
             if running.contains(&spec.name.as_str()) {
-                nodes.push(Some(Running::start(spec).await));
+                nodes.push(Some(Running::start(spec, &world).await));
             } else {
                 nodes.push(None);
             }
         }
         Cluster {
+            world,
             _dir: dir,
             key,
             specs,
@@ -129,7 +149,14 @@ impl Cluster {
     async fn start_node(&mut self, name: &str) {
         let i = self.index(name);
         assert!(self.nodes[i].is_none());
-        self.nodes[i] = Some(Running::start(&self.specs[i]).await);
+        self.nodes[i] = Some(Running::start(&self.specs[i], &self.world).await);
+    }
+
+    fn crash_node(&mut self, name: &str) {
+        let i = self.index(name);
+        if let Some(n) = self.nodes[i].take() {
+            n.crash();
+        }
     }
 
     async fn stop_all(&mut self) {
@@ -176,7 +203,11 @@ async fn three_voters_elect_exactly_one_leader() {
             let elected = r.events.iter().any(
                 |e| matches!(&e.kind, EventKind::LeaderElected { node, .. } if *node == leader),
             );
-            (elected && !r.addresses.is_empty()).then_some(r)
+            let membership = r
+                .events
+                .iter()
+                .any(|e| matches!(e.kind, EventKind::MembershipChanged { .. }));
+            (elected && membership && !r.addresses.is_empty()).then_some(r)
         },
     )
     .await;
@@ -394,7 +425,8 @@ async fn differing_address_declaration_shows_in_status() {
     let dir = tempfile::tempdir().unwrap();
     let key_path = write_key(dir.path());
     let key = ClusterKey::load(&key_path).unwrap();
-    let specs = write_configs(
+    let world = World::new();
+    let specs = write_configs_with(
         dir.path(),
         &key_path,
         &["n1", "n2", "n3"],
@@ -406,10 +438,11 @@ async fn differing_address_declaration_shows_in_status() {
                 two_addresses(node)
             }
         },
+        false,
     );
     let mut nodes = Vec::new();
     for s in &specs {
-        nodes.push(Running::start(s).await);
+        nodes.push(Running::start(s, &world).await);
     }
     let addrs: Vec<_> = specs.iter().map(|s| s.addr).collect();
     agreed_leader(&addrs, &key, None).await;
@@ -435,7 +468,7 @@ async fn differing_address_declaration_shows_in_status() {
 async fn two_voter_config_is_refused_with_the_witness_explained() {
     let dir = tempfile::tempdir().unwrap();
     let key_path = write_key(dir.path());
-    let specs = write_configs(dir.path(), &key_path, &["n1", "n2"], &["n1", "n2"], &|_| {
+    let specs = common::write_configs(dir.path(), &key_path, &["n1", "n2"], &["n1", "n2"], &|_| {
         String::new()
     });
     let err = clusterd::config::load(&specs[0].config_path)
@@ -539,11 +572,13 @@ async fn addresses_go_home_and_a_dead_owners_address_moves_after_the_takeover_de
     // n2 already holds .102, so the least loaded live node is n3.
     assert_eq!(owner, "n3");
     assert!(epoch > before.1);
-    // Never before n1's lease could have ended (takeover delay of the default leases).
-    let delay = clusterd_fencing::LeaseTimings::default().takeover_delay();
+    // Never before n1's lease could have ended: the takeover delay counts from the last grant,
+    // which came at most one renewal interval before n1 stopped renewing.
+    let timings = clusterd_fencing::LeaseTimings::default();
+    let earliest = timings.takeover_delay() - timings.renew_every;
     assert!(
-        took >= delay,
-        "moved after {took:?}, before the takeover delay {delay:?}"
+        took >= earliest,
+        "moved after {took:?}, before {earliest:?}"
     );
     let r = status(n2, &c.key).await.unwrap();
     assert!(r.events.iter().any(|e| matches!(
@@ -551,5 +586,115 @@ async fn addresses_go_home_and_a_dead_owners_address_moves_after_the_takeover_de
         EventKind::OwnerChanged { ip, reason: clusterd::model::MoveReason::LeaseExpired, .. }
             if ip == "192.0.2.101/24"
     )));
+    c.stop_all().await;
+}
+
+fn ip(s: &str) -> std::net::IpAddr {
+    s.parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owners_configure_their_addresses_and_announce_them() {
+    let mut c = Cluster::start(&["n1", "n2", "n3"], &["n1", "n2", "n3"]).await;
+    c.leader().await;
+    eventually(
+        "each address on its home",
+        Duration::from_secs(10),
+        || async {
+            (c.world.holders(ip("192.0.2.101")) == ["n1"]
+                && c.world.holders(ip("192.0.2.102")) == ["n2"])
+            .then_some(())
+        },
+    )
+    .await;
+    eventually("owners report serving", Duration::from_secs(5), || async {
+        let r = status(c.specs[2].addr, &c.key).await?;
+        r.events
+            .iter()
+            .filter(|e| matches!(e.kind, EventKind::Serving { .. }))
+            .nth(1)
+            .map(|_| ())
+    })
+    .await;
+    assert!(c.world.announcements("n1", ip("192.0.2.101")) >= 1);
+    // A clean stop removes the node's addresses.
+    c.stop_node("n2").await;
+    assert!(c.world.holders(ip("192.0.2.102")).is_empty());
+    assert_eq!(c.world.violations(), Vec::<String>::new());
+    c.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashed_owners_address_is_taken_over_without_ever_two_holders() {
+    let mut c = Cluster::start(&["n1", "n2", "n3"], &["n1", "n2", "n3"]).await;
+    c.leader().await;
+    eventually("n1 holds .101", Duration::from_secs(10), || async {
+        (c.world.holders(ip("192.0.2.101")) == ["n1"]).then_some(())
+    })
+    .await;
+    let crashed = std::time::Instant::now();
+    // kill -9: no cleanup; n1's address stays configured, only its guard times out.
+    c.crash_node("n1");
+    eventually("n3 serves .101", Duration::from_secs(15), || async {
+        (c.world.holders(ip("192.0.2.101")) == ["n3"]).then_some(())
+    })
+    .await;
+    let took = crashed.elapsed();
+    assert_eq!(c.world.violations(), Vec::<String>::new());
+    assert!(took < Duration::from_secs(5), "takeover took {took:?}");
+    c.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn address_removed_by_hand_is_put_back_and_planned_move_hands_over() {
+    let mut c = Cluster::start(&["n1", "n2", "n3"], &["n1", "n2", "n3"]).await;
+    c.leader().await;
+    eventually("n1 holds .101", Duration::from_secs(10), || async {
+        (c.world.holders(ip("192.0.2.101")) == ["n1"]).then_some(())
+    })
+    .await;
+    let prefix: clusterd::config::IpPrefix = "192.0.2.101/24".parse().unwrap();
+    c.world.remove_by_hand("n1", "eth0", prefix);
+    eventually("n1 puts .101 back", Duration::from_secs(5), || async {
+        (c.world.holders(ip("192.0.2.101")) == ["n1"]).then_some(())
+    })
+    .await;
+
+    // A planned move through the propose API: the old owner releases, the new owner adds.
+    let client = c.client("n2");
+    let cmd = clusterd::model::Command::RequestMove {
+        ip: "192.0.2.101/24".into(),
+        to: "n3".into(),
+        by: "test".into(),
+        at_ms: clusterd::auth::unix_ms(),
+    };
+    let _: Applied = with_retries(|| client.post("/v1/propose", &cmd))
+        .await
+        .unwrap();
+    eventually("n3 serves .101", Duration::from_secs(5), || async {
+        (c.world.holders(ip("192.0.2.101")) == ["n3"]).then_some(())
+    })
+    .await;
+    let unserved = eventually(
+        "the move's unserved time",
+        Duration::from_secs(5),
+        || async {
+            let r = status(c.specs[0].addr, &c.key).await?;
+            r.events.iter().find_map(|e| match &e.kind {
+                EventKind::Serving {
+                    node,
+                    unserved_ms: Some(ms),
+                    ..
+                } if node == "n3" => Some(*ms),
+                _ => None,
+            })
+        },
+    )
+    .await;
+    assert!(
+        unserved < 2000,
+        "planned move left the address unserved {unserved} ms"
+    );
+    assert_eq!(c.world.violations(), Vec::<String>::new());
     c.stop_all().await;
 }

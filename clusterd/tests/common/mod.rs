@@ -37,13 +37,27 @@ pub fn write_key(dir: &Path) -> PathBuf {
 }
 
 /// Configs for `names` on loopback, with `voters` as the voter set; each node's file lists
-/// `extra` (raw TOML) at the end, e.g. floating addresses and checks.
+/// `extra` (raw TOML) at the end, e.g. floating addresses and checks. The nodes run in
+/// `dry_run` (they never touch this machine's addresses or firewall): tests that exercise the
+/// address runtime give `daemon::run_with` an in-memory network instead.
 pub fn write_configs(
     dir: &Path,
     key: &Path,
     names: &[&str],
     voters: &[&str],
     extra: &dyn Fn(&str) -> String,
+) -> Vec<NodeSpec> {
+    write_configs_with(dir, key, names, voters, extra, true)
+}
+
+/// [`write_configs`], choosing `dry_run`.
+pub fn write_configs_with(
+    dir: &Path,
+    key: &Path,
+    names: &[&str],
+    voters: &[&str],
+    extra: &dyn Fn(&str) -> String,
+    dry_run: bool,
 ) -> Vec<NodeSpec> {
     let nodes: Vec<NodeSpec> = names
         .iter()
@@ -56,7 +70,7 @@ pub fn write_configs(
         .collect();
     for node in &nodes {
         let mut text = format!(
-            "[node]\nname = \"{}\"\nlisten = \"{}\"\ndata_dir = \"{}\"\nkey_file = \"{}\"\n\n",
+            "[node]\nname = \"{}\"\nlisten = \"{}\"\ndata_dir = \"{}\"\nkey_file = \"{}\"\ndry_run = {dry_run}\n\n",
             node.name,
             node.addr,
             node.data_dir.display(),

@@ -1,0 +1,458 @@
+//! The real [`NetOps`]: addresses over rtnetlink, announcements on raw sockets, and the
+//! nftables guard through one long-lived `nft -i` process (no fork per renewal).
+//!
+//! The guard: table `inet clusterd_guard` drops IP traffic to and from a floating address
+//! unless it is in the `held4`/`held6` sets, and table `arp clusterd_guard` drops ARP for it
+//! unless it is in `held`. Set elements carry the time left on the lease as their timeout, so
+//! the kernel closes the guard when the lease ends even if this daemon is frozen or dead.
+
+#![allow(unsafe_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV6};
+use std::os::fd::AsRawFd;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::Mutex;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use futures_util::TryStreamExt;
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, CacheInfo};
+use netlink_packet_route::link::LinkAttribute;
+use nix::sys::socket::{
+    AddressFamily, LinkAddr, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrLike, sendto,
+    socket,
+};
+
+use super::packet::{ETH_P_ARP, gratuitous_arp, unsolicited_na};
+use super::{NetError, NetOps};
+use crate::config::IpPrefix;
+
+const TABLE: &str = "clusterd_guard";
+const NFT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// rtnetlink + raw sockets + nftables.
+pub struct LinuxNet {
+    handle: rtnetlink::Handle,
+    links: Mutex<HashMap<String, (u32, [u8; 6])>>,
+    nft: Mutex<Option<Nft>>,
+}
+
+impl std::fmt::Debug for LinuxNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinuxNet").finish_non_exhaustive()
+    }
+}
+
+impl LinuxNet {
+    /// Open the netlink connection (needs a tokio runtime; CAP_NET_ADMIN to change anything).
+    pub fn new() -> Result<Self, NetError> {
+        let (conn, handle, _) =
+            rtnetlink::new_connection().map_err(|e| NetError::new("open", "netlink", e))?;
+        tokio::spawn(conn);
+        Ok(LinuxNet {
+            handle,
+            links: Mutex::new(HashMap::new()),
+            nft: Mutex::new(None),
+        })
+    }
+
+    async fn link(&self, iface: &str) -> Result<(u32, [u8; 6]), NetError> {
+        if let Some(l) = self
+            .links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(iface)
+        {
+            return Ok(*l);
+        }
+        let msg = self
+            .handle
+            .link()
+            .get()
+            .match_name(iface.to_string())
+            .execute()
+            .try_next()
+            .await
+            .map_err(|e| NetError::new("find interface", iface, e))?
+            .ok_or_else(|| NetError::new("find interface", iface, "no such interface"))?;
+        let mut mac = [0u8; 6];
+        for attr in &msg.attributes {
+            if let LinkAttribute::Address(a) = attr
+                && a.len() == 6
+            {
+                mac.copy_from_slice(a);
+            }
+        }
+        let entry = (msg.header.index, mac);
+        self.links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(iface.to_string(), entry);
+        Ok(entry)
+    }
+
+    fn nft(&self, commands: &str) -> Result<(), NetError> {
+        let mut guard = self.nft.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.is_none() {
+            *guard = Some(Nft::start()?);
+        }
+        let result = guard.as_mut().map(|n| n.run(commands)).unwrap_or(Ok(()));
+        if result.is_err() {
+            // A broken pipe or a stuck process: start afresh next time.
+            if let Some(mut n) = guard.take() {
+                n.stop();
+            }
+        }
+        result
+    }
+}
+
+fn prefix_of(msg: &netlink_packet_route::address::AddressMessage) -> Option<IpPrefix> {
+    msg.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Address(ip) => Some(IpPrefix {
+            addr: *ip,
+            prefix_len: msg.header.prefix_len,
+        }),
+        _ => None,
+    })
+}
+
+impl NetOps for LinuxNet {
+    async fn list(&self, iface: &str) -> Result<Vec<IpPrefix>, NetError> {
+        let (index, _) = self.link(iface).await?;
+        let mut out = Vec::new();
+        let mut stream = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .map_err(|e| NetError::new("list addresses", iface, e))?
+        {
+            if let Some(p) = prefix_of(&msg) {
+                out.push(p);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn add(&self, iface: &str, addr: IpPrefix, lifetime_secs: u32) -> Result<(), NetError> {
+        let (index, _) = self.link(iface).await?;
+        let mut req = self
+            .handle
+            .address()
+            .add(index, addr.addr, addr.prefix_len)
+            .replace();
+        let msg = req.message_mut();
+        let mut lifetime = CacheInfo::default();
+        lifetime.ifa_preferred = lifetime_secs;
+        lifetime.ifa_valid = lifetime_secs;
+        msg.attributes.push(AddressAttribute::CacheInfo(lifetime));
+        if addr.addr.is_ipv6() {
+            // Usable at once: duplicate address detection would hold it back for a second,
+            // and the lease already guarantees nobody else has it.
+            msg.attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        req.execute()
+            .await
+            .map_err(|e| NetError::new("add address", format!("{addr} on {iface}"), e))
+    }
+
+    async fn remove(&self, iface: &str, addr: IpPrefix) -> Result<(), NetError> {
+        let (index, _) = self.link(iface).await?;
+        let mut stream = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .set_address_filter(addr.addr)
+            .execute();
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .map_err(|e| NetError::new("find address", addr, e))?
+        {
+            if prefix_of(&msg) == Some(addr) {
+                self.handle
+                    .address()
+                    .del(msg)
+                    .execute()
+                    .await
+                    .map_err(|e| {
+                        NetError::new("remove address", format!("{addr} on {iface}"), e)
+                    })?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn announce(&self, iface: &str, ip: IpAddr) -> Result<(), NetError> {
+        let (index, mac) = self.link(iface).await?;
+        match ip {
+            IpAddr::V4(v4) => send_garp(index, mac, v4),
+            IpAddr::V6(v6) => send_na(index, mac, v6),
+        }
+        .map_err(|e| NetError::new("announce", format!("{ip} on {iface}"), e))
+    }
+
+    async fn guard_setup(&self, floating: &[IpAddr]) -> Result<(), NetError> {
+        let v4: Vec<String> = floating
+            .iter()
+            .filter(|ip| ip.is_ipv4())
+            .map(|ip| ip.to_string())
+            .collect();
+        let v6: Vec<String> = floating
+            .iter()
+            .filter(|ip| ip.is_ipv6())
+            .map(|ip| ip.to_string())
+            .collect();
+        let mut script = String::new();
+        // Start from a clean slate (a previous run may have left its tables).
+        script.push_str(&format!(
+            "add table inet {TABLE}; delete table inet {TABLE}; \
+             add table arp {TABLE}; delete table arp {TABLE}; "
+        ));
+        script.push_str(&format!(
+            "add table inet {TABLE}; \
+             add set inet {TABLE} floating4 {{ type ipv4_addr; }}; \
+             add set inet {TABLE} floating6 {{ type ipv6_addr; }}; \
+             add set inet {TABLE} held4 {{ type ipv4_addr; flags timeout; }}; \
+             add set inet {TABLE} held6 {{ type ipv6_addr; flags timeout; }}; \
+             add chain inet {TABLE} input {{ type filter hook input priority -200; policy accept; }}; \
+             add chain inet {TABLE} output {{ type filter hook output priority -200; policy accept; }}; \
+             add rule inet {TABLE} input ip daddr @floating4 ip daddr != @held4 drop; \
+             add rule inet {TABLE} input ip6 daddr @floating6 ip6 daddr != @held6 drop; \
+             add rule inet {TABLE} output ip saddr @floating4 ip saddr != @held4 drop; \
+             add rule inet {TABLE} output ip6 saddr @floating6 ip6 saddr != @held6 drop; \
+             add table arp {TABLE}; \
+             add set arp {TABLE} floating {{ type ipv4_addr; }}; \
+             add set arp {TABLE} held {{ type ipv4_addr; flags timeout; }}; \
+             add chain arp {TABLE} input {{ type filter hook input priority 0; policy accept; }}; \
+             add chain arp {TABLE} output {{ type filter hook output priority 0; policy accept; }}; \
+             add rule arp {TABLE} input arp daddr ip @floating arp daddr ip != @held drop; \
+             add rule arp {TABLE} output arp saddr ip @floating arp saddr ip != @held drop; "
+        ));
+        if !v4.is_empty() {
+            let list = v4.join(", ");
+            script.push_str(&format!(
+                "add element inet {TABLE} floating4 {{ {list} }}; \
+                 add element arp {TABLE} floating {{ {list} }}; "
+            ));
+        }
+        if !v6.is_empty() {
+            script.push_str(&format!(
+                "add element inet {TABLE} floating6 {{ {} }}; ",
+                v6.join(", ")
+            ));
+        }
+        self.nft(&script)
+    }
+
+    async fn guard_allow(&self, allowed: &[(IpAddr, Duration)]) -> Result<(), NetError> {
+        let elem = |ip: &IpAddr, d: &Duration| format!("{ip} timeout {}ms", d.as_millis().max(1));
+        let v4: Vec<String> = allowed
+            .iter()
+            .filter(|(ip, _)| ip.is_ipv4())
+            .map(|(ip, d)| elem(ip, d))
+            .collect();
+        let v6: Vec<String> = allowed
+            .iter()
+            .filter(|(ip, _)| ip.is_ipv6())
+            .map(|(ip, d)| elem(ip, d))
+            .collect();
+        // One transaction: re-adding an element does not refresh its timeout, flush + add does.
+        let mut script = format!(
+            "flush set inet {TABLE} held4; flush set inet {TABLE} held6; flush set arp {TABLE} held; "
+        );
+        if !v4.is_empty() {
+            let list = v4.join(", ");
+            script.push_str(&format!(
+                "add element inet {TABLE} held4 {{ {list} }}; add element arp {TABLE} held {{ {list} }}; "
+            ));
+        }
+        if !v6.is_empty() {
+            script.push_str(&format!(
+                "add element inet {TABLE} held6 {{ {} }}; ",
+                v6.join(", ")
+            ));
+        }
+        self.nft(&script)
+    }
+
+    async fn guard_teardown(&self) -> Result<(), NetError> {
+        let nft = self.nft.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let nft = match nft {
+            Some(n) => n,
+            None => Nft::start()?,
+        };
+        nft.finish(&format!(
+            "delete table inet {TABLE}; delete table arp {TABLE}"
+        ))
+    }
+}
+
+/// A long-lived `nft -i`. Each call writes one line (one transaction) and then a listing of the
+/// guard's ARP table as a marker; output up to the marker's closing brace belongs to the call,
+/// and any "Error" in it fails the call.
+struct Nft {
+    child: Child,
+    stdin: ChildStdin,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Nft {
+    fn start() -> Result<Nft, NetError> {
+        let (read, write) = std::io::pipe().map_err(|e| NetError::new("start", "nft", e))?;
+        let write2 = write
+            .try_clone()
+            .map_err(|e| NetError::new("start", "nft", e))?;
+        let mut child = Command::new("nft")
+            .arg("-i")
+            .stdin(Stdio::piped())
+            .stdout(write)
+            .stderr(write2)
+            .spawn()
+            .map_err(|e| {
+                NetError::new(
+                    "start",
+                    "nft",
+                    format!("{e} (install nftables: apt-get install -y nftables)"),
+                )
+            })?;
+        let stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| NetError::new("start", "nft", "no stdin"))?;
+        let (tx, lines) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("nft-reader".into())
+            .spawn(move || {
+                for line in BufReader::new(read).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| NetError::new("start", "nft reader", e))?;
+        Ok(Nft {
+            child,
+            stdin,
+            lines,
+        })
+    }
+
+    fn run(&mut self, commands: &str) -> Result<(), NetError> {
+        // Drain anything left over from an earlier call.
+        while self.lines.try_recv().is_ok() {}
+        writeln!(self.stdin, "{commands}")
+            .and_then(|()| writeln!(self.stdin, "list table arp {TABLE}"))
+            .and_then(|()| self.stdin.flush())
+            .map_err(|e| NetError::new("write", "nft", e))?;
+        let mut error = None;
+        let deadline = std::time::Instant::now() + NFT_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .map_err(|_| NetError::new("run", "nft", "no answer within 2 s"))?;
+            if line.starts_with("Error") {
+                error.get_or_insert(line);
+            } else if line == "}" {
+                break;
+            }
+        }
+        match error {
+            Some(e) => Err(NetError::new("apply", "nftables guard", e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Run a last line, close nft's input and wait for it to exit.
+    fn finish(mut self, commands: &str) -> Result<(), NetError> {
+        while self.lines.try_recv().is_ok() {}
+        let written = writeln!(self.stdin, "{commands}").and_then(|()| self.stdin.flush());
+        drop(self.stdin);
+        let mut error = written.err().map(|e| e.to_string());
+        let deadline = std::time::Instant::now() + NFT_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.starts_with("Error") => {
+                    error.get_or_insert(line);
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        match error {
+            Some(e) => Err(NetError::new("apply", "nftables guard", e)),
+            None => Ok(()),
+        }
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn link_addr(ifindex: u32, protocol: u16) -> Option<LinkAddr> {
+    let sll = libc::sockaddr_ll {
+        sll_family: libc::AF_PACKET as u16,
+        sll_protocol: protocol.to_be(),
+        sll_ifindex: ifindex as i32,
+        sll_hatype: 0,
+        sll_pkttype: 0,
+        sll_halen: 6,
+        sll_addr: [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+    // SAFETY: `sll` is a fully initialised sockaddr_ll living for the whole call and `len` is
+    // exactly its size; from_raw copies it after checking family and length.
+    unsafe { LinkAddr::from_raw((&raw const sll).cast::<libc::sockaddr>(), Some(len)) }
+}
+
+fn send_garp(ifindex: u32, mac: [u8; 6], ip: Ipv4Addr) -> std::io::Result<()> {
+    let fd = socket(
+        AddressFamily::Packet,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::EthAll,
+    )?;
+    let to = link_addr(ifindex, ETH_P_ARP)
+        .ok_or_else(|| std::io::Error::other("cannot build the link-layer address"))?;
+    for reply in [false, true] {
+        let frame = gratuitous_arp(mac, ip, reply);
+        sendto(fd.as_raw_fd(), &frame, &to, MsgFlags::empty())?;
+    }
+    Ok(())
+}
+
+fn send_na(ifindex: u32, mac: [u8; 6], target: Ipv6Addr) -> std::io::Result<()> {
+    let sock = socket2::Socket::new(
+        socket2::Domain::IPV6,
+        socket2::Type::RAW,
+        Some(socket2::Protocol::ICMPV6),
+    )?;
+    sock.set_multicast_hops_v6(255)?;
+    sock.set_multicast_if_v6(ifindex)?;
+    sock.set_unicast_hops_v6(255)?;
+    let to = SocketAddrV6::new(
+        "ff02::1".parse().unwrap_or(Ipv6Addr::UNSPECIFIED),
+        0,
+        0,
+        ifindex,
+    );
+    sock.send_to(&unsolicited_na(mac, target), &to.into())?;
+    Ok(())
+}

@@ -1,0 +1,194 @@
+//! In-memory [`NetOps`] for tests: a shared "world" of nodes with their configured addresses
+//! and guards, which records every instant at which two nodes would both answer for one
+//! address (configured there and allowed by that node's guard).
+//!
+//! This is for tests of the runtime's logic only; the real kernel work is in `linux`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::{NetError, NetOps};
+use crate::config::IpPrefix;
+
+/// One node's kernel as the world sees it.
+#[derive(Debug, Default)]
+struct Host {
+    addrs: BTreeMap<String, BTreeSet<IpPrefix>>,
+    guarded: BTreeSet<IpAddr>,
+    allowed: BTreeMap<IpAddr, Instant>,
+    announcements: Vec<(IpAddr, Instant)>,
+}
+
+impl Host {
+    fn answers_for(&self, ip: IpAddr, now: Instant) -> bool {
+        let configured = self.addrs.values().any(|s| s.iter().any(|p| p.addr == ip));
+        let allowed =
+            !self.guarded.contains(&ip) || self.allowed.get(&ip).is_some_and(|t| *t > now);
+        configured && allowed
+    }
+}
+
+/// The shared world of all in-memory nodes.
+#[derive(Debug, Default)]
+pub struct World {
+    hosts: Mutex<BTreeMap<String, Host>>,
+    violations: Mutex<Vec<String>>,
+}
+
+impl World {
+    /// A new, empty world.
+    pub fn new() -> Arc<World> {
+        Arc::new(World::default())
+    }
+
+    /// The `NetOps` of `node` in this world.
+    pub fn node(self: &Arc<Self>, node: &str) -> MemNet {
+        self.hosts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(node.to_string())
+            .or_default();
+        MemNet {
+            world: self.clone(),
+            node: node.to_string(),
+        }
+    }
+
+    /// Nodes that answer for `ip` right now.
+    pub fn holders(&self, ip: IpAddr) -> Vec<String> {
+        let now = Instant::now();
+        self.hosts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, h)| h.answers_for(ip, now))
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// How many announcements `node` sent for `ip`.
+    pub fn announcements(&self, node: &str, ip: IpAddr) -> usize {
+        self.hosts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(node)
+            .map(|h| h.announcements.iter().filter(|(a, _)| *a == ip).count())
+            .unwrap_or(0)
+    }
+
+    /// Every moment two nodes answered for one address, as found at each change.
+    pub fn violations(&self) -> Vec<String> {
+        self.violations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Remove an address from a node behind the daemon's back (drift).
+    pub fn remove_by_hand(&self, node: &str, iface: &str, addr: IpPrefix) {
+        let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(set) = hosts.get_mut(node).and_then(|h| h.addrs.get_mut(iface)) {
+            set.remove(&addr);
+        }
+    }
+
+    fn check(&self, hosts: &BTreeMap<String, Host>, ip: IpAddr) {
+        let now = Instant::now();
+        let holders: Vec<&String> = hosts
+            .iter()
+            .filter(|(_, h)| h.answers_for(ip, now))
+            .map(|(n, _)| n)
+            .collect();
+        if holders.len() > 1 {
+            self.violations
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(format!("{ip} answered by {holders:?}"));
+        }
+    }
+}
+
+/// One node's view of the world.
+#[derive(Debug, Clone)]
+pub struct MemNet {
+    world: Arc<World>,
+    node: String,
+}
+
+impl MemNet {
+    fn with_host<T>(
+        &self,
+        f: impl FnOnce(&mut Host, &World, &mut BTreeMap<String, Host>) -> T,
+    ) -> T {
+        let mut hosts = self.world.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut host = hosts.remove(&self.node).unwrap_or_default();
+        let out = f(&mut host, &self.world, &mut hosts);
+        hosts.insert(self.node.clone(), host);
+        out
+    }
+}
+
+impl NetOps for MemNet {
+    async fn list(&self, iface: &str) -> Result<Vec<IpPrefix>, NetError> {
+        Ok(self.with_host(|h, _, _| {
+            h.addrs
+                .get(iface)
+                .map(|s| s.iter().copied().collect())
+                .unwrap_or_default()
+        }))
+    }
+
+    async fn add(&self, iface: &str, addr: IpPrefix, _lifetime_secs: u32) -> Result<(), NetError> {
+        self.with_host(|h, world, others| {
+            h.addrs.entry(iface.to_string()).or_default().insert(addr);
+            let me = std::mem::take(h);
+            others.insert(self.node.clone(), me);
+            world.check(others, addr.addr);
+            *h = others.remove(&self.node).unwrap_or_default();
+        });
+        Ok(())
+    }
+
+    async fn remove(&self, iface: &str, addr: IpPrefix) -> Result<(), NetError> {
+        self.with_host(|h, _, _| {
+            if let Some(set) = h.addrs.get_mut(iface) {
+                set.remove(&addr);
+            }
+        });
+        Ok(())
+    }
+
+    async fn announce(&self, _iface: &str, ip: IpAddr) -> Result<(), NetError> {
+        self.with_host(|h, _, _| h.announcements.push((ip, Instant::now())));
+        Ok(())
+    }
+
+    async fn guard_setup(&self, floating: &[IpAddr]) -> Result<(), NetError> {
+        self.with_host(|h, _, _| h.guarded = floating.iter().copied().collect());
+        Ok(())
+    }
+
+    async fn guard_allow(&self, allowed: &[(IpAddr, Duration)]) -> Result<(), NetError> {
+        let now = Instant::now();
+        self.with_host(|h, world, others| {
+            h.allowed = allowed.iter().map(|(ip, d)| (*ip, now + *d)).collect();
+            let me = std::mem::take(h);
+            others.insert(self.node.clone(), me);
+            for (ip, _) in allowed {
+                world.check(others, *ip);
+            }
+            *h = others.remove(&self.node).unwrap_or_default();
+        });
+        Ok(())
+    }
+
+    async fn guard_teardown(&self) -> Result<(), NetError> {
+        self.with_host(|h, _, _| {
+            h.guarded.clear();
+            h.allowed.clear();
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,437 @@
+//! The address runtime of a node: converges the kernel to "the floating addresses I own and
+//! hold a valid lease for", announces them, and self-fences when the lease runs out.
+//!
+//! Every kernel effect goes through [`NetOps`]: [`linux::LinuxNet`] (rtnetlink, AF_PACKET,
+//! nftables) on real nodes and [`mem::MemNet`] in tests. The runtime decides; `NetOps` acts.
+//! Safety order: when letting go, the guard closes before the address is removed; the guard's
+//! elements always expire at the lease deadline, so a frozen daemon's node stops answering by
+//! itself. Only this module touches netlink and raw sockets.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::api;
+use crate::auth;
+use crate::config::{AnnounceConfig, IpPrefix};
+use crate::daemon::Shared;
+use crate::model::{Command, State};
+
+pub mod linux;
+pub mod mem;
+pub mod packet;
+
+/// A kernel operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{op} {target}: {reason}")]
+pub struct NetError {
+    /// What was attempted.
+    pub op: &'static str,
+    /// On what (address, interface).
+    pub target: String,
+    /// Why it failed.
+    pub reason: String,
+}
+
+impl NetError {
+    /// A failure of `op` on `target`.
+    pub fn new(op: &'static str, target: impl ToString, reason: impl ToString) -> Self {
+        NetError {
+            op,
+            target: target.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// The kernel effects the address runtime needs. One real implementation, one in memory.
+pub trait NetOps: Send + Sync + 'static {
+    /// The addresses configured on `iface`.
+    fn list(&self, iface: &str) -> impl Future<Output = Result<Vec<IpPrefix>, NetError>> + Send;
+    /// Add `addr` to `iface`, or refresh it, with this lifetime (valid and preferred), so the
+    /// kernel removes it by itself if nobody refreshes it.
+    fn add(
+        &self,
+        iface: &str,
+        addr: IpPrefix,
+        lifetime_secs: u32,
+    ) -> impl Future<Output = Result<(), NetError>> + Send;
+    /// Remove `addr` from `iface` (no error if it is not there).
+    fn remove(
+        &self,
+        iface: &str,
+        addr: IpPrefix,
+    ) -> impl Future<Output = Result<(), NetError>> + Send;
+    /// Tell the link that this node now answers for `ip`: gratuitous ARP request and reply, or
+    /// an unsolicited neighbour advertisement for IPv6.
+    fn announce(
+        &self,
+        iface: &str,
+        ip: IpAddr,
+    ) -> impl Future<Output = Result<(), NetError>> + Send;
+    /// Install the guard: traffic and ARP for any of `floating` are dropped unless allowed.
+    fn guard_setup(&self, floating: &[IpAddr])
+    -> impl Future<Output = Result<(), NetError>> + Send;
+    /// Replace the guard's allowed set: each address allowed for its duration, then closed
+    /// by the kernel.
+    fn guard_allow(
+        &self,
+        allowed: &[(IpAddr, Duration)],
+    ) -> impl Future<Output = Result<(), NetError>> + Send;
+    /// Remove the guard entirely (clean shutdown, after the addresses are gone).
+    fn guard_teardown(&self) -> impl Future<Output = Result<(), NetError>> + Send;
+}
+
+/// One floating address as the runtime handles it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Floating {
+    key: String,
+    prefix: IpPrefix,
+    interface: String,
+}
+
+/// What the runtime wants, computed purely from the replica, the lease and the clock.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Desired {
+    /// Addresses to hold, with their epoch: `ip/prefix` -> epoch.
+    pub hold: BTreeMap<String, u64>,
+    /// Addresses to let go of for a planned move (owned by us, handoff pending): -> epoch.
+    pub release: BTreeMap<String, u64>,
+}
+
+/// Which addresses `me` should hold now.
+pub fn desired(state: &State, me: &str, lease_valid: bool) -> Desired {
+    let mut d = Desired::default();
+    for (ip, a) in &state.addresses {
+        if a.owner.as_deref() != Some(me) {
+            continue;
+        }
+        if a.handoff.is_some() {
+            d.release.insert(ip.clone(), a.epoch);
+        } else if lease_valid {
+            d.hold.insert(ip.clone(), a.epoch);
+        }
+    }
+    d
+}
+
+/// Announcement schedule after an add: offsets from the add.
+pub fn announce_schedule(cfg: &AnnounceConfig) -> Vec<Duration> {
+    let mut at = Vec::new();
+    for i in 0..cfg.burst {
+        at.push(cfg.burst_interval.get() * i);
+    }
+    let last = at.last().copied().unwrap_or_default();
+    for i in 1..=cfg.repeats {
+        at.push(last + cfg.repeat_interval.get() * i);
+    }
+    at
+}
+
+/// Run the address runtime of a mail node until `stop`.
+pub async fn run<N: NetOps>(s: Arc<Shared>, net: Arc<N>, mut stop: watch::Receiver<bool>) {
+    let floating: Vec<Floating> = s
+        .config
+        .addresses
+        .iter()
+        .map(|a| Floating {
+            key: a.ip.to_string(),
+            prefix: a.ip,
+            interface: a.interface.clone(),
+        })
+        .collect();
+    let ips: Vec<IpAddr> = floating.iter().map(|f| f.prefix.addr).collect();
+    if let Err(e) = net.guard_setup(&ips).await {
+        warn!(error = %e, "cannot install the address guard; holding no address");
+        let _ = stop.wait_for(|s| *s).await;
+        return;
+    }
+    let timings = s.leases.timings;
+    let lifetime = timings.address_lifetime_secs();
+    let mut lease_rx = s.leases.holder.subscribe();
+    let mut replica_rx = s.replica.clone();
+    // Reports to the leader run in the background, so a slow commit never delays a removal.
+    let served = Reports::default();
+    let released = Reports::default();
+    let mut announcing: BTreeMap<String, tokio::task::JoinHandle<()>> = BTreeMap::new();
+    let mut last_deadline: Option<Instant> = None;
+    let mut held_now: BTreeSet<String> = BTreeSet::new();
+    loop {
+        let now = Instant::now();
+        let deadline = *lease_rx.borrow_and_update();
+        let lease_valid = deadline.is_some_and(|d| d > now);
+        let replica = replica_rx.borrow_and_update().clone();
+        let want = desired(&replica.state, &s.me, lease_valid);
+
+        // 1. Guard first: it closes for everything not wanted, and is refreshed to the lease.
+        let allowed: Vec<(IpAddr, Duration)> = match deadline {
+            Some(d) if d > now => floating
+                .iter()
+                .filter(|f| want.hold.contains_key(&f.key))
+                .map(|f| (f.prefix.addr, d - now))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let renewed = deadline != last_deadline;
+        let hold_set: BTreeSet<String> = want.hold.keys().cloned().collect();
+        if renewed || hold_set != held_now {
+            if let Err(e) = net.guard_allow(&allowed).await {
+                warn!(error = %e, "guard update failed");
+            }
+            last_deadline = deadline;
+        }
+        if !lease_valid && !held_now.is_empty() {
+            warn!(
+                addresses = ?held_now,
+                "lease over: self-fencing, removing every floating address"
+            );
+        }
+
+        // 2. Converge addresses on each interface.
+        for f in &floating {
+            let configured = match net.list(&f.interface).await {
+                Ok(list) => list.contains(&f.prefix),
+                Err(e) => {
+                    debug!(error = %e, "cannot list addresses");
+                    continue;
+                }
+            };
+            if let Some(epoch) = want.hold.get(&f.key) {
+                if (!configured || renewed)
+                    && let Err(e) = net.add(&f.interface, f.prefix, lifetime).await
+                {
+                    warn!(address = %f.key, error = %e, "cannot add address");
+                    continue;
+                }
+                if !configured {
+                    if held_now.contains(&f.key) {
+                        warn!(address = %f.key, "address was removed behind our back; put it back");
+                    } else {
+                        info!(address = %f.key, epoch, interface = %f.interface, "address added");
+                    }
+                    let task = tokio::spawn(announce_task(
+                        net.clone(),
+                        f.interface.clone(),
+                        f.prefix.addr,
+                        s.config.announce.clone(),
+                    ));
+                    if let Some(old) = announcing.insert(f.key.clone(), task) {
+                        old.abort();
+                    }
+                }
+                served.report(&s, &f.key, *epoch, |ip, node, epoch| Command::Serving {
+                    ip,
+                    node,
+                    epoch,
+                    at_ms: auth::unix_ms(),
+                });
+            } else if configured {
+                if let Err(e) = net.remove(&f.interface, f.prefix).await {
+                    warn!(address = %f.key, error = %e, "cannot remove address");
+                    continue;
+                }
+                if let Some(task) = announcing.remove(&f.key) {
+                    task.abort();
+                }
+                let why = if want.release.contains_key(&f.key) {
+                    "handed over"
+                } else if !lease_valid {
+                    "lease over"
+                } else if held_now.contains(&f.key) {
+                    "no longer ours"
+                } else {
+                    "found configured but not held here"
+                };
+                info!(address = %f.key, reason = why, "address removed");
+            }
+            if let Some(epoch) = want.release.get(&f.key) {
+                released.report(&s, &f.key, *epoch, |ip, node, epoch| Command::Released {
+                    ip,
+                    node,
+                    epoch,
+                    at_ms: auth::unix_ms(),
+                });
+            }
+        }
+        held_now = hold_set;
+
+        // 3. Sleep until something changes, the lease runs out, or the next check.
+        let wake = match deadline {
+            Some(d) if d > now => d.min(now + Duration::from_millis(200)),
+            _ => now + Duration::from_millis(200),
+        };
+        tokio::select! {
+            _ = tokio::time::sleep_until(wake.into()) => {}
+            _ = lease_rx.changed() => {}
+            _ = replica_rx.changed() => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+    }
+    // Clean shutdown: close the guard, remove our addresses, remove the guard.
+    for task in announcing.into_values() {
+        task.abort();
+    }
+    let _ = net.guard_allow(&[]).await;
+    for f in &floating {
+        if let Ok(list) = net.list(&f.interface).await
+            && list.contains(&f.prefix)
+        {
+            match net.remove(&f.interface, f.prefix).await {
+                Ok(()) => info!(address = %f.key, "address removed at shutdown"),
+                Err(e) => warn!(address = %f.key, error = %e, "cannot remove address"),
+            }
+        }
+    }
+    if let Err(e) = net.guard_teardown().await {
+        warn!(error = %e, "cannot remove the guard tables");
+    }
+}
+
+/// Per-address reports (serving, released) to the leader: one in flight at a time, retried
+/// on the next pass until the leader took it.
+#[derive(Clone, Default)]
+struct Reports {
+    /// address -> (epoch, done)
+    sent: Arc<std::sync::Mutex<BTreeMap<String, (u64, bool)>>>,
+}
+
+impl Reports {
+    fn report(
+        &self,
+        s: &Arc<Shared>,
+        key: &str,
+        epoch: u64,
+        make: impl FnOnce(String, String, u64) -> Command,
+    ) {
+        {
+            let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+            if sent.get(key).is_some_and(|(e, _)| *e == epoch) {
+                return; // done, or in flight
+            }
+            sent.insert(key.to_string(), (epoch, false));
+        }
+        let cmd = make(key.to_string(), s.me.clone(), epoch);
+        let (s, sent, key) = (s.clone(), self.sent.clone(), key.to_string());
+        tokio::spawn(async move {
+            let ok = api::propose(&s, cmd).await.is_ok();
+            let mut sent = sent.lock().unwrap_or_else(|p| p.into_inner());
+            if ok {
+                sent.insert(key, (epoch, true));
+            } else if sent.get(&key) == Some(&(epoch, false)) {
+                sent.remove(&key);
+            }
+        });
+    }
+}
+
+async fn announce_task<N: NetOps>(net: Arc<N>, iface: String, ip: IpAddr, cfg: AnnounceConfig) {
+    let start = tokio::time::Instant::now();
+    for at in announce_schedule(&cfg) {
+        tokio::time::sleep_until(start + at).await;
+        if let Err(e) = net.announce(&iface, ip).await {
+            warn!(address = %ip, error = %e, "announcement failed");
+        }
+    }
+    let refresh = cfg.refresh.get();
+    if refresh.is_zero() {
+        return;
+    }
+    loop {
+        tokio::time::sleep(refresh).await;
+        if let Err(e) = net.announce(&iface, ip).await {
+            warn!(address = %ip, error = %e, "periodic announcement failed");
+        }
+    }
+}
+
+/// Parse the model's `ip/prefix` key.
+pub fn parse_key(key: &str) -> Option<IpPrefix> {
+    IpPrefix::from_str(key).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{AddressSpec, Member, MoveReason, Role};
+
+    fn state() -> State {
+        let mut s = State::default();
+        s.set_membership(["mx1", "mx2"].map(|n| {
+            (
+                Member {
+                    name: n.into(),
+                    addr: String::new(),
+                    role: Role::Mail,
+                },
+                true,
+            )
+        }));
+        s.apply(&Command::SetAddresses {
+            by: "mx1".into(),
+            addresses: vec![AddressSpec {
+                ip: "192.0.2.101/24".into(),
+                interface: "eth0".into(),
+                home: "mx1".into(),
+                services: vec![],
+            }],
+            at_ms: 0,
+        });
+        s.apply(&Command::Assign {
+            ip: "192.0.2.101/24".into(),
+            to: "mx1".into(),
+            epoch: 0,
+            reason: MoveReason::Initial,
+            at_ms: 0,
+        });
+        s
+    }
+
+    #[test]
+    fn owner_with_a_lease_holds() {
+        let d = desired(&state(), "mx1", true);
+        assert_eq!(d.hold.get("192.0.2.101/24"), Some(&1));
+        assert!(d.release.is_empty());
+    }
+
+    #[test]
+    fn owner_without_a_lease_holds_nothing() {
+        assert_eq!(desired(&state(), "mx1", false), Desired::default());
+    }
+
+    #[test]
+    fn other_nodes_hold_nothing() {
+        assert_eq!(desired(&state(), "mx2", true), Desired::default());
+    }
+
+    #[test]
+    fn owner_with_a_pending_handoff_releases_even_without_a_lease() {
+        let mut s = state();
+        s.apply(&Command::RequestMove {
+            ip: "192.0.2.101/24".into(),
+            to: "mx2".into(),
+            by: "mx1".into(),
+            at_ms: 1,
+        });
+        for lease in [true, false] {
+            let d = desired(&s, "mx1", lease);
+            assert!(d.hold.is_empty());
+            assert_eq!(d.release.get("192.0.2.101/24"), Some(&1));
+        }
+    }
+
+    #[test]
+    fn announcements_burst_then_repeat() {
+        let cfg = AnnounceConfig::default();
+        let ms: Vec<u128> = announce_schedule(&cfg)
+            .iter()
+            .map(|d| d.as_millis())
+            .collect();
+        assert_eq!(ms, vec![0, 100, 200, 1200, 2200, 3200]);
+    }
+}
