@@ -14,7 +14,7 @@ use crate::api::{AddMemberRequest, MembershipReply, NoteRequest, admin_paths};
 use crate::auth::{self, ClusterKey};
 use crate::client::{ApiClient, ClientError, with_retries};
 use crate::config::{self, Config};
-use crate::model::{Applied, Event, Role};
+use crate::model::{AdminState, Applied, Command as ModelCommand, Event, EventKind, Role};
 use crate::status::{self, StatusReport};
 
 /// Default config path on a node.
@@ -64,6 +64,32 @@ pub enum Command {
         /// The text.
         #[arg(required = true)]
         text: Vec<String>,
+    },
+    /// Move a floating address to a node (planned: the old owner releases first).
+    Move {
+        /// The address, e.g. 192.0.2.101 or 192.0.2.101/24.
+        address: String,
+        /// The node to move it to.
+        #[arg(value_name = "NODE")]
+        to: String,
+        /// Give up waiting after this many seconds.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+    /// Move every address off a node and give it none until `undrain` (e.g. for maintenance).
+    Drain {
+        /// The node.
+        #[arg(value_name = "NODE")]
+        name: String,
+        /// Give up waiting after this many seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// Let a drained node hold addresses again (its own come back with failback).
+    Undrain {
+        /// The node.
+        #[arg(value_name = "NODE")]
+        name: String,
     },
     /// Change cluster membership.
     Members {
@@ -241,6 +267,44 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<(), Failure> 
             writeln!(out, "noted")?;
             Ok(())
         }
+        Command::Move {
+            address,
+            to,
+            timeout,
+        } => move_cmd(&cli, address, to, *timeout, out).await,
+        Command::Drain {
+            name: node,
+            timeout,
+        } => {
+            set_admin(&cli, node, AdminState::Drained, out).await?;
+            let client = connect(&cli)?;
+            let deadline = std::time::Instant::now() + Duration::from_secs(*timeout);
+            loop {
+                let report: StatusReport = client.get(admin_paths::STATUS).await?;
+                let held: Vec<&str> = report
+                    .addresses
+                    .iter()
+                    .filter(|a| a.owner.as_deref() == Some(node.as_str()))
+                    .map(|a| a.ip.as_str())
+                    .collect();
+                if held.is_empty() {
+                    writeln!(out, "{node} is drained: it holds no address")?;
+                    return Ok(());
+                }
+                if std::time::Instant::now() >= deadline {
+                    return Err(Failure {
+                        code: EXIT_FAILED,
+                        message: format!(
+                            "{node} still holds {} after {timeout} s: is another mail node \
+                             alive to take them? (`clusterctl status`)",
+                            held.join(", ")
+                        ),
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Command::Undrain { name } => set_admin(&cli, name, AdminState::Active, out).await,
         Command::Members { action } => {
             let client = connect(&cli)?.with_timeout(Duration::from_secs(40));
             let reply: MembershipReply = match action {
@@ -276,6 +340,103 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<(), Failure> 
             }
             Ok(())
         }
+    }
+}
+
+async fn set_admin(
+    cli: &Cli,
+    node: &str,
+    state: AdminState,
+    out: &mut (dyn Write + Send),
+) -> Result<(), Failure> {
+    let client = connect(cli)?;
+    let cmd = ModelCommand::SetAdmin {
+        node: node.to_string(),
+        state,
+        by: "clusterctl".to_string(),
+        at_ms: auth::unix_ms(),
+    };
+    let applied: Applied = with_retries(|| client.post(admin_paths::PROPOSE, &cmd)).await?;
+    if applied.changed {
+        writeln!(out, "{node} set {state}")?;
+    } else {
+        writeln!(out, "{node} was already {state}")?;
+    }
+    Ok(())
+}
+
+async fn move_cmd(
+    cli: &Cli,
+    address: &str,
+    node: &str,
+    timeout: u64,
+    out: &mut (dyn Write + Send),
+) -> Result<(), Failure> {
+    let client = connect(cli)?;
+    let report: StatusReport = client.get(admin_paths::STATUS).await?;
+    let Some(current) = report
+        .addresses
+        .iter()
+        .find(|a| a.ip == address || a.ip.split('/').next() == Some(address))
+    else {
+        return Err(Failure::usage(format!(
+            "{address} is not a floating address of this cluster; it has: {}",
+            report
+                .addresses
+                .iter()
+                .map(|a| a.ip.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    };
+    let ip = current.ip.clone();
+    let start_epoch = current.epoch;
+    let started = std::time::Instant::now();
+    let cmd = ModelCommand::RequestMove {
+        ip: ip.clone(),
+        to: node.to_string(),
+        by: "clusterctl".to_string(),
+        at_ms: auth::unix_ms(),
+    };
+    let _: Applied = with_retries(|| client.post(admin_paths::PROPOSE, &cmd)).await?;
+    if current.owner.as_deref() == Some(node) {
+        writeln!(out, "{ip} is already on {node}")?;
+        return Ok(());
+    }
+    let deadline = started + Duration::from_secs(timeout);
+    loop {
+        let events: Vec<Event> = client.get(admin_paths::HISTORY).await?;
+        let served = events.iter().rev().find_map(|e| match &e.kind {
+            EventKind::Serving {
+                ip: i,
+                node: n,
+                epoch,
+                unserved_ms,
+            } if *i == ip && n == node && *epoch > start_epoch => Some(*unserved_ms),
+            _ => None,
+        });
+        if let Some(unserved) = served {
+            write!(
+                out,
+                "{ip} moved to {node} in {} ms",
+                started.elapsed().as_millis()
+            )?;
+            match unserved {
+                Some(ms) => writeln!(out, "; unserved for {ms} ms (by the nodes' clocks)")?,
+                None => writeln!(out)?,
+            }
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(Failure {
+                code: EXIT_FAILED,
+                message: format!(
+                    "{ip} is not served by {node} after {timeout} s; see `clusterctl status` \
+                     and `clusterctl history`"
+                ),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
