@@ -39,6 +39,19 @@ pub struct LeaseGrant {
     pub leader: String,
     /// Its term.
     pub term: u64,
+    /// The leader's last log index when it granted: the holder acts on ownership only from a
+    /// replica that has applied at least this far, so a node that was frozen or cut off never
+    /// re-takes an address from its stale view of who owns it.
+    pub log_index: u64,
+}
+
+/// A lease as its holder keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeldLease {
+    /// When the holder must have let go.
+    pub deadline: Instant,
+    /// The replica must have applied at least this log index before holding anything.
+    pub min_applied: u64,
 }
 
 /// One node's grants as the leader sees them.
@@ -121,8 +134,8 @@ pub struct Leases {
     pub timings: LeaseTimings,
     /// The table, meaningful while this node leads.
     pub table: Mutex<LeaseTable>,
-    /// This node's own lease: until when it may hold addresses (`None`: no lease).
-    pub holder: watch::Sender<Option<Instant>>,
+    /// This node's own lease (`None`: no lease).
+    pub holder: watch::Sender<Option<HeldLease>>,
 }
 
 impl Leases {
@@ -156,6 +169,7 @@ pub fn grant(s: &Shared, node: &str) -> Result<LeaseGrant, String> {
         lease_ms: s.leases.timings.lease.as_millis() as u64,
         leader: s.me.clone(),
         term: metrics.current_term,
+        log_index: metrics.last_log_index.unwrap_or(0),
     })
 }
 
@@ -176,7 +190,7 @@ pub async fn renew_loop(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         let sent_at = Instant::now();
         let granted = match leader_addr(&s) {
             None => Err("no leader known".to_string()),
-            Some((leader, _)) if leader == s.id => grant(&s, &s.me).map(|_| ()),
+            Some((leader, _)) if leader == s.id => grant(&s, &s.me),
             Some((_, addr)) => {
                 let c = match &client {
                     Some(c) if c.addr() == addr => c.clone(),
@@ -189,14 +203,16 @@ pub async fn renew_loop(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                 };
                 c.post::<_, LeaseGrant>(admin_paths::LEASE, &request)
                     .await
-                    .map(|_| ())
                     .map_err(|e| e.to_string())
             }
         };
         match granted {
-            Ok(()) => {
-                let deadline = timings.holder_deadline(sent_at);
-                s.leases.holder.send_replace(Some(deadline));
+            Ok(grant) => {
+                let held = HeldLease {
+                    deadline: timings.holder_deadline(sent_at),
+                    min_applied: grant.log_index,
+                };
+                s.leases.holder.send_replace(Some(held));
                 if !had_lease {
                     info!("holding an address lease");
                     had_lease = true;
@@ -204,7 +220,7 @@ pub async fn renew_loop(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             }
             Err(e) => {
                 let current = *s.leases.holder.borrow();
-                if had_lease && current.is_none_or(|d| Instant::now() >= d) {
+                if had_lease && current.is_none_or(|l| Instant::now() >= l.deadline) {
                     warn!(reason = %e, "address lease lost: dropping addresses");
                     s.leases.holder.send_replace(None);
                     had_lease = false;

@@ -161,12 +161,24 @@ pub async fn run<N: NetOps>(s: Arc<Shared>, net: Arc<N>, mut stop: watch::Receiv
     let released = Reports::default();
     let mut announcing: BTreeMap<String, tokio::task::JoinHandle<()>> = BTreeMap::new();
     let mut last_deadline: Option<Instant> = None;
+    let mut effective: Option<crate::lease::HeldLease> = None;
     let mut held_now: BTreeSet<String> = BTreeSet::new();
     loop {
         let now = Instant::now();
-        let deadline = *lease_rx.borrow_and_update();
-        let lease_valid = deadline.is_some_and(|d| d > now);
+        let lease = *lease_rx.borrow_and_update();
         let replica = replica_rx.borrow_and_update().clone();
+        // A grant counts only once this replica has caught up with the leader's log as of the
+        // grant: a node resumed after a freeze must not act on its stale view of ownership.
+        // Until a newer grant is caught up, the previous one (shorter, already checked) holds.
+        match lease {
+            Some(l) if replica.last_applied.unwrap_or(0) >= l.min_applied => {
+                effective = Some(l);
+            }
+            None => effective = None,
+            Some(_) => {}
+        }
+        let deadline = effective.map(|l| l.deadline);
+        let lease_valid = deadline.is_some_and(|d| d > now);
         let want = desired(&replica.state, &s.me, lease_valid);
 
         // 1. Guard first: it closes for everything not wanted, and is refreshed to the lease.

@@ -6,7 +6,7 @@
 //! loops over the sockets with `RTM_GETADDR` dumps. Only global-scope addresses count; a node's
 //! own fixed address is not reported unless another node holds it too.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
@@ -167,6 +167,139 @@ fn parse_dump(buf: &[u8], seq: u32, out: &mut Vec<IpAddr>) -> std::result::Resul
 }
 
 /// Samples every node namespace's addresses until stopped (or `max_duration` passes).
+/// Reads a node's nftables address guard (clusterd's `inet clusterd_guard` table) through one
+/// long-lived `nft -i` inside the node's namespace, so that sampling forks nothing. An address
+/// configured on a node whose guard does not allow it does not answer there, so it is not
+/// counted as held.
+struct GuardReader {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    lines: mpsc::Receiver<String>,
+}
+
+/// The table the reader creates in each namespace so every query ends with a known line.
+const MARKER_TABLE: &str = "lab_sampler_marker";
+
+/// What a node's guard allows right now.
+enum Guard {
+    /// No clusterd guard installed: configured addresses answer.
+    Absent,
+    /// Only these floating addresses answer.
+    Allows(BTreeSet<IpAddr>),
+}
+
+impl GuardReader {
+    fn open(netns: &str) -> std::result::Result<GuardReader, String> {
+        let (read, write) = std::io::pipe().map_err(|e| e.to_string())?;
+        let write2 = write.try_clone().map_err(|e| e.to_string())?;
+        let mut child = std::process::Command::new("ip")
+            .args(["netns", "exec", netns, "nft", "-i"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(write)
+            .stderr(write2)
+            .spawn()
+            .map_err(|e| format!("nft -i in {netns}: {e}"))?;
+        let stdin = child.stdin.take().ok_or("no stdin")?;
+        let (tx, lines) = mpsc::channel();
+        thread::Builder::new()
+            .name("guard-reader".into())
+            .spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(read).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        let mut reader = GuardReader {
+            child,
+            stdin,
+            lines,
+        };
+        reader.send(&format!("add table inet {MARKER_TABLE}"))?;
+        Ok(reader)
+    }
+
+    fn send(&mut self, line: &str) -> std::result::Result<(), String> {
+        use std::io::Write;
+        writeln!(self.stdin, "{line}")
+            .and_then(|()| self.stdin.flush())
+            .map_err(|e| format!("nft: {e}"))
+    }
+
+    /// The guard's state: clusterd's guard table (or the error saying it is absent), then the
+    /// marker table, whose closing brace ends the answer.
+    fn read(&mut self) -> std::result::Result<Guard, String> {
+        while self.lines.try_recv().is_ok() {}
+        self.send("list table inet clusterd_guard")?;
+        self.send(&format!("list table inet {MARKER_TABLE}"))?;
+        let mut text = Vec::new();
+        let mut in_marker = false;
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(2))
+                .map_err(|_| "nft did not answer".to_string())?;
+            if line.starts_with(&format!("table inet {MARKER_TABLE}")) {
+                in_marker = true;
+            } else if in_marker && line == "}" {
+                break;
+            } else if !in_marker {
+                text.push(line);
+            }
+        }
+        Ok(parse_guard(&text))
+    }
+}
+
+impl Drop for GuardReader {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Parse `nft list ruleset` output for the elements of clusterd's held4/held6 sets.
+fn parse_guard(lines: &[String]) -> Guard {
+    let mut in_table = false;
+    let mut in_held = false;
+    let mut found = false;
+    let mut allowed = BTreeSet::new();
+    for line in lines {
+        let t = line.trim();
+        if t.starts_with("table ") {
+            in_table = t.starts_with("table inet clusterd_guard");
+            found |= in_table;
+            continue;
+        }
+        if !in_table {
+            continue;
+        }
+        if t.starts_with("set held4") || t.starts_with("set held6") {
+            in_held = true;
+            continue;
+        }
+        if in_held && t == "}" {
+            in_held = false;
+            continue;
+        }
+        if in_held {
+            for word in t.split(|c: char| c == ' ' || c == ',' || c == '{' || c == '}') {
+                if let Ok(ip) = word.parse::<IpAddr>() {
+                    allowed.insert(ip);
+                }
+            }
+        }
+    }
+    if found {
+        Guard::Allows(allowed)
+    } else {
+        Guard::Absent
+    }
+}
+
 #[derive(Debug)]
 pub struct AddressSampler {
     stop: Arc<AtomicBool>,
@@ -211,6 +344,16 @@ impl AddressSampler {
             .spawn(move || {
                 let mut timeline = HolderTimeline::new("address sampler");
                 let mut sockets = Vec::new();
+                let mut guards = Vec::new();
+                for (_, ns) in &nodes {
+                    match GuardReader::open(ns) {
+                        Ok(g) => guards.push(g),
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return timeline;
+                        }
+                    }
+                }
                 for (name, ns) in &nodes {
                     let opened = netns::enter(ns)
                         .map_err(|e| e.to_string())
@@ -229,11 +372,26 @@ impl AddressSampler {
                 while !stop2.load(Ordering::Relaxed) && started.elapsed() < max_duration {
                     let at = started.elapsed();
                     let mut holders: Holders = BTreeMap::new();
-                    for (name, sock) in &mut sockets {
+                    for ((name, sock), guard) in sockets.iter_mut().zip(guards.iter_mut()) {
+                        let allowed = match guard.read() {
+                            Ok(g) => g,
+                            Err(e) => {
+                                timeline.errors.push((at, format!("{name} guard: {e}")));
+                                Guard::Absent
+                            }
+                        };
                         match sock.dump() {
                             Ok(addrs) => {
                                 for ip in addrs {
-                                    holders.entry(ip).or_default().insert(name.clone());
+                                    let answers = match &allowed {
+                                        Guard::Absent => true,
+                                        Guard::Allows(set) => {
+                                            set.contains(&ip) || own.contains_key(&ip)
+                                        }
+                                    };
+                                    if answers {
+                                        holders.entry(ip).or_default().insert(name.clone());
+                                    }
                                 }
                             }
                             Err(e) => timeline.errors.push((at, format!("{name}: {e}"))),
