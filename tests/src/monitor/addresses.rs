@@ -286,7 +286,7 @@ fn parse_guard(lines: &[String]) -> Guard {
             continue;
         }
         if in_held {
-            for word in t.split(|c: char| c == ' ' || c == ',' || c == '{' || c == '}') {
+            for word in t.split([' ', ',', '{', '}']) {
                 if let Ok(ip) = word.parse::<IpAddr>() {
                     allowed.insert(ip);
                 }
