@@ -405,3 +405,33 @@ fn wire_bound_is_an_upper_bound_of_the_encoded_records() {
     assert!(a.wire_bound() + 12 >= len);
     assert!(a.wire_bound() > 0 && a.additional_wire_bound() > 0);
 }
+
+#[test]
+fn zone_file_lists_soa_first_and_every_record_once() {
+    let z = compile(&example_snapshot(3));
+    let text = z.zone_file("Mail.Example.com.").expect("our zone");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with(
+            "mail.example.com. 30 IN SOA mx1.ns.mail.example.com. hostmaster.mail.example.com. 3 "
+        ),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines.contains(&"imap.mail.example.com. 30 IN A 192.0.2.101"),
+        "{text}"
+    );
+    assert!(
+        lines.contains(&"mail.example.com. 30 IN MX 10 smtp.mail.example.com."),
+        "{text}"
+    );
+    assert!(
+        lines.contains(&"mx2.ns.mail.example.com. 30 IN A 192.0.2.12"),
+        "{text}"
+    );
+    assert_eq!(lines.iter().filter(|l| l.contains(" SOA ")).count(), 1);
+    // SOA + 2 NS + 3 glue + MX + 6 SRV + 6 names x 3 addresses.
+    assert_eq!(lines.len(), 1 + 2 + 3 + 1 + 6 + 18, "{text}");
+    assert!(z.zone_file("example.org.").is_none());
+}
