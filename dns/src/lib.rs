@@ -14,11 +14,13 @@
 //!   REFUSED, SOA in negative answers, glue, rotation).
 //! - [`ratelimit`]: per-source token buckets.
 //! - [`server`]: the hickory-server handler (EDNS, TC, FORMERR, rate limit) and [`serve`].
+//! - [`bind`]: opening the sockets (several `SO_REUSEPORT` UDP sockets for multi-core).
 //!
 //! Deliberately absent: any dependency on the `clusterd` crate or Raft, zone files, zone
 //! transfers, DNSSEC, recursion. The server never invents a serial.
 
 pub mod answers;
+pub mod bind;
 pub mod example;
 pub mod ratelimit;
 pub mod server;
@@ -26,6 +28,7 @@ pub mod snapshot;
 pub mod zones;
 
 pub use answers::{FailTransition, NameAnswer, NameState, fail_transitions, name_answers};
+pub use bind::{bind_tcp, bind_udp};
 pub use ratelimit::RateLimit;
 pub use server::{ServeError, ServeOptions, serve};
 pub use snapshot::{Address, NameServer, Snapshot, SnapshotError, Srv, Zone};

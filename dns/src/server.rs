@@ -9,20 +9,25 @@
 //! to Raft or invent serials.
 
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use hickory_net::runtime::Time;
+use hickory_net::NetError;
+use hickory_net::runtime::{Time, TokioTime};
 use hickory_net::xfer::Protocol;
-use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
+use hickory_proto::op::{
+    Edns, Header, HeaderCounts, Message, MessageType, Metadata, OpCode, ResponseCode,
+};
 use hickory_proto::rr::{DNSClass, Record};
-use hickory_proto::serialize::binary::BinEncoder;
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo, Server};
-use hickory_server::zone_handler::MessageResponseBuilder;
+use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
 use crate::answers::{NameState, fail_transitions};
@@ -85,16 +90,23 @@ pub async fn serve(
 
     let handler = Handler {
         zones: current.clone(),
-        limiter: options.rate_limit.map(Limiter::new),
+        limiter: options.rate_limit.map(|l| Arc::new(Limiter::new(l))),
         max_udp_payload: options.max_udp_payload.max(512),
     };
-    let mut server = Server::new(handler);
+    // UDP: one receive loop per socket answering inline (no task or channel per query); give it
+    // several SO_REUSEPORT sockets (`bind_udp`) to use several cores.
+    let mut udp_loops = JoinSet::new();
     for socket in udp {
-        info!(addr = %socket.local_addr()?, "dns listening on udp {}", socket.local_addr()?);
-        server.register_socket(socket);
+        let addr = socket.local_addr()?;
+        info!(%addr, "dns listening on udp {addr}");
+        udp_loops.spawn(udp_loop(Arc::new(socket), handler.clone()));
     }
+    // TCP: hickory's server (framing, idle timeout, pipelining) over the same handler.
+    let mut server = Server::new(handler);
+    let has_tcp = !tcp.is_empty();
     for listener in tcp {
-        info!(addr = %listener.local_addr()?, "dns listening on tcp {}", listener.local_addr()?);
+        let addr = listener.local_addr()?;
+        info!(%addr, "dns listening on tcp {addr}");
         // The buffer is the per-connection queue of responses not yet written.
         server.register_listener(listener, options.tcp_idle_timeout, 64);
     }
@@ -116,10 +128,13 @@ pub async fn serve(
             },
         }
     }
-    server
-        .shutdown_gracefully()
-        .await
-        .map_err(|e| ServeError::Listener(e.to_string()))?;
+    udp_loops.shutdown().await;
+    if has_tcp {
+        server
+            .shutdown_gracefully()
+            .await
+            .map_err(|e| ServeError::Listener(e.to_string()))?;
+    }
     info!("dns server stopped");
     Ok(())
 }
@@ -170,11 +185,121 @@ fn install(current: &ArcSwap<Zones>, snapshot: &Snapshot) {
 }
 
 /// Answers every query from the snapshot current when it arrives.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Handler {
     zones: Arc<ArcSwap<Zones>>,
-    limiter: Option<Limiter>,
+    limiter: Option<Arc<Limiter>>,
     max_udp_payload: u16,
+}
+
+/// Receives queries on one UDP socket and answers each before reading the next. Runs until
+/// aborted; a malformed datagram gets FORMERR (if its header is readable) or nothing.
+async fn udp_loop(socket: Arc<UdpSocket>, handler: Handler) {
+    let mut buf = vec![0u8; 65_535];
+    loop {
+        let (len, src) = match socket.recv_from(&mut buf).await {
+            Ok(received) => received,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotConnected | io::ErrorKind::ConnectionAborted
+                ) =>
+            {
+                error!("dns udp socket failed, no longer answering on it: {e}");
+                return;
+            }
+            // ICMP errors of earlier replies surface here on Linux; they concern one client.
+            Err(e) => {
+                debug!("dns udp receive error: {e}");
+                continue;
+            }
+        };
+        if src.port() == 0 {
+            continue;
+        }
+        let bytes = &buf[..len];
+        match Request::from_bytes(bytes.to_vec(), src, Protocol::Udp) {
+            Ok(request) => {
+                if request.metadata.message_type == MessageType::Response {
+                    continue;
+                }
+                let responder = UdpResponder {
+                    socket: socket.clone(),
+                    dst: src,
+                };
+                handler
+                    .handle_request::<_, TokioTime>(&request, responder)
+                    .await;
+            }
+            Err(e) => {
+                let mut decoder = BinDecoder::new(bytes);
+                // No readable header: nothing to answer to.
+                let Ok(header) = Header::read(&mut decoder) else {
+                    continue;
+                };
+                if header.metadata.message_type == MessageType::Response {
+                    continue;
+                }
+                debug!(%src, "dns malformed query: {e}");
+                let reply = Message::error_msg(
+                    header.metadata.id,
+                    header.metadata.op_code,
+                    ResponseCode::FormErr,
+                );
+                if let Ok(wire) = reply.to_vec() {
+                    let _ = socket.send_to(&wire, src).await;
+                }
+            }
+        }
+    }
+}
+
+/// Sends one UDP response straight on the socket the query came in on.
+#[derive(Debug, Clone)]
+struct UdpResponder {
+    socket: Arc<UdpSocket>,
+    dst: SocketAddr,
+}
+
+#[async_trait::async_trait]
+impl ResponseHandler for UdpResponder {
+    async fn send_response<'a>(
+        &mut self,
+        response: MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+        >,
+    ) -> Result<ResponseInfo, NetError> {
+        // As hickory does for UDP: the OPT's payload size, or 512 without EDNS. The handler
+        // has already made sure the records fit; this is the backstop.
+        let limit = response.edns().map_or(512, Edns::max_payload);
+        let id = response.metadata().id;
+        let mut wire = Vec::with_capacity(512);
+        let mut encoder = BinEncoder::new(&mut wire);
+        encoder.set_max_size(limit);
+        let info = match response.destructive_emit(&mut encoder) {
+            Ok(info) => info,
+            Err(e) => {
+                error!("dns response could not be encoded, answering SERVFAIL: {e}");
+                let mut meta = Metadata::new(id, MessageType::Response, OpCode::Query);
+                meta.response_code = ResponseCode::ServFail;
+                let header = Header {
+                    metadata: meta,
+                    counts: HeaderCounts::default(),
+                };
+                wire.clear();
+                let mut encoder = BinEncoder::new(&mut wire);
+                header.emit(&mut encoder)?;
+                ResponseInfo::from(header)
+            }
+        };
+        self.socket.send_to(&wire, self.dst).await?;
+        Ok(info)
+    }
 }
 
 /// What fits into a UDP response.
@@ -331,7 +456,7 @@ impl RequestHandler for Handler {
 
 async fn send<'a, R: ResponseHandler>(
     handle: &mut R,
-    response: hickory_server::zone_handler::MessageResponse<
+    response: MessageResponse<
         '_,
         'a,
         impl Iterator<Item = &'a Record> + Send + 'a,
