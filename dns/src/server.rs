@@ -8,6 +8,7 @@
 //! It must not open sockets (the caller binds them, so tests and the daemon choose addresses), talk
 //! to Raft or invent serials.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -96,11 +97,15 @@ pub async fn serve(
     // UDP: one receive loop per socket answering inline (no task or channel per query); give it
     // several SO_REUSEPORT sockets (`bind_udp`) to use several cores.
     let mut udp_loops = JoinSet::new();
+    let mut udp_sockets = HashMap::new();
     for socket in udp {
         let addr = socket.local_addr()?;
         info!(%addr, "dns listening on udp {addr}");
-        udp_loops.spawn(udp_loop(Arc::new(socket), handler.clone()));
+        let socket = Arc::new(socket);
+        let task = udp_loops.spawn(udp_loop(socket.clone(), handler.clone()));
+        udp_sockets.insert(task.id(), socket);
     }
+    let udp_handler = handler.clone();
     // TCP: hickory's server (framing, idle timeout, pipelining) over the same handler.
     let mut server = Server::new(handler);
     let has_tcp = !tcp.is_empty();
@@ -116,6 +121,18 @@ pub async fn serve(
     loop {
         tokio::select! {
             () = &mut shutdown => break,
+            Some(ended) = udp_loops.join_next_with_id() => {
+                // A loop ends only by a panic answering some query or a dead socket; restart the
+                // former so one bad packet cannot silence UDP.
+                if let Err(e) = ended
+                    && e.is_panic()
+                    && let Some(socket) = udp_sockets.remove(&e.id())
+                {
+                    error!("dns udp loop panicked, restarting it: {e}");
+                    let task = udp_loops.spawn(udp_loop(socket.clone(), udp_handler.clone()));
+                    udp_sockets.insert(task.id(), socket);
+                }
+            }
             changed = snapshots.changed(), if following => match changed {
                 Ok(()) => {
                     let next = snapshots.borrow_and_update().clone();
