@@ -11,6 +11,9 @@ use std::net::SocketAddr;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, UdpSocket};
 
+/// Requested receive buffer of each UDP socket, in bytes.
+const UDP_RECV_BUFFER: usize = 1 << 20;
+
 /// Binds `count` (at least 1) UDP sockets to `addr` with `SO_REUSEPORT`. With port 0 the first
 /// socket picks the port and the others share it. Call inside a tokio runtime.
 pub fn bind_udp(addr: SocketAddr, count: usize) -> io::Result<Vec<UdpSocket>> {
@@ -22,6 +25,8 @@ pub fn bind_udp(addr: SocketAddr, count: usize) -> io::Result<Vec<UdpSocket>> {
             socket.set_only_v6(true)?;
         }
         socket.set_reuse_port(true)?;
+        // Bursts queue here while the loop answers; the kernel caps this at net.core.rmem_max.
+        socket.set_recv_buffer_size(UDP_RECV_BUFFER)?;
         socket.set_nonblocking(true)?;
         socket.bind(&addr.into())?;
         let socket = UdpSocket::from_std(socket.into())?;
