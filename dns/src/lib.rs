@@ -14,6 +14,7 @@
 //!   REFUSED, SOA in negative answers, glue, rotation).
 //! - [`ratelimit`]: per-source token buckets.
 //! - [`server`]: the hickory-server handler (EDNS, TC, FORMERR, rate limit) and [`serve`].
+//! - `udp`: the UDP socket loop (`recvmmsg`/`sendmmsg` batches) in front of the same handler.
 //! - [`bind`]: opening the sockets (several `SO_REUSEPORT` UDP sockets for multi-core).
 //!
 //! Deliberately absent: any dependency on the `clusterd` crate or Raft, zone files, zone
@@ -25,6 +26,7 @@ pub mod example;
 pub mod ratelimit;
 pub mod server;
 pub mod snapshot;
+mod udp;
 pub mod zones;
 
 pub use answers::{FailTransition, NameAnswer, NameState, fail_transitions, name_answers};

@@ -10,20 +10,16 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use hickory_net::NetError;
-use hickory_net::runtime::{Time, TokioTime};
+use hickory_net::runtime::Time;
 use hickory_net::xfer::Protocol;
-use hickory_proto::op::{
-    Edns, Header, HeaderCounts, Message, MessageType, Metadata, OpCode, ResponseCode,
-};
+use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::{DNSClass, Record};
-use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
+use hickory_proto::serialize::binary::BinEncoder;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo, Server};
 use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder};
 use tokio::net::{TcpListener, UdpSocket};
@@ -102,7 +98,7 @@ pub async fn serve(
         let addr = socket.local_addr()?;
         info!(%addr, "dns listening on udp {addr}");
         let socket = Arc::new(socket);
-        let task = udp_loops.spawn(udp_loop(socket.clone(), handler.clone()));
+        let task = udp_loops.spawn(crate::udp::udp_loop(socket.clone(), handler.clone()));
         udp_sockets.insert(task.id(), socket);
     }
     let udp_handler = handler.clone();
@@ -129,7 +125,7 @@ pub async fn serve(
                     && let Some(socket) = udp_sockets.remove(&e.id())
                 {
                     error!("dns udp loop panicked, restarting it: {e}");
-                    let task = udp_loops.spawn(udp_loop(socket.clone(), udp_handler.clone()));
+                    let task = udp_loops.spawn(crate::udp::udp_loop(socket.clone(), udp_handler.clone()));
                     udp_sockets.insert(task.id(), socket);
                 }
             }
@@ -203,120 +199,10 @@ fn install(current: &ArcSwap<Zones>, snapshot: &Snapshot) {
 
 /// Answers every query from the snapshot current when it arrives.
 #[derive(Debug, Clone)]
-struct Handler {
+pub(crate) struct Handler {
     zones: Arc<ArcSwap<Zones>>,
     limiter: Option<Arc<Limiter>>,
     max_udp_payload: u16,
-}
-
-/// Receives queries on one UDP socket and answers each before reading the next. Runs until
-/// aborted; a malformed datagram gets FORMERR (if its header is readable) or nothing.
-async fn udp_loop(socket: Arc<UdpSocket>, handler: Handler) {
-    let mut buf = vec![0u8; 65_535];
-    loop {
-        let (len, src) = match socket.recv_from(&mut buf).await {
-            Ok(received) => received,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::NotConnected | io::ErrorKind::ConnectionAborted
-                ) =>
-            {
-                error!("dns udp socket failed, no longer answering on it: {e}");
-                return;
-            }
-            // ICMP errors of earlier replies surface here on Linux; they concern one client.
-            Err(e) => {
-                debug!("dns udp receive error: {e}");
-                continue;
-            }
-        };
-        if src.port() == 0 {
-            continue;
-        }
-        let bytes = &buf[..len];
-        match Request::from_bytes(bytes.to_vec(), src, Protocol::Udp) {
-            Ok(request) => {
-                if request.metadata.message_type == MessageType::Response {
-                    continue;
-                }
-                let responder = UdpResponder {
-                    socket: socket.clone(),
-                    dst: src,
-                };
-                handler
-                    .handle_request::<_, TokioTime>(&request, responder)
-                    .await;
-            }
-            Err(e) => {
-                let mut decoder = BinDecoder::new(bytes);
-                // No readable header: nothing to answer to.
-                let Ok(header) = Header::read(&mut decoder) else {
-                    continue;
-                };
-                if header.metadata.message_type == MessageType::Response {
-                    continue;
-                }
-                debug!(%src, "dns malformed query: {e}");
-                let reply = Message::error_msg(
-                    header.metadata.id,
-                    header.metadata.op_code,
-                    ResponseCode::FormErr,
-                );
-                if let Ok(wire) = reply.to_vec() {
-                    let _ = socket.send_to(&wire, src).await;
-                }
-            }
-        }
-    }
-}
-
-/// Sends one UDP response straight on the socket the query came in on.
-#[derive(Debug, Clone)]
-struct UdpResponder {
-    socket: Arc<UdpSocket>,
-    dst: SocketAddr,
-}
-
-#[async_trait::async_trait]
-impl ResponseHandler for UdpResponder {
-    async fn send_response<'a>(
-        &mut self,
-        response: MessageResponse<
-            '_,
-            'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-        >,
-    ) -> Result<ResponseInfo, NetError> {
-        // As hickory does for UDP: the OPT's payload size, or 512 without EDNS. The handler
-        // has already made sure the records fit; this is the backstop.
-        let limit = response.edns().map_or(512, Edns::max_payload);
-        let id = response.metadata().id;
-        let mut wire = Vec::with_capacity(512);
-        let mut encoder = BinEncoder::new(&mut wire);
-        encoder.set_max_size(limit);
-        let info = match response.destructive_emit(&mut encoder) {
-            Ok(info) => info,
-            Err(e) => {
-                error!("dns response could not be encoded, answering SERVFAIL: {e}");
-                let mut meta = Metadata::new(id, MessageType::Response, OpCode::Query);
-                meta.response_code = ResponseCode::ServFail;
-                let header = Header {
-                    metadata: meta,
-                    counts: HeaderCounts::default(),
-                };
-                wire.clear();
-                let mut encoder = BinEncoder::new(&mut wire);
-                header.emit(&mut encoder)?;
-                ResponseInfo::from(header)
-            }
-        };
-        self.socket.send_to(&wire, self.dst).await?;
-        Ok(info)
-    }
 }
 
 /// What fits into a UDP response.
