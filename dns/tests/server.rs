@@ -525,3 +525,53 @@ async fn server_stops_on_shutdown_within_the_deadline() {
     server.stop().await;
     assert!(started.elapsed() < DEADLINE);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_random_and_mutated_packets_never_stop_the_server() {
+    let server = TestServer::start(example_snapshot(1)).await;
+    let sender = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let mut valid = Message::query();
+    valid.add_query(clusterd_dns::proto::op::Query::query(
+        clusterd_dns::proto::rr::Name::from_ascii("imap.mail.example.com.").unwrap(),
+        RecordType::A,
+    ));
+    let valid = valid.to_vec().expect("encode");
+    // xorshift64: deterministic, so a failure reproduces.
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for i in 0..3000 {
+        let datagram: Vec<u8> = if i % 2 == 0 {
+            let len = (next() % 600) as usize;
+            (0..len).map(|_| next() as u8).collect()
+        } else {
+            let mut d = valid.clone();
+            for _ in 0..1 + next() % 4 {
+                let at = (next() as usize) % d.len();
+                d[at] ^= 1 << (next() % 8);
+            }
+            d.truncate(d.len() - (next() % 3) as usize);
+            d
+        };
+        sender.send_to(&datagram, server.addr).await.expect("send");
+        if i % 200 == 0 {
+            // Let the server drain so its receive buffer does not overflow.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    for transport in [Transport::Udp, Transport::Tcp] {
+        let mut c = client(server.addr, transport).await;
+        assert_eq!(
+            a_ips(&query(&mut c, &fqdn("imap"), RecordType::A).await).len(),
+            2,
+            "{transport:?}"
+        );
+    }
+    server.stop().await;
+}
