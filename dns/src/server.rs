@@ -1,5 +1,6 @@
 //! The wire side: a hickory-server `RequestHandler` over the current compiled snapshot, and
-//! [`serve`], which runs it on the sockets it is given until shutdown.
+//! [`serve`], which runs it on the sockets it is given until shutdown: UDP through the batched
+//! loop of `crate::udp`, TCP through hickory-server's listener (framing, idle timeout).
 //!
 //! Owns everything about a DNS message that is not the answer itself: EDNS echo and BADVERS,
 //! FORMERR for questions it cannot answer, NOTIMP for other opcodes, REFUSED for other classes,
