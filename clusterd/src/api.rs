@@ -39,6 +39,8 @@ pub const MAX_BODY: usize = 16 * 1024 * 1024;
 pub const UNAUTHORIZED_LOG_EVERY: Duration = Duration::from_secs(10);
 /// Header marking a request already forwarded once (no second hop).
 pub const HEADER_FORWARDED: &str = "x-clusterd-forwarded";
+/// How long a write may take to commit before the API gives up waiting.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a membership change may take before the API gives up waiting.
 const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -54,6 +56,9 @@ pub mod admin_paths {
     pub const NOTE: &str = "/v1/note";
     /// `POST`: add a member; `DELETE /v1/members/NAME`: remove one.
     pub const MEMBERS: &str = "/v1/members";
+    /// `POST`: grant or renew an address lease (leader only, never forwarded: the holder
+    /// measures its lease from its own send time and must reach the leader itself).
+    pub const LEASE: &str = "/v1/lease";
 }
 
 /// Error body of every non-2xx admin answer.
@@ -180,6 +185,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route(admin_paths::PROPOSE, post(post_propose))
         .route(admin_paths::NOTE, post(post_note))
         .route(admin_paths::MEMBERS, post(post_member))
+        .route(admin_paths::LEASE, post(post_lease))
         .route("/v1/members/{name}", delete(delete_member))
         .layer(middleware::from_fn_with_state(shared.clone(), authenticate))
         .with_state(shared)
@@ -312,6 +318,15 @@ async fn post_note(
     propose(&s, cmd).await.map(Json)
 }
 
+async fn post_lease(
+    State(s): State<Arc<Shared>>,
+    Json(req): Json<crate::lease::LeaseRequest>,
+) -> Result<Json<crate::lease::LeaseGrant>, ApiError> {
+    crate::lease::grant(&s, &req.node)
+        .map(Json)
+        .map_err(ApiError::unavailable)
+}
+
 fn is_forwarded(headers: &HeaderMap) -> bool {
     headers.contains_key(HEADER_FORWARDED)
 }
@@ -324,10 +339,24 @@ pub async fn propose(s: &Shared, cmd: Command) -> Result<Applied, ApiError> {
 
 async fn propose_inner(s: &Shared, cmd: Command, forwarded: bool) -> Result<Applied, ApiError> {
     let applied = match leader_route(s, forwarded)? {
-        LeaderRoute::Here => match s.raft.client_write(cmd).await {
-            Ok(resp) => resp.data,
-            Err(e) => return Err(write_error(e)),
-        },
+        LeaderRoute::Here => {
+            let write = tokio::time::timeout(WRITE_TIMEOUT, s.raft.client_write(cmd));
+            tokio::select! {
+                result = write => match result {
+                    Ok(Ok(resp)) => resp.data,
+                    Ok(Err(e)) => return Err(write_error(e)),
+                    Err(_) => {
+                        return Err(ApiError::unavailable(format!(
+                            "the write was not committed within {} s: {} may have lost its \
+                             quorum; check `clusterctl status` on the other nodes",
+                            WRITE_TIMEOUT.as_secs(),
+                            s.me
+                        )));
+                    }
+                },
+                lost = quorum_lost(s) => return Err(lost),
+            }
+        }
         LeaderRoute::Forward(client) => {
             let body = serde_json::to_vec(&cmd)
                 .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
@@ -347,6 +376,32 @@ async fn propose_inner(s: &Shared, cmd: Command, forwarded: bool) -> Result<Appl
     }
 }
 
+/// openraft 0.9 has no CheckQuorum: a cut-off leader still believes it leads. It has lost its
+/// quorum when no quorum acknowledged it for longer than `Shared::quorum_lost_after`.
+fn no_quorum(s: &Shared, metrics: &crate::raft::Metrics) -> Option<ApiError> {
+    // `None`: elected a moment ago and not acknowledged yet; the write itself will tell.
+    let ack = metrics.millis_since_quorum_ack?;
+    if u128::from(ack) <= s.quorum_lost_after.as_millis() {
+        return None;
+    }
+    Some(ApiError::unavailable(format!(
+        "{} leads but no quorum acknowledged it for {ack} ms; it cannot commit: check the \
+         network and `clusterctl status` on the other nodes",
+        s.me
+    )))
+}
+
+/// Resolves when this leader has lost its quorum (see [`no_quorum`]); pends while it has one.
+async fn quorum_lost(s: &Shared) -> ApiError {
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let metrics = s.raft.metrics().borrow().clone();
+        if let Some(lost) = no_quorum(s, &metrics) {
+            return lost;
+        }
+    }
+}
+
 enum LeaderRoute {
     Here,
     Forward(ApiClient),
@@ -355,7 +410,12 @@ enum LeaderRoute {
 fn leader_route(s: &Shared, forwarded: bool) -> Result<LeaderRoute, ApiError> {
     let metrics = s.raft.metrics().borrow().clone();
     match metrics.current_leader {
-        Some(l) if l == s.id && metrics.state == ServerState::Leader => Ok(LeaderRoute::Here),
+        Some(l) if l == s.id && metrics.state == ServerState::Leader => {
+            if let Some(lost) = no_quorum(s, &metrics) {
+                return Err(lost);
+            }
+            Ok(LeaderRoute::Here)
+        }
         Some(_) if forwarded => Err(ApiError::unavailable(
             "leadership is moving; retry in a moment",
         )),
@@ -718,6 +778,10 @@ pub fn build_status(s: &Shared, event_limit: usize) -> StatusReport {
         (
             ack,
             match ack {
+                Some(ms) if u128::from(ms) > s.quorum_lost_after.as_millis() => format!(
+                    "leader WITHOUT QUORUM: no quorum acknowledged it for {ms} ms, it cannot \
+                     commit; this view may be stale"
+                ),
                 Some(ms) => format!("leader, quorum acknowledged {ms} ms ago"),
                 None => "leader, no quorum acknowledgement yet".to_string(),
             },

@@ -63,6 +63,13 @@ pub struct Config {
     /// Raft timing and log housekeeping. Optional; the defaults suit a LAN.
     #[serde(default)]
     pub raft: RaftConfig,
+    /// Address leases: how long a node may hold an address without hearing from the leader.
+    /// Optional; the defaults fail over in about a second.
+    #[serde(default)]
+    pub leases: LeasesConfig,
+    /// Where addresses go and when they return home. Optional.
+    #[serde(default)]
+    pub placement: PlacementConfig,
     /// The other members of the cluster (every node except this one).
     #[serde(default)]
     pub peers: Vec<PeerConfig>,
@@ -167,6 +174,108 @@ impl Default for RaftConfig {
             history_limit: 500,
         }
     }
+}
+
+/// `[leases]`: the address leases behind the no-duplicate-address guarantee. Must be identical
+/// on every node. `check-config` refuses settings that could let two nodes serve one address.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LeasesConfig {
+    /// Length of a lease granted by the leader. A node that cannot renew drops its addresses
+    /// within this; a dead node's addresses move after about this long. Default "800ms".
+    pub lease: Millis,
+    /// How often a node renews. At most a third of the lease. Default "200ms".
+    pub renew_every: Millis,
+    /// Largest clock-rate difference between two nodes, in parts per million. Default 10000 (1%).
+    pub drift_ppm: u32,
+    /// Slack for scheduling and netlink latency. Default "50ms".
+    pub margin: Millis,
+    /// The leader grants leases only while a quorum acknowledged it within this. At least two
+    /// Raft heartbeats, at most half the lease. Default "150ms".
+    pub quorum_fresh: Millis,
+    /// What cuts off a node whose daemon froze: "nftables" (traffic and ARP for the address are
+    /// dropped when the lease runs out; default) or "lifetime-only" (only the address lifetime,
+    /// whole seconds: takeovers then wait several seconds longer).
+    pub guard: GuardKind,
+    /// Wait after a node's last lease before its addresses move. Default: the shortest safe
+    /// value, computed from the settings above; a shorter one is refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub takeover_delay: Option<Millis>,
+}
+
+impl Default for LeasesConfig {
+    fn default() -> Self {
+        let t = clusterd_fencing::LeaseTimings::default();
+        LeasesConfig {
+            lease: t.lease.into(),
+            renew_every: t.renew_every.into(),
+            drift_ppm: t.drift_ppm,
+            margin: t.margin.into(),
+            quorum_fresh: t.quorum_fresh.into(),
+            guard: GuardKind::Nftables,
+            takeover_delay: None,
+        }
+    }
+}
+
+impl LeasesConfig {
+    /// The lease arithmetic for these settings.
+    pub fn timings(&self) -> clusterd_fencing::LeaseTimings {
+        clusterd_fencing::LeaseTimings {
+            lease: self.lease.get(),
+            renew_every: self.renew_every.get(),
+            drift_ppm: self.drift_ppm,
+            margin: self.margin.get(),
+            quorum_fresh: self.quorum_fresh.get(),
+            guard: match self.guard {
+                GuardKind::Nftables => clusterd_fencing::Guard::Nftables,
+                GuardKind::LifetimeOnly => clusterd_fencing::Guard::LifetimeOnly,
+            },
+            takeover_delay: self.takeover_delay.map(Millis::get),
+        }
+    }
+}
+
+/// `leases.guard`: the kernel mechanism that enforces a lease when the daemon cannot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GuardKind {
+    /// nftables set elements that time out with the lease (millisecond precision).
+    #[default]
+    Nftables,
+    /// Only the address lifetime (whole seconds).
+    LifetimeOnly,
+}
+
+/// `[placement]`: where addresses go. Must be identical on every node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlacementConfig {
+    /// "auto": an address returns to its home node once that node has been healthy for
+    /// `failback_after`; "manual": it stays until an operator moves it. Default "auto".
+    pub failback: FailbackMode,
+    /// How long the home node must be healthy before an address returns to it. Default "60s".
+    pub failback_after: Millis,
+}
+
+impl Default for PlacementConfig {
+    fn default() -> Self {
+        PlacementConfig {
+            failback: FailbackMode::Auto,
+            failback_after: Millis::from_millis(60_000),
+        }
+    }
+}
+
+/// `placement.failback`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailbackMode {
+    /// Return home after the stable period.
+    #[default]
+    Auto,
+    /// Stay until moved by an operator.
+    Manual,
 }
 
 /// `[[peers]]`: another member of the cluster.
@@ -842,6 +951,7 @@ impl Config {
         self.check_members(&mut v);
         self.check_voters(&mut v);
         self.check_raft(&mut v);
+        self.check_leases(&mut v);
         self.check_checks(&mut v);
         self.check_addresses(&mut v);
         self.check_dns(&mut v);
@@ -1037,6 +1147,33 @@ impl Config {
                     ),
                 );
             }
+        }
+    }
+
+    fn check_leases(&self, v: &mut Problems) {
+        for p in self.leases.timings().problems() {
+            v.push(format!("leases.{}", p.field), p.message);
+        }
+        let heartbeat = self.raft.heartbeat_interval.get();
+        if self.leases.quorum_fresh.get() < heartbeat * 2 {
+            v.push(
+                "leases.quorum_fresh",
+                format!(
+                    "quorum_fresh ({}) is under two Raft heartbeats ({} each): the leader would                      often have no fresh quorum and refuse to renew leases; set it to at least {}",
+                    self.leases.quorum_fresh,
+                    self.raft.heartbeat_interval,
+                    Millis::from(heartbeat * 2)
+                ),
+            );
+        }
+        if self.placement.failback_after.get() < self.leases.lease.get() {
+            v.push(
+                "placement.failback_after",
+                format!(
+                    "failback_after ({}) is shorter than a lease ({}): addresses would bounce                      back to a node before it proved stable; use at least a few seconds, e.g.                      \"60s\"",
+                    self.placement.failback_after, self.leases.lease
+                ),
+            );
         }
     }
 
@@ -2151,6 +2288,62 @@ names = { imap = ["imap"], smtp = ["smtp"], mail = ["imap", "smtp"] }
         assert_refused(&c, "cluster.voters", "losing either one stops the cluster");
         assert_refused(&c, "cluster.voters", "role = \"witness\"");
         assert_refused(&c, "cluster.voters", "cluster.allow_two_voters = true");
+    }
+
+    #[test]
+    fn takeover_delay_shorter_than_the_lease_is_refused() {
+        let mut c = base();
+        c.leases.takeover_delay = Some(Millis::from_millis(500));
+        assert_refused(&c, "leases.takeover_delay", "at least 858 ms");
+    }
+
+    #[test]
+    fn takeover_delay_without_nftables_must_cover_the_address_lifetime() {
+        let mut c = base();
+        c.leases.guard = GuardKind::LifetimeOnly;
+        c.leases.takeover_delay = Some(Millis::from_millis(2000));
+        assert_refused(&c, "leases.takeover_delay", "address lifetime");
+        c.leases.takeover_delay = None;
+        assert_valid(&c);
+        assert_eq!(c.leases.timings().takeover_delay().as_millis(), 4858);
+    }
+
+    #[test]
+    fn lease_renewal_slower_than_a_third_of_the_lease_is_refused() {
+        let mut c = base();
+        c.leases.renew_every = Millis::from_millis(400);
+        assert_refused(&c, "leases.renew_every", "fewer than three tries");
+    }
+
+    #[test]
+    fn quorum_freshness_under_two_heartbeats_is_refused() {
+        let mut c = base();
+        c.raft.heartbeat_interval = Millis::from_millis(100);
+        c.leases.quorum_fresh = Millis::from_millis(150);
+        assert_refused(&c, "leases.quorum_fresh", "two Raft heartbeats");
+    }
+
+    #[test]
+    fn failback_sooner_than_a_lease_is_refused() {
+        let mut c = base();
+        c.placement.failback_after = Millis::from_millis(100);
+        assert_refused(&c, "placement.failback_after", "shorter than a lease");
+    }
+
+    #[test]
+    fn lease_and_placement_sections_parse_with_their_names() {
+        let text = format!(
+            "{BASE}\n[leases]\nlease = \"1s\"\nrenew_every = \"250ms\"\n\
+             guard = \"lifetime-only\"\ntakeover_delay = \"10s\"\n\n\
+             [placement]\nfailback = \"manual\"\nfailback_after = \"2m\"\n"
+        );
+        let c = parse(&text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.leases.guard, GuardKind::LifetimeOnly);
+        assert_eq!(c.leases.lease, Millis::from_millis(1000));
+        assert_eq!(c.leases.takeover_delay, Some(Millis::from_millis(10_000)));
+        assert_eq!(c.placement.failback, FailbackMode::Manual);
+        assert_eq!(c.placement.failback_after, Millis::from_millis(120_000));
+        assert_eq!(base().leases, LeasesConfig::default());
     }
 
     #[test]

@@ -19,7 +19,8 @@ use tracing::{debug, info, warn};
 use crate::api::{self, AddMemberRequest, MembershipReply, UnauthorizedLog, admin_paths};
 use crate::auth::{self, ClusterKey, KeyError};
 use crate::client::ApiClient;
-use crate::config::Config;
+use crate::config::{Config, FailbackMode};
+use crate::model::plan::Policy;
 use crate::model::{AddressSpec, Command, Member, NodeId, node_id};
 use crate::raft::network::{Network, PeerTable};
 use crate::raft::store::{self, OpenError, Replica};
@@ -75,6 +76,10 @@ pub struct Shared {
     pub unauthorized: Mutex<UnauthorizedLog>,
     /// A peer heard from within this long counts as reachable.
     pub reachable_within: Duration,
+    /// A leader that no quorum acknowledged for this long refuses writes at once.
+    pub quorum_lost_after: Duration,
+    /// Address leases: the leader's grants and this node's own lease.
+    pub leases: crate::lease::Leases,
 }
 
 impl std::fmt::Debug for Shared {
@@ -147,13 +152,21 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     let key = ClusterKey::load(&config.node.key_file)?;
+    let lease_timings = config.leases.timings();
+    let policy = Policy {
+        auto_failback: config.placement.failback == FailbackMode::Auto,
+        failback_after_ms: config.placement.failback_after.as_millis(),
+    };
     let me = config.node.name.clone();
     let id = node_id(&me);
     let (log_store, state_machine, replica) =
         store::open(&config.node.data_dir, config.raft.history_limit as usize)?;
-    let store_in_use = log_store.closed_watch();
+    let database = log_store.database();
     let raft_cfg = raft_config(&config)?;
     let reachable_within = Duration::from_millis(raft_cfg.election_timeout_max * 3);
+    // Well above a loaded machine's heartbeat delays, well below an operator's patience.
+    let quorum_lost_after =
+        Duration::from_millis(raft_cfg.election_timeout_max * 5).max(Duration::from_secs(1));
     let peers = PeerTable::default();
     let network = Network::new(
         id,
@@ -175,6 +188,8 @@ pub async fn run(
         leader_contact: Mutex::new(None),
         unauthorized: Mutex::new(UnauthorizedLog::default()),
         reachable_within,
+        quorum_lost_after,
+        leases: crate::lease::Leases::new(lease_timings),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -197,6 +212,17 @@ pub async fn run(
     info!(node = %me, "listening on {addr}");
 
     let duties = tokio::spawn(duties(shared.clone(), stop_rx.clone()));
+    let mut background = vec![tokio::spawn(crate::lease::placement_loop(
+        shared.clone(),
+        policy,
+        stop_rx.clone(),
+    ))];
+    if shared.config.node.role == crate::model::Role::Mail {
+        background.push(tokio::spawn(crate::lease::renew_loop(
+            shared.clone(),
+            stop_rx.clone(),
+        )));
+    }
     let joiner = tokio::spawn(bootstrap(shared.clone(), stop_rx.clone()));
 
     shutdown.await;
@@ -204,21 +230,26 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let _ = joiner.await;
     let _ = duties.await;
+    for task in background {
+        let _ = task.await;
+    }
     if let Err(e) = raft.shutdown().await {
         warn!(error = %e, "raft did not shut down cleanly");
     }
     let served = server.await;
     drop(raft);
     drop(shared);
-    // Raft's worker tasks let go of the store shortly after shutdown; return only once the
-    // file is closed, so that a restart in the same process can open it again.
+    // Raft's worker tasks let go of the store shortly after shutdown. Close the file here, as
+    // its last user, so that `run` returns only once it is closed and a restart in the same
+    // process can open it again.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while store_in_use.strong_count() > 0 && Instant::now() < deadline {
+    while Arc::strong_count(&database) > 1 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    if store_in_use.strong_count() > 0 {
+    if Arc::strong_count(&database) > 1 {
         warn!("the Raft store is still in use 5 s after shutdown");
     }
+    let _ = tokio::task::spawn_blocking(move || drop(database)).await;
     match served {
         Ok(Ok(())) => {}
         Ok(Err(source)) => return Err(RunError::Serve { addr, source }),

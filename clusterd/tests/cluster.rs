@@ -30,9 +30,17 @@ impl Running {
             .await
             .expect("bind test port");
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(clusterd::daemon::run(config, listener, async {
-            let _ = rx.await;
-        }));
+        let name = spec.name.clone();
+        let task = tokio::spawn(async move {
+            let result = clusterd::daemon::run(config, listener, async {
+                let _ = rx.await;
+            })
+            .await;
+            if let Err(e) = &result {
+                tracing::error!("{name} stopped with an error: {e}");
+            }
+            result
+        });
         Running {
             spec: spec.clone(),
             stop: Some(tx),
@@ -160,13 +168,17 @@ async fn three_voters_elect_exactly_one_leader() {
     assert_eq!(leaders.len(), 1, "{:?}", report.nodes);
     assert_eq!(leaders[0].name, leader);
     // The leader records its election and the membership in the replicated history.
-    let report = eventually("election event", Duration::from_secs(5), || async {
-        let r = status(c.specs[0].addr, &c.key).await?;
-        r.events
-            .iter()
-            .any(|e| matches!(&e.kind, EventKind::LeaderElected { node, .. } if *node == leader))
-            .then_some(r)
-    })
+    let report = eventually(
+        "election event and addresses",
+        Duration::from_secs(5),
+        || async {
+            let r = status(c.specs[0].addr, &c.key).await?;
+            let elected = r.events.iter().any(
+                |e| matches!(&e.kind, EventKind::LeaderElected { node, .. } if *node == leader),
+            );
+            (elected && !r.addresses.is_empty()).then_some(r)
+        },
+    )
     .await;
     assert!(
         report
@@ -219,14 +231,11 @@ async fn writes_through_a_follower_reach_every_replica() {
         .unwrap()
         .name
         .clone();
-    let applied: Applied = c
-        .client(&follower)
-        .post(
-            "/v1/note",
-            &NoteRequest {
-                text: "maintenance starts".into(),
-            },
-        )
+    let client = c.client(&follower);
+    let note = NoteRequest {
+        text: "maintenance starts".into(),
+    };
+    let applied: Applied = with_retries(|| client.post("/v1/note", &note))
         .await
         .unwrap();
     assert!(applied.changed);
@@ -240,9 +249,8 @@ async fn writes_through_a_follower_reach_every_replica() {
         .await;
     }
     // The model refuses an empty note; the refusal comes back as 409 with the reason.
-    let err = c
-        .client(&follower)
-        .post::<_, Applied>("/v1/note", &NoteRequest { text: " ".into() })
+    let empty = NoteRequest { text: " ".into() };
+    let err = with_retries(|| client.post::<_, Applied>("/v1/note", &empty))
         .await
         .unwrap_err();
     assert!(
@@ -282,9 +290,8 @@ async fn learner_joins_by_itself_and_membership_changes_at_run_time() {
         voter: true,
         force: false,
     };
-    let err = c
-        .client("n1")
-        .post::<_, MembershipReply>("/v1/members", &promote)
+    let n1 = c.client("n1");
+    let err = with_retries(|| n1.post::<_, MembershipReply>("/v1/members", &promote))
         .await
         .unwrap_err();
     assert!(
@@ -293,16 +300,15 @@ async fn learner_joins_by_itself_and_membership_changes_at_run_time() {
     );
 
     // Removing the learner works through any node.
-    let reply: MembershipReply = c.client("n2").delete("/v1/members/n4").await.unwrap();
+    let n2 = c.client("n2");
+    let reply: MembershipReply = with_retries(|| n2.delete("/v1/members/n4")).await.unwrap();
     assert_eq!(reply.voters, vec!["n1", "n2", "n3"]);
     assert!(reply.learners.is_empty(), "{reply:?}");
     c.stop_node("n4").await;
 
     // Adding a voter at run time: remove n3 (down to 2 voters needs force), then add it back
     // as a voter.
-    let err = c
-        .client("n1")
-        .delete::<MembershipReply>("/v1/members/n3")
+    let err = with_retries(|| n1.delete::<MembershipReply>("/v1/members/n3"))
         .await
         .unwrap_err();
     assert!(matches!(err, ClientError::Api { status: 409, .. }), "{err}");
@@ -331,16 +337,11 @@ async fn learner_joins_by_itself_and_membership_changes_at_run_time() {
 async fn full_restart_keeps_the_replicated_state() {
     let mut c = Cluster::start(&["n1", "n2", "n3"], &["n1", "n2", "n3"]).await;
     c.leader().await;
-    let _: Applied = c
-        .client("n1")
-        .post(
-            "/v1/note",
-            &NoteRequest {
-                text: "before restart".into(),
-            },
-        )
-        .await
-        .unwrap();
+    let n1 = c.client("n1");
+    let note = NoteRequest {
+        text: "before restart".into(),
+    };
+    let _: Applied = with_retries(|| n1.post("/v1/note", &note)).await.unwrap();
     let before = eventually(
         "note applied everywhere",
         Duration::from_secs(5),
@@ -457,13 +458,10 @@ async fn late_learner_catches_up_from_a_snapshot_after_log_compaction() {
     let leader = c.leader().await;
     let client = c.client(&leader);
     for i in 0..150 {
-        let _: Applied = client
-            .post(
-                "/v1/note",
-                &NoteRequest {
-                    text: format!("note {i}"),
-                },
-            )
+        let note = NoteRequest {
+            text: format!("note {i}"),
+        };
+        let _: Applied = with_retries(|| client.post("/v1/note", &note))
             .await
             .unwrap();
     }
@@ -499,5 +497,59 @@ async fn late_learner_catches_up_from_a_snapshot_after_log_compaction() {
     .await;
     let r = status(n4, &c.key).await.unwrap();
     assert!(r.nodes.iter().any(|n| n.name == "n4" && !n.voter));
+    c.stop_all().await;
+}
+
+fn owner_of(report: &clusterd::status::StatusReport, ip: &str) -> Option<(String, u64)> {
+    let a = report.addresses.iter().find(|a| a.ip == ip)?;
+    Some((a.owner.clone()?, a.epoch))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn addresses_go_home_and_a_dead_owners_address_moves_after_the_takeover_delay() {
+    let mut c = Cluster::start(&["n1", "n2", "n3"], &["n1", "n2", "n3"]).await;
+    c.leader().await;
+    let n2 = c.specs[1].addr;
+    eventually(
+        "both addresses at home",
+        Duration::from_secs(10),
+        || async {
+            let r = status(n2, &c.key).await?;
+            let home = owner_of(&r, "192.0.2.101/24")?.0 == "n1"
+                && owner_of(&r, "192.0.2.102/24")?.0 == "n2";
+            home.then_some(())
+        },
+    )
+    .await;
+    let before = owner_of(&status(n2, &c.key).await.unwrap(), "192.0.2.101/24").unwrap();
+
+    let stopped = std::time::Instant::now();
+    c.stop_node("n1").await;
+    let (owner, epoch) = eventually(
+        "192.0.2.101 moved off n1",
+        Duration::from_secs(15),
+        || async {
+            let r = status(n2, &c.key).await?;
+            let (owner, epoch) = owner_of(&r, "192.0.2.101/24")?;
+            (owner != "n1").then_some((owner, epoch))
+        },
+    )
+    .await;
+    let took = stopped.elapsed();
+    // n2 already holds .102, so the least loaded live node is n3.
+    assert_eq!(owner, "n3");
+    assert!(epoch > before.1);
+    // Never before n1's lease could have ended (takeover delay of the default leases).
+    let delay = clusterd_fencing::LeaseTimings::default().takeover_delay();
+    assert!(
+        took >= delay,
+        "moved after {took:?}, before the takeover delay {delay:?}"
+    );
+    let r = status(n2, &c.key).await.unwrap();
+    assert!(r.events.iter().any(|e| matches!(
+        &e.kind,
+        EventKind::OwnerChanged { ip, reason: clusterd::model::MoveReason::LeaseExpired, .. }
+            if ip == "192.0.2.101/24"
+    )));
     c.stop_all().await;
 }

@@ -139,15 +139,23 @@ async fn three_daemons_show_three_nodes_and_one_leader_in_clusterctl_status() {
         .await;
         assert_eq!(r.nodes.len(), 3);
     }
-    let out = ctl(&[
-        "--config",
-        path_str(&lab.specs[0].config_path),
-        "status",
-        "--leader",
-        "--json",
-    ]);
-    let r: StatusReport = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(Some(r.answered_by), report.leader);
+    // --leader answers from the leader itself (retried: leadership may still settle).
+    eventually(
+        "status --leader from the leader",
+        Duration::from_secs(10),
+        || async {
+            let out = ctl(&[
+                "--config",
+                path_str(&lab.specs[0].config_path),
+                "status",
+                "--leader",
+                "--json",
+            ]);
+            let r: StatusReport = serde_json::from_slice(&out.stdout).ok()?;
+            (Some(&r.answered_by) == r.leader.as_ref()).then_some(())
+        },
+    )
+    .await;
     // The table is readable.
     let out = ctl(&["--config", path_str(&lab.specs[0].config_path), "status"]);
     let text = String::from_utf8_lossy(&out.stdout);

@@ -177,9 +177,10 @@ pub struct LogStore {
 }
 
 impl LogStore {
-    /// A handle that tells when every user of the database file has let go of it.
-    pub fn closed_watch(&self) -> std::sync::Weak<Database> {
-        Arc::downgrade(&self.db)
+    /// A handle on the database file, so that the daemon can close it itself at shutdown (the
+    /// file is closed when the last handle is dropped, and dropping it flushes).
+    pub fn database(&self) -> Arc<Database> {
+        self.db.clone()
     }
 }
 

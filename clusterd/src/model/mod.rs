@@ -17,6 +17,8 @@ use sha2::{Digest, Sha256};
 
 pub use crate::config::Role;
 
+pub mod plan;
+
 /// Raft node id. Operators only ever see names; the id is derived from the name.
 pub type NodeId = u64;
 
@@ -105,6 +107,76 @@ pub struct AddressState {
     pub epoch: u64,
     /// When the current owner was assigned (unix ms), if assigned.
     pub since_ms: Option<u64>,
+    /// A planned move in progress: the owner removes the address, confirms, then `to` gets it.
+    #[serde(default)]
+    pub handoff: Option<Handoff>,
+    /// When the owner of the current epoch reported the address configured (unix ms).
+    #[serde(default)]
+    pub serving_since_ms: Option<u64>,
+    /// When the previous owner confirmed removal in a planned move (unix ms), until the new
+    /// owner reports serving; used to report how long the address was unserved.
+    #[serde(default)]
+    pub released_ms: Option<u64>,
+    /// Placed by an operator away from home: automatic failback leaves it alone.
+    #[serde(default)]
+    pub pinned: bool,
+}
+
+impl AddressState {
+    fn new(spec: AddressSpec) -> Self {
+        AddressState {
+            spec,
+            owner: None,
+            epoch: 0,
+            since_ms: None,
+            handoff: None,
+            serving_since_ms: None,
+            released_ms: None,
+            pinned: false,
+        }
+    }
+}
+
+/// A planned move of an address.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handoff {
+    /// The node that gets the address once the owner released it.
+    pub to: String,
+    /// Why.
+    pub reason: MoveReason,
+    /// When the move was decided (unix ms).
+    pub at_ms: u64,
+}
+
+/// Why an address changed hands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MoveReason {
+    /// First placement of an address nobody held.
+    Initial,
+    /// The owner's lease ran out (dead, frozen, cut off or without quorum).
+    LeaseExpired,
+    /// The owner was drained by an operator.
+    Drained,
+    /// An operator moved it.
+    Operator,
+    /// Back to its home node after the home was stable for the failback period.
+    Failback,
+    /// The owner is no longer a mail member of the cluster.
+    NotMember,
+}
+
+impl fmt::Display for MoveReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MoveReason::Initial => "initial placement",
+            MoveReason::LeaseExpired => "lease expired",
+            MoveReason::Drained => "drained",
+            MoveReason::Operator => "moved by operator",
+            MoveReason::Failback => "failback",
+            MoveReason::NotMember => "owner left the cluster",
+        })
+    }
 }
 
 /// What a node reported as its configured address set.
@@ -172,6 +244,48 @@ pub enum EventKind {
         /// Who asked (node the request came through).
         by: String,
     },
+    /// An address got a new owner.
+    OwnerChanged {
+        /// `ip/prefix`.
+        ip: String,
+        /// Previous owner.
+        from: Option<String>,
+        /// New owner.
+        to: String,
+        /// The new epoch.
+        epoch: u64,
+        /// Why.
+        reason: MoveReason,
+    },
+    /// A planned move started: the owner is asked to release the address.
+    HandoffStarted {
+        /// `ip/prefix`.
+        ip: String,
+        /// Current owner.
+        from: String,
+        /// Next owner.
+        to: String,
+        /// Why.
+        reason: MoveReason,
+    },
+    /// A planned move was called off (its target became unfit).
+    HandoffCancelled {
+        /// `ip/prefix`.
+        ip: String,
+        /// The target that became unfit.
+        to: String,
+    },
+    /// The owner reported the address configured and announced.
+    Serving {
+        /// `ip/prefix`.
+        ip: String,
+        /// The owner.
+        node: String,
+        /// Its epoch.
+        epoch: u64,
+        /// For a planned move: ms between the old owner's removal and this.
+        unserved_ms: Option<u64>,
+    },
     /// A note written by an operator.
     Note {
         /// Node the note was written through.
@@ -214,6 +328,38 @@ impl fmt::Display for EventKind {
             }
             EventKind::AdminChanged { node, state, by } => {
                 write!(f, "{node} set {state} (via {by})")
+            }
+            EventKind::OwnerChanged {
+                ip,
+                from,
+                to,
+                epoch,
+                reason,
+            } => write!(
+                f,
+                "{ip}: {} -> {to} (epoch {epoch}, {reason})",
+                from.as_deref().unwrap_or("nobody")
+            ),
+            EventKind::HandoffStarted {
+                ip,
+                from,
+                to,
+                reason,
+            } => write!(f, "{ip}: handing over from {from} to {to} ({reason})"),
+            EventKind::HandoffCancelled { ip, to } => {
+                write!(f, "{ip}: handover to {to} called off ({to} is not fit)")
+            }
+            EventKind::Serving {
+                ip,
+                node,
+                epoch,
+                unserved_ms,
+            } => {
+                write!(f, "{ip}: served by {node} (epoch {epoch})")?;
+                if let Some(ms) = unserved_ms {
+                    write!(f, ", unserved for {ms} ms")?;
+                }
+                Ok(())
             }
             EventKind::Note { by, text } => write!(f, "note (via {by}): {text}"),
         }
@@ -276,6 +422,76 @@ pub enum Command {
         /// Unix ms.
         at_ms: u64,
     },
+    /// The leader's planner gives an address to a node. Applied only if the address is still
+    /// at `epoch` (a stale decision changes nothing).
+    Assign {
+        /// `ip/prefix`.
+        ip: String,
+        /// The new owner.
+        to: String,
+        /// The epoch the decision was made at.
+        epoch: u64,
+        /// Why.
+        reason: MoveReason,
+        /// Unix ms.
+        at_ms: u64,
+    },
+    /// The leader's planner starts a planned move (the owner releases first).
+    StartHandoff {
+        /// `ip/prefix`.
+        ip: String,
+        /// The next owner.
+        to: String,
+        /// The epoch the decision was made at.
+        epoch: u64,
+        /// Why.
+        reason: MoveReason,
+        /// Unix ms.
+        at_ms: u64,
+    },
+    /// The leader's planner calls off a planned move whose target became unfit.
+    CancelHandoff {
+        /// `ip/prefix`.
+        ip: String,
+        /// The epoch the decision was made at.
+        epoch: u64,
+        /// Unix ms.
+        at_ms: u64,
+    },
+    /// The owner confirms it removed the address for a planned move; the handoff target
+    /// becomes the owner.
+    Released {
+        /// `ip/prefix`.
+        ip: String,
+        /// The releasing owner.
+        node: String,
+        /// Its epoch.
+        epoch: u64,
+        /// When it removed the address (unix ms).
+        at_ms: u64,
+    },
+    /// The owner reports the address configured and announced.
+    Serving {
+        /// `ip/prefix`.
+        ip: String,
+        /// The owner.
+        node: String,
+        /// Its epoch.
+        epoch: u64,
+        /// When it added the address (unix ms).
+        at_ms: u64,
+    },
+    /// An operator moves an address to a node.
+    RequestMove {
+        /// `ip/prefix`.
+        ip: String,
+        /// The target node.
+        to: String,
+        /// The node the request came through.
+        by: String,
+        /// Unix ms.
+        at_ms: u64,
+    },
 }
 
 /// The state machine's answer to one command.
@@ -326,6 +542,10 @@ pub struct State {
     pub next_event_seq: u64,
     /// How many events to keep.
     pub history_limit: usize,
+    /// Increases by one with every change of the address set or of who serves an address; DNS
+    /// derives its SOA serial from it, so every node computes the same serial.
+    #[serde(default)]
+    pub revision: u64,
 }
 
 impl Default for State {
@@ -345,6 +565,7 @@ impl State {
             events: VecDeque::new(),
             next_event_seq: 1,
             history_limit: history_limit.max(1),
+            revision: 0,
         }
     }
 
@@ -488,6 +709,87 @@ impl State {
                 );
                 Applied::changed(true)
             }
+            Command::Assign {
+                ip,
+                to,
+                epoch,
+                reason,
+                at_ms,
+            } => self.assign(ip, to, *epoch, *reason, *at_ms),
+            Command::StartHandoff {
+                ip,
+                to,
+                epoch,
+                reason,
+                at_ms,
+            } => self.start_handoff(ip, to, *epoch, *reason, *at_ms),
+            Command::CancelHandoff { ip, epoch, at_ms } => {
+                let Some(a) = self.addresses.get_mut(ip) else {
+                    return Applied::refused(unknown_address(ip));
+                };
+                if a.epoch != *epoch {
+                    return Applied::refused(stale(ip, *epoch, a.epoch));
+                }
+                let Some(h) = a.handoff.take() else {
+                    return Applied::changed(false);
+                };
+                let ip = ip.clone();
+                self.push_event(*at_ms, EventKind::HandoffCancelled { ip, to: h.to });
+                Applied::changed(true)
+            }
+            Command::Released {
+                ip,
+                node,
+                epoch,
+                at_ms,
+            } => {
+                let Some(a) = self.addresses.get(ip) else {
+                    return Applied::refused(unknown_address(ip));
+                };
+                if a.epoch != *epoch || a.owner.as_deref() != Some(node.as_str()) {
+                    return Applied::refused(stale(ip, *epoch, a.epoch));
+                }
+                let Some(h) = a.handoff.clone() else {
+                    return Applied::refused(format!(
+                        "{ip} has no planned move; nothing to release"
+                    ));
+                };
+                let applied = self.assign(ip, &h.to, *epoch, h.reason, *at_ms);
+                if let Some(a) = self.addresses.get_mut(ip) {
+                    a.released_ms = Some(*at_ms);
+                }
+                applied
+            }
+            Command::Serving {
+                ip,
+                node,
+                epoch,
+                at_ms,
+            } => {
+                let Some(a) = self.addresses.get_mut(ip) else {
+                    return Applied::refused(unknown_address(ip));
+                };
+                if a.epoch != *epoch || a.owner.as_deref() != Some(node.as_str()) {
+                    return Applied::refused(stale(ip, *epoch, a.epoch));
+                }
+                if a.serving_since_ms.is_some() {
+                    return Applied::changed(false);
+                }
+                a.serving_since_ms = Some(*at_ms);
+                let unserved_ms = a.released_ms.take().map(|r| at_ms.saturating_sub(r));
+                let ip = ip.clone();
+                self.push_event(
+                    *at_ms,
+                    EventKind::Serving {
+                        ip,
+                        node: node.clone(),
+                        epoch: *epoch,
+                        unserved_ms,
+                    },
+                );
+                Applied::changed(true)
+            }
+            Command::RequestMove { ip, to, by, at_ms } => self.request_move(ip, to, by, *at_ms),
             Command::Note { by, text, at_ms } => {
                 if text.trim().is_empty() {
                     return Applied::refused("the note is empty; write some text");
@@ -532,15 +834,8 @@ impl State {
             match self.addresses.get_mut(*ip) {
                 None => {
                     added.push(ip.to_string());
-                    self.addresses.insert(
-                        ip.to_string(),
-                        AddressState {
-                            spec: (*spec).clone(),
-                            owner: None,
-                            epoch: 0,
-                            since_ms: None,
-                        },
-                    );
+                    self.addresses
+                        .insert(ip.to_string(), AddressState::new((*spec).clone()));
                 }
                 Some(existing) if existing.spec != **spec => {
                     changed.push(ip.to_string());
@@ -555,6 +850,7 @@ impl State {
         if added.is_empty() && removed.is_empty() && changed.is_empty() {
             return Applied::changed(false);
         }
+        self.revision += 1;
         self.push_event(
             at_ms,
             EventKind::AddressesChanged {
@@ -565,6 +861,128 @@ impl State {
             },
         );
         Applied::changed(true)
+    }
+
+    /// Whether `node` may be given addresses at all: a mail member that is not drained.
+    pub fn can_hold(&self, node: &str) -> bool {
+        self.members
+            .get(node)
+            .is_some_and(|m| m.role == Role::Mail && m.admin == AdminState::Active)
+    }
+
+    fn assign(
+        &mut self,
+        ip: &str,
+        to: &str,
+        epoch: u64,
+        reason: MoveReason,
+        at_ms: u64,
+    ) -> Applied {
+        if self.members.get(to).is_none_or(|m| m.role != Role::Mail) {
+            return Applied::refused(format!("{to} is not a mail member and cannot hold {ip}"));
+        }
+        let Some(a) = self.addresses.get_mut(ip) else {
+            return Applied::refused(unknown_address(ip));
+        };
+        if a.epoch != epoch {
+            return Applied::refused(stale(ip, epoch, a.epoch));
+        }
+        let from = a.owner.replace(to.to_string());
+        a.epoch += 1;
+        a.since_ms = Some(at_ms);
+        a.handoff = None;
+        a.serving_since_ms = None;
+        a.released_ms = None;
+        a.pinned = reason == MoveReason::Operator && a.spec.home != to;
+        let epoch = a.epoch;
+        self.revision += 1;
+        self.push_event(
+            at_ms,
+            EventKind::OwnerChanged {
+                ip: ip.to_string(),
+                from,
+                to: to.to_string(),
+                epoch,
+                reason,
+            },
+        );
+        Applied::changed(true)
+    }
+
+    fn start_handoff(
+        &mut self,
+        ip: &str,
+        to: &str,
+        epoch: u64,
+        reason: MoveReason,
+        at_ms: u64,
+    ) -> Applied {
+        if !self.can_hold(to) {
+            return Applied::refused(format!(
+                "{to} cannot take {ip}: it is not an active mail member"
+            ));
+        }
+        let Some(a) = self.addresses.get_mut(ip) else {
+            return Applied::refused(unknown_address(ip));
+        };
+        if a.epoch != epoch {
+            return Applied::refused(stale(ip, epoch, a.epoch));
+        }
+        let Some(from) = a.owner.clone() else {
+            return Applied::refused(format!("{ip} has no owner to hand it over"));
+        };
+        if from == to || a.handoff.as_ref().is_some_and(|h| h.to == to) {
+            return Applied::changed(false);
+        }
+        a.handoff = Some(Handoff {
+            to: to.to_string(),
+            reason,
+            at_ms,
+        });
+        self.push_event(
+            at_ms,
+            EventKind::HandoffStarted {
+                ip: ip.to_string(),
+                from,
+                to: to.to_string(),
+                reason,
+            },
+        );
+        Applied::changed(true)
+    }
+
+    fn request_move(&mut self, ip: &str, to: &str, by: &str, at_ms: u64) -> Applied {
+        let Some(a) = self.addresses.get(ip) else {
+            return Applied::refused(unknown_address(ip));
+        };
+        if !self.can_hold(to) {
+            return Applied::refused(format!(
+                "{to} cannot take {ip}: it is not an active mail member (drained, a witness or \
+                 unknown; see `clusterctl status`)"
+            ));
+        }
+        let epoch = a.epoch;
+        match a.owner.clone() {
+            None => self.assign(ip, to, epoch, MoveReason::Operator, at_ms),
+            Some(owner) if owner == to => {
+                let a = self.addresses.get_mut(ip).map(|a| {
+                    a.pinned = a.spec.home != to;
+                    a.handoff.take()
+                });
+                if let Some(Some(h)) = a {
+                    self.push_event(
+                        at_ms,
+                        EventKind::HandoffCancelled {
+                            ip: ip.to_string(),
+                            to: h.to,
+                        },
+                    );
+                }
+                let _ = by;
+                Applied::changed(false)
+            }
+            Some(_) => self.start_handoff(ip, to, epoch, MoveReason::Operator, at_ms),
+        }
     }
 
     fn push_event(&mut self, at_ms: u64, kind: EventKind) {
@@ -578,6 +996,14 @@ impl State {
             self.events.pop_front();
         }
     }
+}
+
+fn unknown_address(ip: &str) -> String {
+    format!("{ip} is not a floating address of this cluster; `clusterctl status` lists them")
+}
+
+fn stale(ip: &str, asked: u64, current: u64) -> String {
+    format!("{ip} is at epoch {current}, not {asked}: the decision is stale")
 }
 
 /// Describe how `declared` differs from `cluster`, or `None` when equal (order ignored).

@@ -1,0 +1,353 @@
+//! Address leases at run time: the leader's grant table, the holder's renewal loop, and the
+//! leader's placement loop that turns lease knowledge into [`model::plan`] input.
+//!
+//! The arithmetic (how long a lease lasts for its holder, when the leader may take it back) is
+//! `clusterd_fencing::LeaseTimings`; this module only keeps the clocks. Grants live in the
+//! leader's memory, not in Raft: a new leader starts with an empty table and waits its quiet
+//! period before reassigning anything.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clusterd_fencing::LeaseTimings;
+use openraft::ServerState;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::api::{self, admin_paths};
+use crate::auth;
+use crate::client::ApiClient;
+use crate::daemon::Shared;
+use crate::model::plan::{self, Liveness, Policy};
+use crate::model::{NodeId, Role};
+
+/// Body of `POST /v1/lease`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaseRequest {
+    /// The node asking.
+    pub node: String,
+}
+
+/// Answer to a lease request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaseGrant {
+    /// Lease length granted, in ms, counted by the holder from when it sent the request.
+    pub lease_ms: u64,
+    /// The granting leader.
+    pub leader: String,
+    /// Its term.
+    pub term: u64,
+}
+
+/// One node's grants as the leader sees them.
+#[derive(Debug, Clone, Copy)]
+struct Granted {
+    last: Instant,
+    /// Start of the current run of grants without a gap longer than a lease.
+    since: Instant,
+}
+
+/// The leader's memory of grants, reset whenever leadership changes.
+#[derive(Debug, Default)]
+pub struct LeaseTable {
+    term: Option<u64>,
+    elected_at: Option<Instant>,
+    grants: BTreeMap<String, Granted>,
+}
+
+impl LeaseTable {
+    /// Start over for a new term (called when this node becomes leader).
+    fn reset_for(&mut self, term: u64, now: Instant) {
+        if self.term != Some(term) {
+            self.term = Some(term);
+            self.elected_at = Some(now);
+            self.grants.clear();
+        }
+    }
+
+    fn grant(&mut self, node: &str, now: Instant, timings: &LeaseTimings) {
+        let since = match self.grants.get(node) {
+            Some(g) if now.duration_since(g.last) <= timings.lease => g.since,
+            _ => now,
+        };
+        self.grants
+            .insert(node.to_string(), Granted { last: now, since });
+    }
+
+    /// Whether this leader is still in its quiet period after election: it may not know who
+    /// holds what yet, and not every live node has renewed with it yet.
+    pub fn quiet(&self, now: Instant, timings: &LeaseTimings) -> bool {
+        self.elected_at
+            .is_none_or(|e| now < timings.new_leader_quiet_until(e))
+    }
+
+    /// What the planner may assume about every node in `nodes`, at `now`.
+    pub fn liveness<'a>(
+        &self,
+        nodes: impl IntoIterator<Item = &'a String>,
+        now: Instant,
+        timings: &LeaseTimings,
+    ) -> Liveness {
+        let mut live = Liveness::default();
+        let Some(elected_at) = self.elected_at else {
+            return live;
+        };
+        let quiet = now < timings.new_leader_quiet_until(elected_at);
+        for node in nodes {
+            match self.grants.get(node) {
+                Some(g) if now.duration_since(g.last) < timings.lease => {
+                    let held_ms = now.duration_since(g.since).as_millis() as u64;
+                    live.current.insert(node.clone(), held_ms);
+                }
+                Some(g) if !quiet && now >= timings.reassign_after(g.last) => {
+                    live.expired.insert(node.clone());
+                }
+                None if !quiet => {
+                    live.expired.insert(node.clone());
+                }
+                _ => {}
+            }
+        }
+        live
+    }
+}
+
+/// Shared lease state of a node: the leader's table, and this node's own lease as a holder.
+#[derive(Debug)]
+pub struct Leases {
+    /// Lease arithmetic from config.
+    pub timings: LeaseTimings,
+    /// The table, meaningful while this node leads.
+    pub table: Mutex<LeaseTable>,
+    /// This node's own lease: until when it may hold addresses (`None`: no lease).
+    pub holder: watch::Sender<Option<Instant>>,
+}
+
+impl Leases {
+    /// Leases with `timings`, nothing granted or held.
+    pub fn new(timings: LeaseTimings) -> Self {
+        Leases {
+            timings,
+            table: Mutex::new(LeaseTable::default()),
+            holder: watch::channel(None).0,
+        }
+    }
+}
+
+/// Grant (or refuse) a lease to `node` on this node, which must lead with a fresh quorum.
+pub fn grant(s: &Shared, node: &str) -> Result<LeaseGrant, String> {
+    let metrics = s.raft.metrics().borrow().clone();
+    if metrics.state != ServerState::Leader || metrics.current_leader != Some(s.id) {
+        return Err(format!("{} is not the leader", s.me));
+    }
+    if !s.leases.timings.may_grant(metrics.millis_since_quorum_ack) {
+        return Err(format!(
+            "{} has no fresh quorum (last acknowledged {:?} ms ago)",
+            s.me, metrics.millis_since_quorum_ack
+        ));
+    }
+    let now = Instant::now();
+    let mut table = s.leases.table.lock().unwrap_or_else(|p| p.into_inner());
+    table.reset_for(metrics.current_term, now);
+    table.grant(node, now, &s.leases.timings);
+    Ok(LeaseGrant {
+        lease_ms: s.leases.timings.lease.as_millis() as u64,
+        leader: s.me.clone(),
+        term: metrics.current_term,
+    })
+}
+
+fn leader_addr(s: &Shared) -> Option<(NodeId, String)> {
+    let metrics = s.raft.metrics().borrow().clone();
+    let leader = metrics.current_leader?;
+    let node = metrics.membership_config.membership().get_node(&leader)?;
+    Some((leader, node.addr.clone()))
+}
+
+/// The holder's loop (mail nodes): renew every `renew_every`, publish how long the lease lasts.
+pub async fn renew_loop(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let timings = s.leases.timings;
+    let request = LeaseRequest { node: s.me.clone() };
+    let mut client: Option<ApiClient> = None;
+    let mut had_lease = false;
+    loop {
+        let sent_at = Instant::now();
+        let granted = match leader_addr(&s) {
+            None => Err("no leader known".to_string()),
+            Some((leader, _)) if leader == s.id => grant(&s, &s.me).map(|_| ()),
+            Some((_, addr)) => {
+                let c = match &client {
+                    Some(c) if c.addr() == addr => c.clone(),
+                    _ => {
+                        let c = ApiClient::new(addr, s.key.clone())
+                            .with_timeout(timings.renew_every.max(Duration::from_millis(100)));
+                        client = Some(c.clone());
+                        c
+                    }
+                };
+                c.post::<_, LeaseGrant>(admin_paths::LEASE, &request)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        };
+        match granted {
+            Ok(()) => {
+                let deadline = timings.holder_deadline(sent_at);
+                s.leases.holder.send_replace(Some(deadline));
+                if !had_lease {
+                    info!("holding an address lease");
+                    had_lease = true;
+                }
+            }
+            Err(e) => {
+                let current = *s.leases.holder.borrow();
+                if had_lease && current.is_none_or(|d| Instant::now() >= d) {
+                    warn!(reason = %e, "address lease lost: dropping addresses");
+                    s.leases.holder.send_replace(None);
+                    had_lease = false;
+                } else {
+                    debug!(reason = %e, "lease renewal failed");
+                }
+            }
+        }
+        let next = sent_at + timings.renew_every;
+        tokio::select! {
+            _ = tokio::time::sleep_until(next.into()) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// The leader's placement loop: every `tick`, compute liveness and propose the planner's
+/// commands.
+pub async fn placement_loop(s: Arc<Shared>, policy: Policy, mut stop: watch::Receiver<bool>) {
+    let tick = Duration::from_millis(50);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let metrics = s.raft.metrics().borrow().clone();
+        if metrics.state != ServerState::Leader || metrics.current_leader != Some(s.id) {
+            continue;
+        }
+        if !s.leases.timings.may_grant(metrics.millis_since_quorum_ack) {
+            continue;
+        }
+        let replica = s.replica.borrow().clone();
+        let now = Instant::now();
+        let live = {
+            let mut table = s.leases.table.lock().unwrap_or_else(|p| p.into_inner());
+            table.reset_for(metrics.current_term, now);
+            // Plan nothing, not even first placements, until every live node has had time to
+            // renew with this leader: otherwise an address could be placed away from a home
+            // that simply had not renewed yet.
+            if table.quiet(now, &s.leases.timings) {
+                continue;
+            }
+            let mut names: Vec<&String> = replica
+                .state
+                .members
+                .iter()
+                .filter(|(_, m)| m.role == Role::Mail)
+                .map(|(n, _)| n)
+                .collect();
+            // Owners that left the membership still need an expiry verdict.
+            for a in replica.state.addresses.values() {
+                if let Some(o) = &a.owner
+                    && !names.contains(&o)
+                {
+                    names.push(o);
+                }
+            }
+            table.liveness(names, now, &s.leases.timings)
+        };
+        let commands = plan::plan(&replica.state, &live, &policy, auth::unix_ms());
+        for cmd in commands {
+            info!(command = ?cmd, "placement");
+            if let Err(e) = api::propose(&s, cmd).await {
+                debug!(error = %e.message_text(), "placement command not applied");
+                break;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t() -> LeaseTimings {
+        LeaseTimings::default()
+    }
+
+    fn names(n: &[&str]) -> Vec<String> {
+        n.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_new_leader_declares_nobody_expired_during_its_quiet_period() {
+        let mut table = LeaseTable::default();
+        let t0 = Instant::now();
+        table.reset_for(2, t0);
+        let nodes = names(&["mx1", "mx2"]);
+        let live = table.liveness(&nodes, t0 + Duration::from_millis(500), &t());
+        assert!(live.expired.is_empty() && live.current.is_empty());
+        let after = t0 + t().quorum_fresh + t().takeover_delay() + Duration::from_millis(1);
+        let live = table.liveness(&nodes, after, &t());
+        assert_eq!(live.expired.len(), 2);
+    }
+
+    #[test]
+    fn renewing_nodes_are_current_with_their_uninterrupted_time() {
+        let mut table = LeaseTable::default();
+        let t0 = Instant::now();
+        table.reset_for(1, t0);
+        for i in 0..10 {
+            table.grant("mx1", t0 + Duration::from_millis(200 * i), &t());
+        }
+        let now = t0 + Duration::from_millis(1900);
+        let live = table.liveness(&names(&["mx1"]), now, &t());
+        assert_eq!(live.current.get("mx1"), Some(&1900));
+    }
+
+    #[test]
+    fn a_gap_longer_than_a_lease_restarts_the_stable_time() {
+        let mut table = LeaseTable::default();
+        let t0 = Instant::now();
+        table.reset_for(1, t0);
+        table.grant("mx1", t0, &t());
+        table.grant("mx1", t0 + Duration::from_secs(5), &t());
+        let live = table.liveness(&names(&["mx1"]), t0 + Duration::from_millis(5100), &t());
+        assert_eq!(live.current.get("mx1"), Some(&100));
+    }
+
+    #[test]
+    fn silent_node_is_neither_current_nor_expired_until_the_takeover_delay() {
+        let mut table = LeaseTable::default();
+        let t0 = Instant::now();
+        table.reset_for(1, t0);
+        let late = t0 + Duration::from_secs(10);
+        table.grant("mx1", late, &t());
+        let nodes = names(&["mx1"]);
+        let lapsed = late + t().lease + Duration::from_millis(1);
+        let live = table.liveness(&nodes, lapsed, &t());
+        assert!(live.current.is_empty() && live.expired.is_empty());
+        let gone = late + t().takeover_delay();
+        assert!(table.liveness(&nodes, gone, &t()).expired.contains("mx1"));
+    }
+
+    #[test]
+    fn a_new_term_forgets_old_grants() {
+        let mut table = LeaseTable::default();
+        let t0 = Instant::now();
+        table.reset_for(1, t0);
+        table.grant("mx1", t0, &t());
+        table.reset_for(2, t0 + Duration::from_millis(10));
+        let live = table.liveness(&names(&["mx1"]), t0 + Duration::from_millis(20), &t());
+        assert!(live.current.is_empty());
+    }
+}

@@ -1,0 +1,145 @@
+//! The invariant monitors are not blind: one floating address configured by hand on two nodes
+//! must show up as two holders in both the address sampler and the ARP prober, with when and
+//! who; and a single holder must not. Run as root; see tests/README.md.
+// The sampling statistics on stderr are part of what this test reports.
+#![allow(clippy::print_stderr)]
+
+use std::net::IpAddr;
+use std::thread::sleep;
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use clusterd_tests::LabSpec;
+use clusterd_tests::lab::testing::TestLab;
+use clusterd_tests::monitor::{AddressSampler, ArpProber, HolderTimeline};
+
+fn check_sampling(t: &HolderTimeline, ran_for: Duration) -> Result<()> {
+    eprintln!(
+        "{}: {} samples in {:?}, longest gap {:?}",
+        t.source, t.samples, ran_for, t.max_gap
+    );
+    // At least one sample per 20 ms on average, and never blind for long.
+    ensure!(
+        t.samples as u128 >= ran_for.as_millis() / 20,
+        "{} took too few samples: {}",
+        t.source,
+        t.samples
+    );
+    ensure!(
+        t.max_gap < Duration::from_millis(100),
+        "{} was blind for {:?}",
+        t.source,
+        t.max_gap
+    );
+    ensure!(t.errors.is_empty(), "{} errors: {:?}", t.source, t.errors);
+    Ok(())
+}
+
+#[test]
+fn monitors_report_one_floating_address_configured_on_two_nodes() -> Result<()> {
+    let lab = TestLab::up(LabSpec {
+        mail_services: false,
+        run_daemons: false,
+        ..LabSpec::default()
+    })?;
+    let floating = lab.state().floating[0].ip;
+    let ip: IpAddr = floating.into();
+    let cidr = format!("{floating}/24");
+    let (if1, if2) = (
+        lab.node("mx1")?.iface.clone(),
+        lab.node("mx2")?.iface.clone(),
+    );
+
+    let sampler = AddressSampler::start(&lab)?;
+    let arp = ArpProber::start(&lab)?;
+    let step = Duration::from_millis(300);
+    sleep(step);
+    lab.ip("mx1", &["addr", "add", &cidr, "dev", &if1])?;
+    sleep(step);
+    lab.ip("mx2", &["addr", "add", &cidr, "dev", &if2])?;
+    sleep(step);
+    lab.ip("mx2", &["addr", "del", &cidr, "dev", &if2])?;
+    sleep(step);
+    lab.ip("mx1", &["addr", "del", &cidr, "dev", &if1])?;
+    sleep(step);
+    let addresses = sampler.stop();
+    let arp = arp.stop();
+    let ran_for = step * 5;
+
+    for t in [&addresses, &arp.timeline] {
+        check_sampling(t, ran_for)?;
+        // Not blind: the single-holder phase was seen first...
+        ensure!(
+            t.changes.iter().any(|(_, h)| h
+                .get(&ip)
+                .is_some_and(|w| w.len() == 1 && w.contains("mx1"))),
+            "{} never saw mx1 alone holding {ip}:\n{}",
+            t.source,
+            t.report()
+        );
+        // ...then the duplicate, with who and when.
+        let dups = t.duplicates();
+        ensure!(
+            dups.len() == 1,
+            "{} duplicates: {dups:?}\n{}",
+            t.source,
+            t.report()
+        );
+        let d = &dups[0];
+        ensure!(d.ip == ip);
+        ensure!(
+            d.holders.iter().map(String::as_str).eq(["mx1", "mx2"]),
+            "{d:?}"
+        );
+        let lasted = d.until.map(|u| u - d.from);
+        ensure!(
+            lasted.is_some_and(|l| l > step / 2 && l < step * 2),
+            "{} saw the duplicate for {lasted:?}, expected about {step:?}",
+            t.source
+        );
+        let report = t.assert_single_holder().unwrap_err();
+        ensure!(
+            report.contains("mx1") && report.contains("mx2") && report.contains(&ip.to_string())
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn monitors_accept_a_clean_handover() -> Result<()> {
+    let lab = TestLab::up(LabSpec {
+        mail_services: false,
+        run_daemons: false,
+        ..LabSpec::default()
+    })?;
+    let floating = lab.state().floating[0].ip;
+    let cidr = format!("{floating}/24");
+    let (if1, if2) = (
+        lab.node("mx1")?.iface.clone(),
+        lab.node("mx2")?.iface.clone(),
+    );
+    let sampler = AddressSampler::start(&lab)?;
+    let arp = ArpProber::start(&lab)?;
+    let step = Duration::from_millis(200);
+    lab.ip("mx1", &["addr", "add", &cidr, "dev", &if1])?;
+    sleep(step);
+    lab.ip("mx1", &["addr", "del", &cidr, "dev", &if1])?;
+    lab.ip("mx2", &["addr", "add", &cidr, "dev", &if2])?;
+    sleep(step);
+    let addresses = sampler.stop();
+    let arp = arp.stop();
+    for t in [&addresses, &arp.timeline] {
+        if let Err(report) = t.assert_single_holder() {
+            anyhow::bail!("false alarm on a clean handover:\n{report}");
+        }
+        let last = t.changes.last().map(|(_, h)| h.clone()).unwrap_or_default();
+        ensure!(
+            last.get(&IpAddr::from(floating))
+                .is_some_and(|w| w.contains("mx2")),
+            "{} did not see mx2 take over:\n{}",
+            t.source,
+            t.report()
+        );
+    }
+    Ok(())
+}
