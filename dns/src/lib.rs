@@ -17,6 +17,33 @@
 //! - `udp`: the UDP socket loop (`recvmmsg`/`sendmmsg` batches) in front of the same handler.
 //! - [`bind`]: opening the sockets (several `SO_REUSEPORT` UDP sockets for multi-core).
 //!
+//! Wiring it into a daemon:
+//!
+//! ```no_run
+//! # async fn wire() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use clusterd_dns::{ServeOptions, Snapshot, bind_tcp, bind_udp, serve};
+//!
+//! let addr = "192.0.2.11:53".parse()?;
+//! let first = Snapshot { serial: 1, ttl: 30, fail_open: true, zones: vec![] };
+//! first.validate()?; // at start-up, so bad config fails loudly
+//! let (snapshots, rx) = tokio::sync::watch::channel(Arc::new(first));
+//! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+//! let server = tokio::spawn(serve(
+//!     bind_udp(addr, 2)?, // one SO_REUSEPORT socket per core
+//!     vec![bind_tcp(addr)?],
+//!     rx,
+//!     ServeOptions::default(),
+//!     async move { let _ = stopped.await; },
+//! ));
+//! // After every applied change that alters an answer, with a serial from replicated state:
+//! snapshots.send_replace(Arc::new(Snapshot { serial: 2, ttl: 30, fail_open: true, zones: vec![] }));
+//! // At shutdown:
+//! let _ = stop.send(());
+//! server.await??;
+//! # Ok(()) }
+//! ```
+//!
 //! Deliberately absent: any dependency on the `clusterd` crate or Raft, zone files, zone
 //! transfers, DNSSEC, recursion. The server never invents a serial.
 

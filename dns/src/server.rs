@@ -74,7 +74,8 @@ pub enum ServeError {
 /// [`Snapshot::validate`] is logged and the previous one kept (before the first valid one, every
 /// question is REFUSED). When the sender is dropped the last snapshot is served until shutdown.
 /// Logs `dns listening on udp|tcp ADDR` per socket, and one line per name entering or leaving
-/// fail-open / fail-closed.
+/// fail-open / fail-closed. hickory-server logs every TCP query at INFO: filter its target
+/// (`hickory_server=warn`) in the daemon's subscriber.
 pub async fn serve(
     udp: Vec<UdpSocket>,
     tcp: Vec<TcpListener>,
