@@ -575,3 +575,20 @@ async fn thousands_of_random_and_mutated_packets_never_stop_the_server() {
     }
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_opcodes_get_notimp_and_other_classes_are_refused() {
+    let server = TestServer::start(example_snapshot(1)).await;
+    let out = dig(server.addr, &["+notcp", "+opcode=notify", ZONE, "SOA"]).await;
+    assert_eq!(dig_status(&out), "NOTIMP", "{out}");
+    let out = dig(server.addr, &["+notcp", "+opcode=update", ZONE, "SOA"]).await;
+    assert_eq!(dig_status(&out), "NOTIMP", "{out}");
+    let out = dig(server.addr, &["+notcp", "version.bind.", "CH", "TXT"]).await;
+    assert_eq!(dig_status(&out), "REFUSED", "{out}");
+    let out = dig(server.addr, &["+tcp", ZONE, "AXFR"]).await;
+    assert!(
+        out.contains("Transfer failed") || out.contains("REFUSED"),
+        "{out}"
+    );
+    server.stop().await;
+}
