@@ -14,7 +14,8 @@
 //!   REFUSED, SOA in negative answers, glue, rotation).
 //! - [`ratelimit`]: per-source token buckets.
 //! - [`server`]: the hickory-server handler (EDNS, TC, FORMERR, rate limit) and [`serve`].
-//! - `udp`: the UDP socket loop (`recvmmsg`/`sendmmsg` batches) in front of the same handler.
+//! - `wire` (one message in, one encoded response out), `udp` (`recvmmsg`/`sendmmsg` batches)
+//!   and `tcp` (framing, idle timeout, connection cap): the transports in front of the handler.
 //! - [`bind`]: opening the sockets (several `SO_REUSEPORT` UDP sockets for multi-core).
 //!
 //! Wiring it into a daemon:
@@ -53,7 +54,9 @@ pub mod example;
 pub mod ratelimit;
 pub mod server;
 pub mod snapshot;
+mod tcp;
 mod udp;
+mod wire;
 pub mod zones;
 
 pub use answers::{FailTransition, NameAnswer, NameState, fail_transitions, name_answers};

@@ -1,6 +1,6 @@
 //! The wire side: a hickory-server `RequestHandler` over the current compiled snapshot, and
 //! [`serve`], which runs it on the sockets it is given until shutdown: UDP through the batched
-//! loop of `crate::udp`, TCP through hickory-server's listener (framing, idle timeout).
+//! loop of `crate::udp`, TCP through `crate::tcp`.
 //!
 //! Owns everything about a DNS message that is not the answer itself: EDNS echo and BADVERS,
 //! FORMERR for questions it cannot answer, NOTIMP for other opcodes, REFUSED for other classes,
@@ -21,7 +21,7 @@ use hickory_net::xfer::Protocol;
 use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::{DNSClass, Record};
 use hickory_proto::serialize::binary::BinEncoder;
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo, Server};
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
@@ -40,8 +40,11 @@ pub struct ServeOptions {
     /// advertised size. 1232 (the DNS Flag Day 2020 value) avoids IP fragmentation. Clients
     /// without EDNS always get at most 512 bytes.
     pub max_udp_payload: u16,
-    /// A TCP connection idle this long is closed.
+    /// A TCP connection idle this long (or this slow to send a query or take an answer) is
+    /// closed.
     pub tcp_idle_timeout: Duration,
+    /// Open TCP connections per listener; further ones are closed at once until some end.
+    pub max_tcp_connections: usize,
     /// Per-source limit for UDP queries; `None` (the default) answers everything. Queries over
     /// the limit are dropped. TCP is not limited: its source cannot be spoofed.
     pub rate_limit: Option<RateLimit>,
@@ -52,6 +55,7 @@ impl Default for ServeOptions {
         ServeOptions {
             max_udp_payload: 1232,
             tcp_idle_timeout: Duration::from_secs(10),
+            max_tcp_connections: 1024,
             rate_limit: None,
         }
     }
@@ -63,9 +67,6 @@ pub enum ServeError {
     /// A socket could not be inspected at start-up.
     #[error("dns: cannot read the local address of a socket: {0}")]
     Socket(#[from] std::io::Error),
-    /// A listening task failed (for example the socket was closed under it).
-    #[error("dns: a listener failed: {0}; restart the DNS server")]
-    Listener(String),
 }
 
 /// Serves the zones of the latest snapshot on `udp` and `tcp` until `shutdown` completes.
@@ -74,8 +75,7 @@ pub enum ServeError {
 /// [`Snapshot::validate`] is logged and the previous one kept (before the first valid one, every
 /// question is REFUSED). When the sender is dropped the last snapshot is served until shutdown.
 /// Logs `dns listening on udp|tcp ADDR` per socket, and one line per name entering or leaving
-/// fail-open / fail-closed. hickory-server logs every TCP query at INFO: filter its target
-/// (`hickory_server=warn`) in the daemon's subscriber.
+/// fail-open / fail-closed; nothing per query above DEBUG.
 pub async fn serve(
     udp: Vec<UdpSocket>,
     tcp: Vec<TcpListener>,
@@ -104,14 +104,18 @@ pub async fn serve(
         udp_sockets.insert(task.id(), socket);
     }
     let udp_handler = handler.clone();
-    // TCP: hickory's server (framing, idle timeout, pipelining) over the same handler.
-    let mut server = Server::new(handler);
-    let has_tcp = !tcp.is_empty();
+    // TCP: one accept loop per listener, one task per connection, at most
+    // `max_tcp_connections` per listener.
+    let mut tcp_loops = JoinSet::new();
     for listener in tcp {
         let addr = listener.local_addr()?;
         info!(%addr, "dns listening on tcp {addr}");
-        // The buffer is the per-connection queue of responses not yet written.
-        server.register_listener(listener, options.tcp_idle_timeout, 64);
+        tcp_loops.spawn(crate::tcp::tcp_loop(
+            listener,
+            handler.clone(),
+            options.tcp_idle_timeout,
+            options.max_tcp_connections,
+        ));
     }
 
     tokio::pin!(shutdown);
@@ -144,12 +148,7 @@ pub async fn serve(
         }
     }
     udp_loops.shutdown().await;
-    if has_tcp {
-        server
-            .shutdown_gracefully()
-            .await
-            .map_err(|e| ServeError::Listener(e.to_string()))?;
-    }
+    tcp_loops.shutdown().await;
     info!("dns server stopped");
     Ok(())
 }

@@ -1,26 +1,16 @@
 //! The UDP side of the server: receive a batch of datagrams, answer each, send the batch.
 //!
 //! Owns the socket I/O of UDP: `recvmmsg`/`sendmmsg` batches of up to [`BATCH`] datagrams per
-//! system call (as NSD and Knot do), FORMERR for datagrams whose header is readable but whose
-//! question is not, silence for the rest, and encoding responses under the UDP size limit.
-//! What to answer is the shared [`Handler`]'s business (the same one hickory's TCP server uses);
-//! this module must not decide answers, truncation or rate limits.
+//! system call (as NSD and Knot do), answered inline in between (no task or channel per query).
+//! Parsing and encoding are `wire`'s, answers the shared [`Handler`]'s; this module must not
+//! decide answers, truncation or rate limits.
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use hickory_net::NetError;
-use hickory_net::runtime::TokioTime;
 use hickory_net::xfer::Protocol;
-use hickory_proto::op::{
-    Edns, Header, HeaderCounts, Message, MessageType, Metadata, OpCode, ResponseCode,
-};
-use hickory_proto::rr::Record;
-use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponse;
 use nix::sys::socket::{
     ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg,
 };
@@ -29,19 +19,17 @@ use tokio::net::UdpSocket;
 use tracing::{debug, error};
 
 use crate::server::Handler;
+use crate::wire::{Outbox, answer_message};
 
 /// Datagrams per system call.
 pub(crate) const BATCH: usize = 32;
 /// Largest query accepted; longer datagrams are dropped (no real query comes close).
 const MAX_QUERY: usize = 4096;
 
-/// Responses of one batch, waiting for `sendmmsg`.
-type Outbox = Arc<Mutex<Vec<(Vec<u8>, SocketAddr)>>>;
-
 /// Receives, answers and sends on one UDP socket until aborted or the socket fails.
 pub(crate) async fn udp_loop(socket: Arc<UdpSocket>, handler: Handler) {
     let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; MAX_QUERY]).collect();
-    let outbox: Outbox = Arc::new(Mutex::new(Vec::with_capacity(BATCH)));
+    let outbox = Outbox::default();
     let fd = socket.as_raw_fd();
     loop {
         if let Err(e) = socket.readable().await {
@@ -68,10 +56,10 @@ pub(crate) async fn udp_loop(socket: Arc<UdpSocket>, handler: Handler) {
         };
         for (i, datagram) in received.iter().enumerate() {
             if let Some((len, src)) = datagram {
-                answer_datagram(&handler, &bufs[i][..*len], *src, &outbox).await;
+                answer_message(&handler, &bufs[i][..*len], *src, Protocol::Udp, &outbox).await;
             }
         }
-        let replies = std::mem::take(&mut *outbox.lock().unwrap_or_else(|p| p.into_inner()));
+        let replies = outbox.take();
         send_batch(&socket, fd, &replies).await;
     }
 }
@@ -147,95 +135,4 @@ fn send_mmsg(fd: RawFd, replies: &[(Vec<u8>, SocketAddr)]) -> io::Result<usize> 
         MsgFlags::MSG_DONTWAIT,
     )?;
     Ok(results.count())
-}
-
-/// Answers one datagram into the outbox: through the handler if it parses, FORMERR if only its
-/// header does, nothing otherwise (and nothing for responses, which could loop between servers).
-async fn answer_datagram(handler: &Handler, bytes: &[u8], src: SocketAddr, outbox: &Outbox) {
-    match Request::from_bytes(bytes.to_vec(), src, Protocol::Udp) {
-        Ok(request) => {
-            if request.metadata.message_type == MessageType::Response {
-                return;
-            }
-            let responder = UdpResponder {
-                outbox: outbox.clone(),
-                dst: src,
-            };
-            handler
-                .handle_request::<_, TokioTime>(&request, responder)
-                .await;
-        }
-        Err(e) => {
-            let mut decoder = BinDecoder::new(bytes);
-            let Ok(header) = Header::read(&mut decoder) else {
-                return;
-            };
-            if header.metadata.message_type == MessageType::Response {
-                return;
-            }
-            debug!(%src, "dns malformed query: {e}");
-            let reply = Message::error_msg(
-                header.metadata.id,
-                header.metadata.op_code,
-                ResponseCode::FormErr,
-            );
-            if let Ok(wire) = reply.to_vec() {
-                outbox
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push((wire, src));
-            }
-        }
-    }
-}
-
-/// Encodes one UDP response into the batch's outbox.
-#[derive(Debug, Clone)]
-struct UdpResponder {
-    outbox: Outbox,
-    dst: SocketAddr,
-}
-
-#[async_trait::async_trait]
-impl ResponseHandler for UdpResponder {
-    async fn send_response<'a>(
-        &mut self,
-        response: MessageResponse<
-            '_,
-            'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-        >,
-    ) -> Result<ResponseInfo, NetError> {
-        // As hickory does for UDP: the OPT's payload size, or 512 without EDNS. The handler has
-        // already made sure the records fit; this is the backstop.
-        let limit = response.edns().map_or(512, Edns::max_payload);
-        let id = response.metadata().id;
-        let mut wire = Vec::with_capacity(512);
-        let mut encoder = BinEncoder::new(&mut wire);
-        encoder.set_max_size(limit);
-        let info = match response.destructive_emit(&mut encoder) {
-            Ok(info) => info,
-            Err(e) => {
-                error!("dns response could not be encoded, answering SERVFAIL: {e}");
-                let mut meta = Metadata::new(id, MessageType::Response, OpCode::Query);
-                meta.response_code = ResponseCode::ServFail;
-                let header = Header {
-                    metadata: meta,
-                    counts: HeaderCounts::default(),
-                };
-                wire.clear();
-                let mut encoder = BinEncoder::new(&mut wire);
-                header.emit(&mut encoder)?;
-                ResponseInfo::from(header)
-            }
-        };
-        self.outbox
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((wire, self.dst));
-        Ok(info)
-    }
 }

@@ -592,3 +592,133 @@ async fn other_opcodes_get_notimp_and_other_classes_are_refused() {
     );
     server.stop().await;
 }
+
+fn framed_query(id: u16, name: &str, rtype: RecordType) -> Vec<u8> {
+    let mut m = Message::query();
+    m.metadata.id = id;
+    m.add_query(clusterd_dns::proto::op::Query::query(
+        clusterd_dns::proto::rr::Name::from_ascii(name).unwrap(),
+        rtype,
+    ));
+    let wire = m.to_vec().expect("encode");
+    let mut frame = (wire.len() as u16).to_be_bytes().to_vec();
+    frame.extend(wire);
+    frame
+}
+
+async fn read_framed(stream: &mut tokio::net::TcpStream) -> Message {
+    use tokio::io::AsyncReadExt;
+    let len = tokio::time::timeout(DEADLINE, stream.read_u16())
+        .await
+        .expect("in time")
+        .expect("length");
+    let mut buf = vec![0u8; usize::from(len)];
+    tokio::time::timeout(DEADLINE, stream.read_exact(&mut buf))
+        .await
+        .expect("in time")
+        .expect("body");
+    Message::from_vec(&buf).expect("response parses")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_tcp_queries_are_answered_in_order() {
+    use tokio::io::AsyncWriteExt;
+    let server = TestServer::start(example_snapshot(8)).await;
+    let mut stream = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    let mut frames = framed_query(1, &fqdn("imap"), RecordType::A);
+    frames.extend(framed_query(2, ZONE, RecordType::SOA));
+    frames.extend(framed_query(3, &fqdn("nosuchname"), RecordType::A));
+    stream.write_all(&frames).await.expect("write");
+    let first = read_framed(&mut stream).await;
+    let second = read_framed(&mut stream).await;
+    let third = read_framed(&mut stream).await;
+    assert_eq!((first.metadata.id, a_ips(&first).len()), (1, 2));
+    assert_eq!(
+        (second.metadata.id, soa_serial(&second.answers)),
+        (2, Some(8))
+    );
+    assert_eq!(
+        (third.metadata.id, third.metadata.response_code),
+        (3, ResponseCode::NXDomain)
+    );
+    server.stop().await;
+}
+
+/// Whether the server closes `stream` (EOF or reset) within `within`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut byte = [0u8; 1];
+    matches!(
+        tokio::time::timeout(within, stream.read(&mut byte)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_tcp_connections_are_closed_after_the_idle_timeout() {
+    let options = ServeOptions {
+        tcp_idle_timeout: Duration::from_millis(200),
+        ..ServeOptions::default()
+    };
+    let server = TestServer::start_with(example_snapshot(1), options).await;
+    let mut stream = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    let started = Instant::now();
+    assert!(
+        closed_within(&mut stream, DEADLINE).await,
+        "idle connection stays open"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(150),
+        "closed before the idle timeout"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_connections_over_the_cap_are_closed_and_slots_come_back() {
+    let options = ServeOptions {
+        max_tcp_connections: 2,
+        ..ServeOptions::default()
+    };
+    let server = TestServer::start_with(example_snapshot(1), options).await;
+    let mut c1 = client(server.addr, Transport::Tcp).await;
+    let mut c2 = client(server.addr, Transport::Tcp).await;
+    // Both are established and served before the third arrives.
+    assert_eq!(query_soa(&mut c1).await, Some(1));
+    assert_eq!(query_soa(&mut c2).await, Some(1));
+    let mut third = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    assert!(
+        closed_within(&mut third, DEADLINE).await,
+        "third connection was not closed"
+    );
+    drop(c1);
+    // The freed slot is usable again, within the deadline.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        use tokio::io::AsyncWriteExt;
+        let mut s = tokio::net::TcpStream::connect(server.addr)
+            .await
+            .expect("connect");
+        if s.write_all(&framed_query(7, ZONE, RecordType::SOA))
+            .await
+            .is_ok()
+            && let Ok(m) =
+                tokio::time::timeout(Duration::from_millis(200), read_framed(&mut s)).await
+        {
+            assert_eq!(soa_serial(&m.answers), Some(1));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no slot came back after a client left"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.stop().await;
+}
