@@ -1,0 +1,140 @@
+//! One DNS message in, its encoded response out, whatever the transport.
+//!
+//! Owns parsing a raw message into a hickory `Request`, FORMERR for a message whose header is
+//! readable but whose body is not, silence for one whose header is not (or that is itself a
+//! response, which could loop between servers), and encoding the handler's response under the
+//! transport's size limit (UDP: the OPT's payload size, or 512; TCP: 65535). It must not do socket
+//! I/O (`udp` and `tcp` do) or decide answers (the `Handler` does).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use hickory_net::NetError;
+use hickory_net::runtime::TokioTime;
+use hickory_net::xfer::Protocol;
+use hickory_proto::op::{
+    Edns, Header, HeaderCounts, Message, MessageType, Metadata, OpCode, ResponseCode,
+};
+use hickory_proto::rr::Record;
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponse;
+use tracing::{debug, error};
+
+use crate::server::Handler;
+
+/// An encoded response and where it goes.
+pub(crate) type Reply = (Vec<u8>, SocketAddr);
+
+/// Encoded responses waiting to be written.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Outbox(Arc<Mutex<Vec<Reply>>>);
+
+impl Outbox {
+    fn push(&self, wire: Vec<u8>, dst: SocketAddr) {
+        // A poisoned lock only means a panic elsewhere mid-push; the list is still usable.
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((wire, dst));
+    }
+
+    /// Everything queued so far, leaving the outbox empty.
+    pub(crate) fn take(&self) -> Vec<Reply> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// Answers one message from `src` into `outbox` (nothing, or one response).
+pub(crate) async fn answer_message(
+    handler: &Handler,
+    bytes: &[u8],
+    src: SocketAddr,
+    protocol: Protocol,
+    outbox: &Outbox,
+) {
+    match Request::from_bytes(bytes.to_vec(), src, protocol) {
+        Ok(request) => {
+            if request.metadata.message_type == MessageType::Response {
+                return;
+            }
+            let collector = Collector {
+                outbox: outbox.clone(),
+                dst: src,
+                protocol,
+            };
+            handler
+                .handle_request::<_, TokioTime>(&request, collector)
+                .await;
+        }
+        Err(e) => {
+            let mut decoder = BinDecoder::new(bytes);
+            let Ok(header) = Header::read(&mut decoder) else {
+                return;
+            };
+            if header.metadata.message_type == MessageType::Response {
+                return;
+            }
+            debug!(%src, "dns malformed query: {e}");
+            let reply = Message::error_msg(
+                header.metadata.id,
+                header.metadata.op_code,
+                ResponseCode::FormErr,
+            );
+            if let Ok(wire) = reply.to_vec() {
+                outbox.push(wire, src);
+            }
+        }
+    }
+}
+
+/// Encodes the handler's response into the outbox.
+#[derive(Debug, Clone)]
+struct Collector {
+    outbox: Outbox,
+    dst: SocketAddr,
+    protocol: Protocol,
+}
+
+#[async_trait::async_trait]
+impl ResponseHandler for Collector {
+    async fn send_response<'a>(
+        &mut self,
+        response: MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+        >,
+    ) -> Result<ResponseInfo, NetError> {
+        // The handler has already made sure UDP records fit; this limit is the backstop.
+        let limit = match self.protocol {
+            Protocol::Udp => response.edns().map_or(512, Edns::max_payload),
+            _ => u16::MAX,
+        };
+        let id = response.metadata().id;
+        let mut wire = Vec::with_capacity(512);
+        let mut encoder = BinEncoder::new(&mut wire);
+        encoder.set_max_size(limit);
+        let info = match response.destructive_emit(&mut encoder) {
+            Ok(info) => info,
+            Err(e) => {
+                error!("dns response could not be encoded, answering SERVFAIL: {e}");
+                let mut meta = Metadata::new(id, MessageType::Response, OpCode::Query);
+                meta.response_code = ResponseCode::ServFail;
+                let header = Header {
+                    metadata: meta,
+                    counts: HeaderCounts::default(),
+                };
+                wire.clear();
+                let mut encoder = BinEncoder::new(&mut wire);
+                header.emit(&mut encoder)?;
+                ResponseInfo::from(header)
+            }
+        };
+        self.outbox.push(wire, self.dst);
+        Ok(info)
+    }
+}
