@@ -234,11 +234,14 @@ pub async fn run_with<N: crate::vip::NetOps>(
     info!(node = %me, "listening on {addr}");
 
     let duties = tokio::spawn(duties(shared.clone(), stop_rx.clone()));
-    let mut background = vec![tokio::spawn(crate::lease::placement_loop(
-        shared.clone(),
-        policy,
-        stop_rx.clone(),
-    ))];
+    let mut background = vec![
+        tokio::spawn(crate::lease::placement_loop(
+            shared.clone(),
+            policy,
+            stop_rx.clone(),
+        )),
+        tokio::spawn(crate::dns_feed::run(shared.clone(), stop_rx.clone())),
+    ];
     if let Some(net) = net.filter(|_| !shared.config.node.dry_run) {
         // Only a node that can hold addresses takes leases for them.
         background.push(tokio::spawn(crate::lease::renew_loop(

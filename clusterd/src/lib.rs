@@ -4,6 +4,7 @@ pub mod client;
 pub mod config;
 pub mod ctl;
 pub mod daemon;
+pub mod dns_feed;
 pub mod lease;
 pub mod model;
 pub mod raft;

@@ -698,3 +698,122 @@ async fn address_removed_by_hand_is_put_back_and_planned_move_hands_over() {
     assert_eq!(c.world.violations(), Vec::<String>::new());
     c.stop_all().await;
 }
+
+/// `dig` against a node's DNS on loopback; fails with the install command if dig is missing.
+fn dig(port: u16, args: &[&str]) -> String {
+    let out = std::process::Command::new("dig")
+        .args([
+            "@127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "+short",
+            "+time=1",
+            "+tries=1",
+        ])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run dig ({e}): apt-get install -y dnsutils"));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn soa_serial(port: u16) -> Option<u64> {
+    dig(port, &["mail.example.com", "SOA"])
+        .split_whitespace()
+        .nth(2)?
+        .parse()
+        .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_on_every_node_answers_what_is_served_and_its_serial_follows_moves() {
+    let names = ["n1", "n2", "n3"];
+    let ports: std::collections::BTreeMap<String, u16> = names
+        .iter()
+        .map(|n| (n.to_string(), common::free_port()))
+        .collect();
+    let dns_ports = ports.clone();
+    let extra = move |n: &str| {
+        format!(
+            "{}\n[dns]\nlisten = [\"127.0.0.1:{}\"]\n\n[[dns.zones]]\nname = \"mail.example.com.\"\n\
+             names = {{ imap = [\"imap\"] }}\n",
+            two_addresses(n),
+            dns_ports[n]
+        )
+    };
+    let mut c = Cluster::start_with(&names, &names, &extra, &names).await;
+    c.leader().await;
+    eventually("both addresses served", Duration::from_secs(10), || async {
+        let r = status(c.specs[0].addr, &c.key).await?;
+        (r.events
+            .iter()
+            .filter(|e| matches!(e.kind, EventKind::Serving { .. }))
+            .count()
+            >= 2)
+            .then_some(())
+    })
+    .await;
+    let mut serials = Vec::new();
+    for port in ports.values() {
+        let port = *port;
+        eventually(
+            "DNS answers both served addresses",
+            Duration::from_secs(5),
+            || async move {
+                let answer =
+                    tokio::task::spawn_blocking(move || dig(port, &["imap.mail.example.com", "A"]))
+                        .await
+                        .ok()?;
+                let mut got: Vec<&str> = answer.lines().collect();
+                got.sort();
+                (got == ["192.0.2.101", "192.0.2.102"]).then_some(())
+            },
+        )
+        .await;
+        serials.push(
+            tokio::task::spawn_blocking(move || soa_serial(port))
+                .await
+                .unwrap(),
+        );
+    }
+    assert!(
+        serials.iter().all(|s| s.is_some() && *s == serials[0]),
+        "{serials:?}"
+    );
+    let before = serials[0].unwrap();
+
+    let client = c.client("n2");
+    let cmd = clusterd::model::Command::RequestMove {
+        ip: "192.0.2.101/24".into(),
+        to: "n3".into(),
+        by: "test".into(),
+        at_ms: clusterd::auth::unix_ms(),
+    };
+    let _: Applied = with_retries(|| client.post("/v1/propose", &cmd))
+        .await
+        .unwrap();
+    eventually("n3 serves .101", Duration::from_secs(5), || async {
+        (c.world.holders(ip("192.0.2.101")) == ["n3"]).then_some(())
+    })
+    .await;
+    let moved = std::time::Instant::now();
+    for port in ports.values() {
+        let port = *port;
+        eventually(
+            "every node's serial increased",
+            Duration::from_secs(2),
+            || async move {
+                let s = tokio::task::spawn_blocking(move || soa_serial(port))
+                    .await
+                    .ok()??;
+                (s > before).then_some(())
+            },
+        )
+        .await;
+    }
+    assert!(
+        moved.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        moved.elapsed()
+    );
+    c.stop_all().await;
+}

@@ -542,8 +542,9 @@ pub struct State {
     pub next_event_seq: u64,
     /// How many events to keep.
     pub history_limit: usize,
-    /// Increases by one with every change of the address set or of who serves an address; DNS
-    /// derives its SOA serial from it, so every node computes the same serial.
+    /// Increases with every change of the address set or of who serves an address (assignment,
+    /// serving report, handoff start or cancel); DNS derives its SOA serial from it, so every
+    /// node computes the same serial and it never goes backwards.
     #[serde(default)]
     pub revision: u64,
 }
@@ -734,6 +735,7 @@ impl State {
                     return Applied::changed(false);
                 };
                 let ip = ip.clone();
+                self.revision += 1;
                 self.push_event(*at_ms, EventKind::HandoffCancelled { ip, to: h.to });
                 Applied::changed(true)
             }
@@ -777,6 +779,7 @@ impl State {
                 }
                 a.serving_since_ms = Some(*at_ms);
                 let unserved_ms = a.released_ms.take().map(|r| at_ms.saturating_sub(r));
+                self.revision += 1;
                 let ip = ip.clone();
                 self.push_event(
                     *at_ms,
@@ -939,6 +942,7 @@ impl State {
             reason,
             at_ms,
         });
+        self.revision += 1;
         self.push_event(
             at_ms,
             EventKind::HandoffStarted {

@@ -1,0 +1,230 @@
+//! Maps the replicated cluster state into `clusterd_dns` snapshots and runs the DNS server.
+//!
+//! The DNS crate knows nothing of Raft: this module decides what "being served" means for DNS.
+//! An address counts as passing a service when its owner reported it configured and announced
+//! (`serving_since_ms`) for the current epoch; health checks will narrow this per service. The
+//! SOA serial is the model's replicated `revision`, so every node answers with the same serial
+//! and it never goes backwards across leader changes or restarts.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use clusterd_dns::{Address, NameServer, ServeOptions, Snapshot, Zone};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::config::{Config, DnsConfig};
+use crate::daemon::Shared;
+use crate::model::{Role, State};
+use crate::vip::parse_key;
+
+/// The DNS snapshot for `state` under `dns` config.
+pub fn snapshot(dns: &DnsConfig, state: &State) -> Snapshot {
+    let addresses: Vec<Address> = state
+        .addresses
+        .iter()
+        .filter_map(|(key, a)| {
+            let ip = parse_key(key)?.addr;
+            let serving = a.owner.is_some() && a.handoff.is_none() && a.serving_since_ms.is_some();
+            let passing: BTreeSet<String> = if serving {
+                a.spec.services.iter().cloned().collect()
+            } else {
+                BTreeSet::new()
+            };
+            Some(Address {
+                ip,
+                services: a.spec.services.clone(),
+                passing,
+            })
+        })
+        .collect();
+    let nameservers: Vec<NameServer> = state
+        .members
+        .iter()
+        .filter(|(_, m)| m.role == Role::Mail)
+        .filter_map(|(name, m)| {
+            let ip: IpAddr = m.addr.parse::<SocketAddr>().ok()?.ip();
+            Some(NameServer {
+                name: name.clone(),
+                addrs: vec![ip],
+            })
+        })
+        .collect();
+    let zones = dns
+        .zones
+        .iter()
+        .map(|z| Zone {
+            name: z.name.clone(),
+            names: z.names.clone(),
+            mx: z.mx.clone(),
+            srv: Vec::new(),
+            nameservers: nameservers.clone(),
+            addresses: addresses.clone(),
+        })
+        .collect();
+    Snapshot {
+        // Serial 0 is avoided: some secondaries treat it specially.
+        serial: (state.revision as u32).wrapping_add(1).max(1),
+        ttl: dns.ttl,
+        fail_open: dns.fail_open,
+        zones,
+    }
+}
+
+/// Serve DNS on every `dns.listen` address until `stop`, following the replica.
+pub async fn run(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let Some(dns) = s.config.dns.clone() else {
+        return;
+    };
+    if s.config.node.role != Role::Mail {
+        return;
+    }
+    let mut replica = s.replica.clone();
+    let first = snapshot(&dns, &replica.borrow_and_update().state);
+    let (tx, rx) = watch::channel(Arc::new(first));
+    let mut udp = Vec::new();
+    let mut tcp = Vec::new();
+    for addr in &dns.listen {
+        match (
+            clusterd_dns::bind_udp(*addr, 1),
+            clusterd_dns::bind_tcp(*addr),
+        ) {
+            (Ok(u), Ok(t)) => {
+                udp.extend(u);
+                tcp.push(t);
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                warn!(address = %addr, error = %e, "cannot listen for DNS; not serving it there");
+            }
+        }
+    }
+    if udp.is_empty() {
+        warn!("no DNS listener could be opened; this node serves no DNS");
+        return;
+    }
+    let mut server_stop = stop.clone();
+    let server = tokio::spawn(clusterd_dns::serve(
+        udp,
+        tcp,
+        rx,
+        ServeOptions::default(),
+        async move {
+            let _ = server_stop.wait_for(|s| *s).await;
+        },
+    ));
+    loop {
+        tokio::select! {
+            changed = replica.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let next = snapshot(&dns, &replica.borrow_and_update().state);
+                if *tx.borrow().as_ref() != next {
+                    tx.send_replace(Arc::new(next));
+                }
+            }
+            _ = stop.wait_for(|s| *s) => break,
+        }
+    }
+    if let Ok(Err(e)) = server.await {
+        warn!(error = %e, "DNS server stopped with an error");
+    }
+    info!("DNS stopped");
+}
+
+/// The DNS snapshot this node would serve now (for `status`-like reporting and tests).
+pub fn current(config: &Config, state: &State) -> Option<Snapshot> {
+    config.dns.as_ref().map(|dns| snapshot(dns, state))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ZoneConfig;
+    use crate::model::{AddressSpec, Command, Member, MoveReason};
+
+    fn dns() -> DnsConfig {
+        DnsConfig {
+            listen: vec![],
+            ttl: 30,
+            fail_open: true,
+            zones: vec![ZoneConfig {
+                name: "mail.example.com.".into(),
+                mx: vec![],
+                names: [("imap".to_string(), vec!["imap".to_string()])].into(),
+            }],
+        }
+    }
+
+    fn state() -> State {
+        let mut s = State::default();
+        s.set_membership([(
+            Member {
+                name: "mx1".into(),
+                addr: "192.0.2.11:7400".into(),
+                role: Role::Mail,
+            },
+            true,
+        )]);
+        s.apply(&Command::SetAddresses {
+            by: "mx1".into(),
+            addresses: vec![AddressSpec {
+                ip: "192.0.2.101/24".into(),
+                interface: "eth0".into(),
+                home: "mx1".into(),
+                services: vec!["imap".into()],
+            }],
+            at_ms: 0,
+        });
+        s
+    }
+
+    #[test]
+    fn only_addresses_whose_owner_reported_serving_pass() {
+        let mut s = state();
+        let snap = snapshot(&dns(), &s);
+        assert!(snap.zones[0].addresses[0].passing.is_empty(), "unowned");
+        s.apply(&Command::Assign {
+            ip: "192.0.2.101/24".into(),
+            to: "mx1".into(),
+            epoch: 0,
+            reason: MoveReason::Initial,
+            at_ms: 1,
+        });
+        assert!(
+            snapshot(&dns(), &s).zones[0].addresses[0]
+                .passing
+                .is_empty(),
+            "assigned only"
+        );
+        s.apply(&Command::Serving {
+            ip: "192.0.2.101/24".into(),
+            node: "mx1".into(),
+            epoch: 1,
+            at_ms: 2,
+        });
+        let snap = snapshot(&dns(), &s);
+        assert!(snap.zones[0].addresses[0].passing.contains("imap"));
+        assert_eq!(
+            snap.zones[0].nameservers[0].addrs,
+            vec!["192.0.2.11".parse::<IpAddr>().unwrap()]
+        );
+    }
+
+    #[test]
+    fn serial_follows_the_replicated_revision() {
+        let mut s = state();
+        let before = snapshot(&dns(), &s).serial;
+        s.apply(&Command::Assign {
+            ip: "192.0.2.101/24".into(),
+            to: "mx1".into(),
+            epoch: 0,
+            reason: MoveReason::Initial,
+            at_ms: 1,
+        });
+        let after = snapshot(&dns(), &s).serial;
+        assert!(after > before);
+        assert_eq!(after, s.revision as u32 + 1);
+    }
+}
