@@ -337,6 +337,66 @@ fn demo(
     lab.fault(&leader, Fault::Heal)?;
     let after = lab.wait_for_leader(timeout)?;
     println!("one leader again: {after}");
+
+    // The address failover a mail client sees: kill the daemon holding mx1's home address.
+    let floating = lab.floating_of("mx1")?;
+    let imap = std::net::SocketAddr::new(std::net::IpAddr::V4(floating), 143);
+    let greeter = |lab: &Lab| {
+        lab.greeting_from("client", imap, Duration::from_millis(300))
+            .ok()
+            .and_then(|g| g.ok())
+            .and_then(|g| clusterd_tests::probe::greeting_node(&g))
+    };
+    let waiting = Instant::now();
+    let mut owner = None;
+    while waiting.elapsed() < timeout {
+        owner = floating_owner(&lab, &after, floating);
+        if owner.is_some() && owner == greeter(&lab) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let owner = owner.unwrap_or_else(|| "mx1".to_string());
+    println!("\n== killing clusterd on {owner}, which serves {floating} (kill -9)");
+    let prober = clusterd_tests::ServiceProber::start(
+        &lab,
+        clusterd_tests::ProberSpec {
+            protocols: vec![clusterd_tests::Protocol::Imap],
+            interval: Duration::from_millis(20),
+            timeout: Duration::from_millis(300),
+            ..clusterd_tests::ProberSpec::new(std::net::IpAddr::V4(floating))
+        },
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    lab.fault(&owner, Fault::Kill)?;
+    let killed = Instant::now();
+    let mut new_owner = None;
+    while killed.elapsed() < Duration::from_secs(10) && new_owner.is_none() {
+        std::thread::sleep(Duration::from_millis(50));
+        new_owner = floating_owner(&lab, &after, floating).filter(|o| *o != owner);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let log = prober.stop();
+    let greeters = log.greeters(clusterd_tests::Protocol::Imap);
+    match (&new_owner, log.longest_outage(clusterd_tests::Protocol::Imap)) {
+        (Some(n), Some(outage)) => println!(
+            "{floating} moved to {n}; IMAP greeters seen by the client: {}; longest time without \
+             an IMAP greeting: {outage:.0?}",
+            greeters
+                .iter()
+                .map(|(_, g)| g.as_str())
+                .collect::<Vec<_>>()
+                .join(" -> ")
+        ),
+        (Some(n), None) => println!(
+            "{floating} moved to {n}; the client never went without an IMAP greeting \
+             (greeters: {greeters:?})"
+        ),
+        (None, _) => println!("{floating} did not move within 10 s (see `lab status`)"),
+    }
+    let survivor = new_owner.unwrap_or(after.clone());
+    println!("\n== clusterctl status (on {survivor})");
+    print!("{}", lab.clusterctl(&survivor, &["status"])?);
     for (name, t) in [
         ("address sampler", sampler.stop()),
         ("ARP prober", arp.stop().timeline),
@@ -358,6 +418,20 @@ fn demo(
     }
     println!("done in {:.1?}", t.elapsed());
     Ok(ExitCode::SUCCESS)
+}
+
+/// The owner of `floating` as `via`'s clusterctl reports it.
+fn floating_owner(lab: &Lab, via: &str, floating: std::net::Ipv4Addr) -> Option<String> {
+    let status = lab.cluster_status(via).ok()?;
+    let prefix = format!("{floating}/");
+    status.addresses.as_array()?.iter().find_map(|a| {
+        let ip = a.get("ip")?.as_str()?;
+        if ip.starts_with(&prefix) {
+            a.get("owner")?.as_str().map(str::to_string)
+        } else {
+            None
+        }
+    })
 }
 
 /// The run directory to act on.
