@@ -378,7 +378,10 @@ fn demo(
     std::thread::sleep(Duration::from_millis(500));
     let log = prober.stop();
     let greeters = log.greeters(clusterd_tests::Protocol::Imap);
-    match (&new_owner, log.longest_outage(clusterd_tests::Protocol::Imap)) {
+    match (
+        &new_owner,
+        log.longest_outage(clusterd_tests::Protocol::Imap),
+    ) {
         (Some(n), Some(outage)) => println!(
             "{floating} moved to {n}; IMAP greeters seen by the client: {}; longest time without \
              an IMAP greeting: {outage:.0?}",
