@@ -113,3 +113,109 @@ fn frozen_owner_resumed_after_takeover_does_not_answer_again() -> Result<()> {
         .map_err(anyhow::Error::msg)?;
     Ok(())
 }
+
+/// `dig +short` from the client namespace against `server`.
+fn dig(lab: &TestLab, server: Ipv4Addr, name: &str, rtype: &str) -> Result<String> {
+    let ns = lab.netns_of("client")?;
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns,
+            "dig",
+            &format!("@{server}"),
+            "+short",
+            "+time=1",
+        ])
+        .args(["+tries=1", name, rtype])
+        .output()
+        .context("running dig (apt-get install -y dnsutils)")?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn serial(lab: &TestLab, server: Ipv4Addr) -> Option<u64> {
+    dig(lab, server, "lab.example", "SOA")
+        .ok()?
+        .split_whitespace()
+        .nth(2)?
+        .parse()
+        .ok()
+}
+
+#[test]
+fn dns_on_every_live_node_follows_a_failover_within_a_second() -> Result<()> {
+    let mut lab = TestLab::up(LabSpec {
+        mail_nodes: 3,
+        witness: false,
+        ..LabSpec::default()
+    })?;
+    wait_for_greeter(&lab, FLOATING_MX1, "mx1", Duration::from_secs(15))?;
+    let live = [
+        ("mx2", lab.node("mx2")?.ipv4),
+        ("mx3", lab.node("mx3")?.ipv4),
+    ];
+    // Every mail node answers the zone with the three served addresses.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut all = true;
+        for (_, ip) in live {
+            let mut got: Vec<String> = dig(&lab, ip, "mail.lab.example", "A")?
+                .lines()
+                .map(str::to_string)
+                .collect();
+            got.sort();
+            all &= got == ["192.0.2.101", "192.0.2.102", "192.0.2.103"];
+        }
+        if all {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "DNS never answered all three addresses"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let before: Vec<u64> = live
+        .iter()
+        .map(|(n, ip)| serial(&lab, *ip).with_context(|| format!("no SOA from {n}")))
+        .collect::<Result<_>>()?;
+    ensure!(
+        before.iter().all(|s| *s == before[0]),
+        "serials differ: {before:?}"
+    );
+
+    lab.fault("mx1", Fault::Kill)?;
+    let new_owner = loop {
+        if let Some(g) = imap_greeter(&lab, FLOATING_MX1).filter(|g| g != "mx1") {
+            break g;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let changed = Instant::now();
+    for (name, ip) in live {
+        loop {
+            if serial(&lab, ip).is_some_and(|s| s > before[0]) {
+                break;
+            }
+            ensure!(
+                changed.elapsed() < Duration::from_secs(1),
+                "{name}'s DNS serial did not move within 1 s of {new_owner} taking {FLOATING_MX1}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    eprintln!(
+        "{new_owner} took {FLOATING_MX1}; DNS on mx2 and mx3 updated within {:?}",
+        changed.elapsed()
+    );
+    let mut got: Vec<String> = dig(&lab, live[0].1, "imap.lab.example", "A")?
+        .lines()
+        .map(str::to_string)
+        .collect();
+    got.sort();
+    ensure!(
+        got == ["192.0.2.101", "192.0.2.102", "192.0.2.103"],
+        "{got:?}"
+    );
+    Ok(())
+}

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{IoContext, LabError, Result};
 use super::process::{ProcId, ns_command, run_timeout};
-use super::state::{CLUSTERD_PORT, LabState, NodeState};
+use super::state::{CLUSTERD_PORT, LabState, NodeRole, NodeState};
 
 /// Environment variable naming the clusterd binary to run in the lab.
 pub const CLUSTERD_BIN_ENV: &str = "CLUSTERD_BIN";
@@ -125,8 +125,23 @@ pub fn config_toml(state: &LabState, node: &NodeState) -> String {
         let _ = writeln!(t, "\n[checks.{kind}]");
         let _ = writeln!(t, "kind = {}", q(kind));
     }
+    if node.role == NodeRole::Mail {
+        // Every mail node serves the lab's zone on its own address.
+        let _ = writeln!(t, "\n[dns]");
+        let _ = writeln!(t, "listen = [{}]", q(&format!("{}:53", node.ipv4)));
+        let _ = writeln!(t, "\n[[dns.zones]]");
+        let _ = writeln!(t, "name = {}", q(LAB_ZONE));
+        let _ = writeln!(t, "mx = [\"mail\"]");
+        let _ = writeln!(
+            t,
+            "names = {{ imap = [\"imap\"], pop3 = [\"pop3\"], smtp = [\"smtp\"], mail = [\"imap\", \"pop3\", \"smtp\"] }}"
+        );
+    }
     t
 }
+
+/// The DNS zone every lab mail node serves.
+pub const LAB_ZONE: &str = "lab.example.";
 
 /// Write every node's config and data directory, and the shared key.
 pub fn write_configs(state: &mut LabState) -> Result<()> {
