@@ -56,6 +56,8 @@ pub mod admin_paths {
     pub const NOTE: &str = "/v1/note";
     /// `POST`: add a member; `DELETE /v1/members/NAME`: remove one.
     pub const MEMBERS: &str = "/v1/members";
+    /// `GET`: what this node's DNS answers now.
+    pub const DNS: &str = "/v1/dns";
     /// `POST`: grant or renew an address lease (leader only, never forwarded: the holder
     /// measures its lease from its own send time and must reach the leader itself).
     pub const LEASE: &str = "/v1/lease";
@@ -186,6 +188,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route(admin_paths::NOTE, post(post_note))
         .route(admin_paths::MEMBERS, post(post_member))
         .route(admin_paths::LEASE, post(post_lease))
+        .route(admin_paths::DNS, get(get_dns))
         .route("/v1/members/{name}", delete(delete_member))
         .layer(middleware::from_fn_with_state(shared.clone(), authenticate))
         .with_state(shared)
@@ -316,6 +319,18 @@ async fn post_note(
         at_ms: auth::unix_ms(),
     };
     propose(&s, cmd).await.map(Json)
+}
+
+async fn get_dns(State(s): State<Arc<Shared>>) -> Result<Json<crate::status::DnsReport>, ApiError> {
+    let replica = s.replica.borrow().clone();
+    crate::dns_feed::report(&s.me, &s.config, &replica.state)
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("{} serves no DNS (no [dns] section in its config)", s.me),
+            )
+        })
 }
 
 async fn post_lease(

@@ -59,6 +59,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show what this node's DNS answers now, name by name.
+    Dns {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a note into the cluster's history (e.g. "maintenance on mx2 starts").
     Note {
         /// The text.
@@ -255,6 +261,16 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<(), Failure> 
                 writeln!(out, "{}", to_json(&events))?;
             } else {
                 write!(out, "{}", status::render_events(&events, auth::unix_ms()))?;
+            }
+            Ok(())
+        }
+        Command::Dns { json } => {
+            let client = connect(&cli)?;
+            let report: crate::status::DnsReport = client.get(admin_paths::DNS).await?;
+            if *json {
+                writeln!(out, "{}", to_json(&report))?;
+            } else {
+                write!(out, "{}", status::render_dns(&report))?;
             }
             Ok(())
         }

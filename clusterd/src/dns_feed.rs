@@ -17,6 +17,7 @@ use tracing::{info, warn};
 use crate::config::{Config, DnsConfig};
 use crate::daemon::Shared;
 use crate::model::{Role, State};
+use crate::status::{DnsName, DnsReport};
 use crate::vip::parse_key;
 
 /// The DNS snapshot for `state` under `dns` config.
@@ -133,9 +134,28 @@ pub async fn run(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     info!("DNS stopped");
 }
 
-/// The DNS snapshot this node would serve now (for `status`-like reporting and tests).
-pub fn current(config: &Config, state: &State) -> Option<Snapshot> {
-    config.dns.as_ref().map(|dns| snapshot(dns, state))
+/// What `me` answers now for every configured name, or `None` without a `[dns]` section.
+pub fn report(me: &str, config: &Config, state: &State) -> Option<DnsReport> {
+    let snap = snapshot(config.dns.as_ref()?, state);
+    let names = clusterd_dns::name_answers(&snap)
+        .into_iter()
+        .map(|n| DnsName {
+            name: n.name,
+            services: n.services,
+            addresses: n.addresses.iter().map(|a| a.to_string()).collect(),
+            state: match n.state {
+                clusterd_dns::NameState::Passing => "passing",
+                clusterd_dns::NameState::FailOpen => "fail-open",
+                clusterd_dns::NameState::FailClosed => "fail-closed",
+            }
+            .to_string(),
+        })
+        .collect();
+    Some(DnsReport {
+        answered_by: me.to_string(),
+        serial: snap.serial,
+        names,
+    })
 }
 
 #[cfg(test)]

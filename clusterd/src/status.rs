@@ -93,6 +93,57 @@ pub struct AddressReport {
     pub since_ms: Option<u64>,
 }
 
+/// What this node's DNS answers now (`clusterctl dns`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DnsReport {
+    /// The node that answered.
+    pub answered_by: String,
+    /// SOA serial of its zones.
+    pub serial: u32,
+    /// One entry per configured name.
+    pub names: Vec<DnsName>,
+}
+
+/// One DNS name and its current answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DnsName {
+    /// Fully qualified name.
+    pub name: String,
+    /// Services the name needs.
+    pub services: Vec<String>,
+    /// Addresses answered (rotated per query).
+    pub addresses: Vec<String>,
+    /// `passing`, `fail-open` (nothing passes: every address answered) or `fail-closed`
+    /// (nothing passes: nothing answered).
+    pub state: String,
+}
+
+/// Render a DNS report as a table.
+pub fn render_dns(report: &DnsReport) -> String {
+    let mut out = format!(
+        "DNS as answered by {} (serial {})\n\n",
+        report.answered_by, report.serial
+    );
+    let rows: Vec<Vec<String>> = report
+        .names
+        .iter()
+        .map(|n| {
+            vec![
+                n.name.clone(),
+                n.services.join(","),
+                n.state.clone(),
+                if n.addresses.is_empty() {
+                    "(none: NODATA)".to_string()
+                } else {
+                    n.addresses.join(" ")
+                },
+            ]
+        })
+        .collect();
+    table(&mut out, &["NAME", "SERVICES", "STATE", "ANSWER"], &rows);
+    out
+}
+
 /// Render the report as the table `clusterctl status` prints.
 pub fn render(report: &StatusReport, now_ms: u64) -> String {
     let mut out = String::new();

@@ -217,5 +217,15 @@ fn dns_on_every_live_node_follows_a_failover_within_a_second() -> Result<()> {
         got == ["192.0.2.101", "192.0.2.102", "192.0.2.103"],
         "{got:?}"
     );
+    // `clusterctl dns` reports what the node's DNS answers, with the same serial.
+    let report: serde_json::Value =
+        serde_json::from_str(&lab.clusterctl("mx2", &["dns", "--json"])?)?;
+    let reported = report["serial"]
+        .as_u64()
+        .context("no serial in clusterctl dns")?;
+    ensure!(
+        Some(reported) == serial(&lab, live[0].1),
+        "clusterctl dns says serial {reported}, the DNS server another"
+    );
     Ok(())
 }
