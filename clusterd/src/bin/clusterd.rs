@@ -37,24 +37,30 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-async fn shutdown_signal() {
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            error!(error = %e, "cannot watch SIGTERM");
-            return std::future::pending().await;
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called, before the
+/// daemon starts, so a signal that arrives early is never fatal.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM received"),
+            _ = int.recv() => info!("SIGINT received"),
         }
-    };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
-    }
+    })
 }
 
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
     init_logging(args.log_format);
+    let shutdown = match shutdown_signal() {
+        Ok(s) => s,
+        Err(e) => {
+            error!("cannot install signal handlers: {e}");
+            std::process::exit(1);
+        }
+    };
     let config = match clusterd::config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
@@ -72,7 +78,7 @@ async fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(e) = clusterd::daemon::run(config, listener, shutdown_signal()).await {
+    if let Err(e) = clusterd::daemon::run(config, listener, shutdown).await {
         error!("{e}");
         std::process::exit(1);
     }

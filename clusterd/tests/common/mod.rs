@@ -19,12 +19,22 @@ pub struct NodeSpec {
     pub data_dir: PathBuf,
 }
 
-/// A loopback port that is free right now (bound and released).
+/// A loopback port that is free right now (bound and released), never handed out twice in this
+/// test process, so tests running in parallel cannot pick the same one.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    for _ in 0..100 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free loopback port");
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no fresh loopback port after 100 tries")
 }
 
 /// Write a cluster key into `dir` and return its path.
