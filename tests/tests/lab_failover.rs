@@ -229,3 +229,74 @@ fn dns_on_every_live_node_follows_a_failover_within_a_second() -> Result<()> {
     );
     Ok(())
 }
+
+/// Inject `fault` on mx1 (owner of 192.0.2.101), wait for mx2 to greet on it, undo with `undo`,
+/// and require that the monitors never saw two holders, before or after the undo.
+fn takeover_without_overlap(fault: Fault, undo: Fault) -> Result<()> {
+    let mut lab = TestLab::up(LabSpec::default())?;
+    wait_for_greeter(&lab, FLOATING_MX1, "mx1", Duration::from_secs(15))?;
+    let sampler = AddressSampler::start(&lab)?;
+    let arp = ArpProber::start(&lab)?;
+    let label = format!("{fault:?}");
+    lab.fault("mx1", fault)?;
+    let took = wait_for_greeter(&lab, FLOATING_MX1, "mx2", Duration::from_secs(10))?;
+    eprintln!("{label} on mx1; mx2 greets on {FLOATING_MX1} after {took:?}");
+    lab.fault("mx1", undo)?;
+    // mx1 is back: it must catch up and stay off the address (failback waits 60 s).
+    std::thread::sleep(Duration::from_secs(3));
+    ensure!(
+        imap_greeter(&lab, FLOATING_MX1).as_deref() == Some("mx2"),
+        "{FLOATING_MX1} no longer greets as mx2 after mx1 came back"
+    );
+    sampler
+        .stop()
+        .assert_single_holder()
+        .map_err(anyhow::Error::msg)?;
+    arp.stop()
+        .timeline
+        .assert_single_holder()
+        .map_err(anyhow::Error::msg)?;
+    Ok(())
+}
+
+#[test]
+fn partitioned_owner_drops_its_address_and_the_majority_takes_over() -> Result<()> {
+    // The client still reaches mx1: only mx1's own self-fencing keeps it from answering.
+    takeover_without_overlap(Fault::Partition { from: None }, Fault::Heal)
+}
+
+#[test]
+fn owner_whose_link_goes_down_is_replaced_and_stays_off_when_it_comes_back() -> Result<()> {
+    takeover_without_overlap(Fault::LinkDown, Fault::LinkUp)
+}
+
+#[test]
+fn leader_that_owns_an_address_dies_and_its_address_moves() -> Result<()> {
+    let mut lab = TestLab::up(LabSpec::default())?;
+    wait_for_greeter(&lab, FLOATING_MX1, "mx1", Duration::from_secs(15))?;
+    let mut leader = lab.wait_for_leader(Duration::from_secs(15))?;
+    if leader == "w1" {
+        // Move leadership to a mail node: stop the witness, then bring it back.
+        lab.fault("w1", Fault::Kill)?;
+        leader = lab.wait_for_new_leader("w1", Duration::from_secs(15))?;
+        lab.fault("w1", Fault::Restart)?;
+        lab.wait_for_leader_seen_by(&["mx1", "mx2", "w1"], Duration::from_secs(15))?;
+    }
+    let other = if leader == "mx1" { "mx2" } else { "mx1" };
+    let floating = lab.floating_of(&leader)?;
+    wait_for_greeter(&lab, floating, &leader, Duration::from_secs(15))?;
+    let sampler = AddressSampler::start(&lab)?;
+    let arp = ArpProber::start(&lab)?;
+    lab.fault(&leader, Fault::Kill)?;
+    let took = wait_for_greeter(&lab, floating, other, Duration::from_secs(10))?;
+    eprintln!("leader {leader} (owner of {floating}) killed; {other} greets after {took:?}");
+    sampler
+        .stop()
+        .assert_single_holder()
+        .map_err(anyhow::Error::msg)?;
+    arp.stop()
+        .timeline
+        .assert_single_holder()
+        .map_err(anyhow::Error::msg)?;
+    Ok(())
+}
