@@ -545,12 +545,39 @@ pub struct ZoneConfig {
     /// ["mail"]. Optional.
     #[serde(default)]
     pub mx: Vec<String>,
+    /// RFC 6186 service records for mail clients, e.g. `{ service = "_imaps._tcp", target =
+    /// "imap", port = 993 }`. Optional.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub srv: Vec<SrvConfig>,
     /// Names in the zone: a label (or "@" for the zone apex) mapped to the check names whose
     /// addresses it answers with, e.g. { imap = ["imap"], mail = ["imap", "pop3", "smtp"] }.
     /// A name answers with the addresses that list all of these services and whose holder passes
     /// them.
     #[serde(default)]
     pub names: BTreeMap<String, Vec<String>>,
+}
+
+/// `[[dns.zones.srv]]`: one SRV record (RFC 6186 mail service discovery).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SrvConfig {
+    /// Service and protocol labels, e.g. "_imap._tcp", "_imaps._tcp", "_pop3s._tcp",
+    /// "_submission._tcp", "_submissions._tcp".
+    pub service: String,
+    /// The name (a label of `names`) that clients should connect to.
+    pub target: String,
+    /// Port clients connect to, e.g. 993.
+    pub port: u16,
+    /// Lower is preferred. Default 0.
+    #[serde(default)]
+    pub priority: u16,
+    /// Share among equal priorities. Default 1.
+    #[serde(default = "default_srv_weight")]
+    pub weight: u16,
+}
+
+fn default_srv_weight() -> u16 {
+    1
 }
 
 fn default_data_dir() -> PathBuf {
@@ -1679,6 +1706,43 @@ impl Config {
                     }
                 }
             }
+            for (j, r) in z.srv.iter().enumerate() {
+                let sf = format!("{f}.srv[{j}]");
+                let parts: Vec<&str> = r.service.split('.').collect();
+                let well_formed = parts.len() == 2
+                    && parts[0].len() > 1
+                    && parts[0].starts_with('_')
+                    && check_label(&parts[0][1..]).is_ok()
+                    && (parts[1] == "_tcp" || parts[1] == "_udp");
+                if !well_formed {
+                    v.push(
+                        format!("{sf}.service"),
+                        format!(
+                            "{:?} is not a service name; write \"_SERVICE._tcp\", e.g. \
+                             \"_imaps._tcp\" or \"_submission._tcp\" (RFC 6186)",
+                            r.service
+                        ),
+                    );
+                }
+                if !z.names.contains_key(&r.target) {
+                    v.push(
+                        format!("{sf}.target"),
+                        format!(
+                            "{:?} is not one of this zone's names; SRV targets must be names \
+                             defined in names, one of: {}",
+                            r.target,
+                            join_quoted(z.names.keys())
+                        ),
+                    );
+                }
+                if r.port == 0 {
+                    v.push(
+                        format!("{sf}.port"),
+                        "port 0 is not a service port; write the port clients use, e.g. 993"
+                            .to_string(),
+                    );
+                }
+            }
             let mut mx_seen = BTreeSet::new();
             for (j, m) in z.mx.iter().enumerate() {
                 if !z.names.contains_key(m) {
@@ -2418,6 +2482,35 @@ names = { imap = ["imap"], smtp = ["smtp"], mail = ["imap", "smtp"] }
         assert_eq!(c.placement.failback, FailbackMode::Manual);
         assert_eq!(c.placement.failback_after, Millis::from_millis(120_000));
         assert_eq!(base().leases, LeasesConfig::default());
+    }
+
+    #[test]
+    fn srv_record_with_bad_service_unknown_target_or_port_0_is_refused() {
+        let mut c = base();
+        let zone = &mut c.dns.as_mut().unwrap().zones[0];
+        zone.srv.push(SrvConfig {
+            service: "imaps".into(),
+            target: "nope".into(),
+            port: 0,
+            priority: 0,
+            weight: 1,
+        });
+        assert_refused(&c, "dns.zones[0].srv[0].service", "_imaps._tcp");
+        assert_refused(
+            &c,
+            "dns.zones[0].srv[0].target",
+            "not one of this zone's names",
+        );
+        assert_refused(&c, "dns.zones[0].srv[0].port", "port 0");
+        let zone = &mut c.dns.as_mut().unwrap().zones[0];
+        zone.srv[0] = SrvConfig {
+            service: "_imaps._tcp".into(),
+            target: "imap".into(),
+            port: 993,
+            priority: 0,
+            weight: 1,
+        };
+        assert_valid(&c);
     }
 
     #[test]

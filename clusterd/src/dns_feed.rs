@@ -59,7 +59,17 @@ pub fn snapshot(dns: &DnsConfig, state: &State) -> Snapshot {
             name: z.name.clone(),
             names: z.names.clone(),
             mx: z.mx.clone(),
-            srv: Vec::new(),
+            srv: z
+                .srv
+                .iter()
+                .map(|r| clusterd_dns::Srv {
+                    service: r.service.clone(),
+                    target: r.target.clone(),
+                    port: r.port,
+                    priority: r.priority,
+                    weight: r.weight,
+                })
+                .collect(),
             nameservers: nameservers.clone(),
             addresses: addresses.clone(),
         })
@@ -172,6 +182,7 @@ mod tests {
             zones: vec![ZoneConfig {
                 name: "mail.example.com.".into(),
                 mx: vec![],
+                srv: vec![],
                 names: [("imap".to_string(), vec!["imap".to_string()])].into(),
             }],
         }

@@ -735,7 +735,8 @@ async fn dns_on_every_node_answers_what_is_served_and_its_serial_follows_moves()
     let extra = move |n: &str| {
         format!(
             "{}\n[dns]\nlisten = [\"127.0.0.1:{}\"]\n\n[[dns.zones]]\nname = \"mail.example.com.\"\n\
-             names = {{ imap = [\"imap\"] }}\n",
+             names = {{ imap = [\"imap\"] }}\n\
+             srv = [{{ service = \"_imap._tcp\", target = \"imap\", port = 143 }}]\n",
             two_addresses(n),
             dns_ports[n]
         )
@@ -779,6 +780,12 @@ async fn dns_on_every_node_answers_what_is_served_and_its_serial_follows_moves()
         serials.iter().all(|s| s.is_some() && *s == serials[0]),
         "{serials:?}"
     );
+    let port = ports["n1"];
+    let srv =
+        tokio::task::spawn_blocking(move || dig(port, &["_imap._tcp.mail.example.com", "SRV"]))
+            .await
+            .unwrap();
+    assert_eq!(srv, "0 1 143 imap.mail.example.com.");
     let before = serials[0].unwrap();
 
     let client = c.client("n2");
