@@ -14,6 +14,25 @@ use clusterd_tests::{Fault, LabSpec};
 
 const FLOATING_MX1: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 101);
 
+/// Stop both monitors and require that neither ever saw two holders of one address.
+fn assert_never_two_holders(sampler: AddressSampler, arp: ArpProber) -> Result<()> {
+    let addresses = sampler.stop();
+    let arp = arp.stop();
+    addresses
+        .assert_single_holder()
+        .map_err(anyhow::Error::msg)?;
+    arp.timeline
+        .assert_single_holder()
+        .map_err(anyhow::Error::msg)?;
+    ensure!(
+        addresses.samples > 20 && arp.timeline.samples > 20,
+        "monitors barely ran: {} and {} samples",
+        addresses.samples,
+        arp.timeline.samples
+    );
+    Ok(())
+}
+
 /// The node name in the IMAP greeting on `ip`, as the client sees it.
 fn imap_greeter(lab: &TestLab, ip: Ipv4Addr) -> Option<String> {
     let addr = SocketAddr::new(IpAddr::V4(ip), 143);
@@ -70,21 +89,7 @@ fn killed_owner_is_replaced_and_never_answers_alongside_the_new_owner() -> Resul
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(500));
-    let timeline = sampler.stop();
-    let arp = arp.stop();
-    timeline
-        .assert_single_holder()
-        .map_err(anyhow::Error::msg)?;
-    arp.timeline
-        .assert_single_holder()
-        .map_err(anyhow::Error::msg)?;
-    ensure!(
-        timeline.samples > 50 && arp.timeline.samples > 50,
-        "monitors barely ran: {} and {} samples",
-        timeline.samples,
-        arp.timeline.samples
-    );
-    Ok(())
+    assert_never_two_holders(sampler, arp)
 }
 
 #[test]
@@ -103,14 +108,7 @@ fn frozen_owner_resumed_after_takeover_does_not_answer_again() -> Result<()> {
         imap_greeter(&lab, FLOATING_MX1).as_deref() == Some("mx2"),
         "{FLOATING_MX1} no longer greets as mx2 after mx1 resumed"
     );
-    sampler
-        .stop()
-        .assert_single_holder()
-        .map_err(anyhow::Error::msg)?;
-    arp.stop()
-        .timeline
-        .assert_single_holder()
-        .map_err(anyhow::Error::msg)?;
+    assert_never_two_holders(sampler, arp)?;
     Ok(())
 }
 
@@ -248,14 +246,7 @@ fn takeover_without_overlap(fault: Fault, undo: Fault) -> Result<()> {
         imap_greeter(&lab, FLOATING_MX1).as_deref() == Some("mx2"),
         "{FLOATING_MX1} no longer greets as mx2 after mx1 came back"
     );
-    sampler
-        .stop()
-        .assert_single_holder()
-        .map_err(anyhow::Error::msg)?;
-    arp.stop()
-        .timeline
-        .assert_single_holder()
-        .map_err(anyhow::Error::msg)?;
+    assert_never_two_holders(sampler, arp)?;
     Ok(())
 }
 
@@ -290,13 +281,6 @@ fn leader_that_owns_an_address_dies_and_its_address_moves() -> Result<()> {
     lab.fault(&leader, Fault::Kill)?;
     let took = wait_for_greeter(&lab, floating, other, Duration::from_secs(10))?;
     eprintln!("leader {leader} (owner of {floating}) killed; {other} greets after {took:?}");
-    sampler
-        .stop()
-        .assert_single_holder()
-        .map_err(anyhow::Error::msg)?;
-    arp.stop()
-        .timeline
-        .assert_single_holder()
-        .map_err(anyhow::Error::msg)?;
+    assert_never_two_holders(sampler, arp)?;
     Ok(())
 }

@@ -406,7 +406,9 @@ impl Nft {
     }
 }
 
-fn link_addr(ifindex: u32, protocol: u16) -> Option<LinkAddr> {
+/// The link-layer destination for a broadcast frame of EtherType `protocol` (host order) on
+/// interface `ifindex`, for AF_PACKET sockets (also used by the lab's ARP prober).
+pub fn link_addr(ifindex: u32, protocol: u16) -> Option<LinkAddr> {
     let sll = libc::sockaddr_ll {
         sll_family: libc::AF_PACKET as u16,
         sll_protocol: protocol.to_be(),

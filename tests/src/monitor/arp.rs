@@ -22,8 +22,8 @@ use nix::sys::socket::{
 };
 
 use super::holders::{HolderTimeline, Holders};
-use super::linkaddr::link_addr;
 use crate::lab::{Lab, LabError, Result, netns};
+use clusterd::vip::linux::link_addr;
 
 /// Default time between probe rounds (the issue asks for at least every 20 ms).
 pub const PROBE_EVERY: Duration = Duration::from_millis(10);

@@ -5,7 +5,6 @@
 pub mod addresses;
 pub mod arp;
 pub mod holders;
-mod linkaddr;
 
 pub use addresses::AddressSampler;
 pub use arp::ArpProber;
