@@ -121,6 +121,21 @@ pub fn desired(state: &State, me: &str, lease_valid: bool) -> Desired {
     d
 }
 
+/// The lease the runtime may act on: the newest grant whose log index this replica has
+/// applied, else the previous one it acted on (shorter, already checked); none once the holder
+/// has no lease at all.
+pub fn effective_lease(
+    previous: Option<crate::lease::HeldLease>,
+    latest: Option<crate::lease::HeldLease>,
+    last_applied: u64,
+) -> Option<crate::lease::HeldLease> {
+    match latest {
+        Some(l) if last_applied >= l.min_applied => Some(l),
+        Some(_) => previous,
+        None => None,
+    }
+}
+
 /// Announcement schedule after an add: offsets from the add.
 pub fn announce_schedule(cfg: &AnnounceConfig) -> Vec<Duration> {
     let mut at = Vec::new();
@@ -170,13 +185,7 @@ pub async fn run<N: NetOps>(s: Arc<Shared>, net: Arc<N>, mut stop: watch::Receiv
         // A grant counts only once this replica has caught up with the leader's log as of the
         // grant: a node resumed after a freeze must not act on its stale view of ownership.
         // Until a newer grant is caught up, the previous one (shorter, already checked) holds.
-        match lease {
-            Some(l) if replica.last_applied.unwrap_or(0) >= l.min_applied => {
-                effective = Some(l);
-            }
-            None => effective = None,
-            Some(_) => {}
-        }
+        effective = effective_lease(effective, lease, replica.last_applied.unwrap_or(0));
         let deadline = effective.map(|l| l.deadline);
         let lease_valid = deadline.is_some_and(|d| d > now);
         let want = desired(&replica.state, &s.me, lease_valid);
@@ -435,6 +444,37 @@ mod tests {
             assert!(d.hold.is_empty());
             assert_eq!(d.release.get("192.0.2.101/24"), Some(&1));
         }
+    }
+
+    fn lease(deadline_ms: u64, min_applied: u64) -> crate::lease::HeldLease {
+        crate::lease::HeldLease {
+            deadline: Instant::now() + Duration::from_millis(deadline_ms),
+            min_applied,
+        }
+    }
+
+    #[test]
+    fn a_grant_is_not_acted_on_before_the_replica_caught_up_with_it() {
+        // A node resumed after a freeze: its old lease is gone, a fresh grant arrived, but its
+        // replica still shows the ownership it had before the freeze.
+        let fresh = lease(800, 40);
+        assert_eq!(effective_lease(None, Some(fresh), 25), None);
+        assert_eq!(effective_lease(None, Some(fresh), 40), Some(fresh));
+    }
+
+    #[test]
+    fn a_caught_up_lease_keeps_holding_while_the_next_grant_catches_up() {
+        // The leader renews its own lease while one of its writes is not applied yet: keep the
+        // previous, already checked lease rather than dropping the addresses for a moment.
+        let old = lease(500, 10);
+        let newer = lease(800, 12);
+        assert_eq!(effective_lease(Some(old), Some(newer), 11), Some(old));
+        assert_eq!(effective_lease(Some(old), Some(newer), 12), Some(newer));
+    }
+
+    #[test]
+    fn no_lease_means_nothing_to_act_on() {
+        assert_eq!(effective_lease(Some(lease(500, 1)), None, 99), None);
     }
 
     #[test]
