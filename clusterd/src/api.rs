@@ -834,5 +834,14 @@ pub fn build_status(s: &Shared, event_limit: usize) -> StatusReport {
         nodes,
         addresses,
         events: events.iter().skip(skip).cloned().collect(),
+        dns_failing: crate::dns_feed::report(&s.me, &s.config, &replica.state)
+            .filter(|_| s.config.node.role == Role::Mail)
+            .map(|r| {
+                r.names
+                    .into_iter()
+                    .filter(|n| n.state != "passing")
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
 }

@@ -33,6 +33,10 @@ pub struct StatusReport {
     pub addresses: Vec<AddressReport>,
     /// The most recent history events, oldest first.
     pub events: Vec<Event>,
+    /// DNS names of the answering node that no served address passes right now (answered
+    /// fail-open or fail-closed); empty when all pass or the node serves no DNS.
+    #[serde(default)]
+    pub dns_failing: Vec<DnsName>,
 }
 
 /// How stale the answering node's view may be.
@@ -228,6 +232,20 @@ pub fn render(report: &StatusReport, now_ms: u64) -> String {
             &rows,
         );
     }
+    for n in &report.dns_failing {
+        let _ = writeln!(
+            out,
+            "\nDNS {}: {} (no served address passes {}){}",
+            n.name,
+            n.state,
+            n.services.join(","),
+            if n.addresses.is_empty() {
+                ", answering nothing".to_string()
+            } else {
+                format!(", answering {}", n.addresses.join(" "))
+            }
+        );
+    }
     if !report.events.is_empty() {
         out.push_str("\nrecent events:\n");
         for e in report.events.iter().rev().take(5).rev() {
@@ -347,7 +365,27 @@ mod tests {
                     term: 3,
                 },
             }],
+            dns_failing: vec![],
         }
+    }
+
+    #[test]
+    fn table_says_when_dns_answers_fail_open() {
+        let mut r = report();
+        r.dns_failing.push(DnsName {
+            name: "imap.mail.example.com.".into(),
+            services: vec!["imap".into()],
+            addresses: vec!["192.0.2.101".into()],
+            state: "fail-open".into(),
+        });
+        let text = render(&r, 61_000);
+        assert!(
+            text.contains(
+                "DNS imap.mail.example.com.: fail-open (no served address passes imap), \
+                 answering 192.0.2.101"
+            ),
+            "{text}"
+        );
     }
 
     #[test]
