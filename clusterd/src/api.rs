@@ -434,15 +434,10 @@ fn leader_route(s: &Shared, forwarded: bool) -> Result<LeaderRoute, ApiError> {
         Some(_) if forwarded => Err(ApiError::unavailable(
             "leadership is moving; retry in a moment",
         )),
-        Some(l) => {
-            let node = metrics
-                .membership_config
-                .membership()
-                .get_node(&l)
-                .cloned()
-                .ok_or_else(|| {
-                    ApiError::unavailable("the leader is not in the membership yet; retry")
-                })?;
+        Some(_) => {
+            let (_, node) = crate::raft::leader_member(&metrics).ok_or_else(|| {
+                ApiError::unavailable("the leader is not in the membership yet; retry")
+            })?;
             Ok(LeaderRoute::Forward(ApiClient::new(
                 node.addr,
                 s.key.clone(),
@@ -496,21 +491,7 @@ async fn forward_unless_leader(
 }
 
 fn membership_names(s: &Shared) -> (BTreeSet<NodeId>, Vec<String>, Vec<String>) {
-    let metrics = s.raft.metrics().borrow().clone();
-    let m = metrics.membership_config.membership();
-    let voter_ids: BTreeSet<NodeId> = m.voter_ids().collect();
-    let mut voters = Vec::new();
-    let mut learners = Vec::new();
-    for (id, node) in m.nodes() {
-        if voter_ids.contains(id) {
-            voters.push(node.name.clone());
-        } else {
-            learners.push(node.name.clone());
-        }
-    }
-    voters.sort();
-    learners.sort();
-    (voter_ids, voters, learners)
+    crate::raft::membership_names(&s.raft.metrics().borrow())
 }
 
 fn voter_count_problem(count: usize, force: bool) -> Option<String> {

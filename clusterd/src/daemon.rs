@@ -109,11 +109,6 @@ impl Shared {
             .unwrap_or_else(|p| p.into_inner())
             .map(|t| t.elapsed().as_millis() as u64)
     }
-
-    /// This node's configured floating addresses in model form, sorted.
-    pub fn declared_addresses(&self) -> Vec<AddressSpec> {
-        declared_addresses(&self.config)
-    }
 }
 
 /// The configured floating addresses of `config` in model form, sorted by ip.
@@ -399,19 +394,7 @@ struct Observed {
 }
 
 fn observe(m: &Metrics) -> Observed {
-    let membership = m.membership_config.membership();
-    let voter_ids: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
-    let mut voters = Vec::new();
-    let mut learners = Vec::new();
-    for (id, n) in membership.nodes() {
-        if voter_ids.contains(id) {
-            voters.push(n.name.clone());
-        } else {
-            learners.push(n.name.clone());
-        }
-    }
-    voters.sort();
-    learners.sort();
+    let (_, voters, learners) = crate::raft::membership_names(m);
     Observed {
         state: m.state,
         leader: m.current_leader,
@@ -432,7 +415,7 @@ async fn duties(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut last: Option<Observed> = None;
     let mut announced_term: Option<u64> = None;
     let mut retry_at = Instant::now();
-    let declared = shared.declared_addresses();
+    let declared = declared_addresses(&shared.config);
     loop {
         let metrics = metrics_rx.borrow_and_update().clone();
         let now = observe(&metrics);

@@ -20,8 +20,8 @@ use crate::api::{self, admin_paths};
 use crate::auth;
 use crate::client::ApiClient;
 use crate::daemon::Shared;
+use crate::model::Role;
 use crate::model::plan::{self, Liveness, Policy};
-use crate::model::{NodeId, Role};
 
 /// Body of `POST /v1/lease`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -173,13 +173,6 @@ pub fn grant(s: &Shared, node: &str) -> Result<LeaseGrant, String> {
     })
 }
 
-fn leader_addr(s: &Shared) -> Option<(NodeId, String)> {
-    let metrics = s.raft.metrics().borrow().clone();
-    let leader = metrics.current_leader?;
-    let node = metrics.membership_config.membership().get_node(&leader)?;
-    Some((leader, node.addr.clone()))
-}
-
 /// The holder's loop (mail nodes): renew every `renew_every`, publish how long the lease lasts.
 pub async fn renew_loop(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let timings = s.leases.timings;
@@ -188,7 +181,8 @@ pub async fn renew_loop(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut had_lease = false;
     loop {
         let sent_at = Instant::now();
-        let granted = match leader_addr(&s) {
+        let leader = crate::raft::leader_member(&s.raft.metrics().borrow());
+        let granted = match leader.map(|(id, m)| (id, m.addr)) {
             None => Err("no leader known".to_string()),
             Some((leader, _)) if leader == s.id => grant(&s, &s.me),
             Some((_, addr)) => {

@@ -28,3 +28,29 @@ pub type Raft = openraft::Raft<TypeConfig>;
 
 /// Raft metrics with our types.
 pub type Metrics = openraft::RaftMetrics<NodeId, Member>;
+
+/// Voter ids, and voter and learner names (sorted), of the membership in `metrics`.
+pub fn membership_names(
+    metrics: &Metrics,
+) -> (std::collections::BTreeSet<NodeId>, Vec<String>, Vec<String>) {
+    let m = metrics.membership_config.membership();
+    let voter_ids: std::collections::BTreeSet<NodeId> = m.voter_ids().collect();
+    let (mut voters, mut learners) = (Vec::new(), Vec::new());
+    for (id, node) in m.nodes() {
+        if voter_ids.contains(id) {
+            voters.push(node.name.clone());
+        } else {
+            learners.push(node.name.clone());
+        }
+    }
+    voters.sort();
+    learners.sort();
+    (voter_ids, voters, learners)
+}
+
+/// The current leader's id and member record, if a leader is known and in the membership.
+pub fn leader_member(metrics: &Metrics) -> Option<(NodeId, Member)> {
+    let leader = metrics.current_leader?;
+    let node = metrics.membership_config.membership().get_node(&leader)?;
+    Some((leader, node.clone()))
+}
