@@ -8,13 +8,13 @@
 use std::fs;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use super::error::{IoContext, LabError, Result};
-use super::process::{ProcId, ns_command, run_timeout};
+use super::process::{ProcId, ns_command, run_timeout, spawn_logged};
 use super::state::{CLUSTERD_PORT, LabState, NodeRole, NodeState};
 
 /// Environment variable naming the clusterd binary to run in the lab.
@@ -170,25 +170,9 @@ pub fn start(bin: &Path, node: &NodeState) -> Result<(ProcId, Child)> {
         .append(true)
         .open(&log_path)
         .ctx(|| format!("opening {}", log_path.display()))?;
-    let err = log.try_clone().ctx(|| "cloning a log handle".to_owned())?;
     let mut cmd = ns_command(&node.netns, bin);
-    cmd.arg("--config")
-        .arg(config)
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(err);
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let child = cmd
-        .spawn()
-        .ctx(|| format!("starting clusterd on {}", node.name))?;
-    let id = ProcId::of(child.id()).ok_or_else(|| {
-        LabError::State(format!(
-            "clusterd on {} exited at once; see {}",
-            node.name,
-            log_path.display()
-        ))
-    })?;
-    Ok((id, child))
+    cmd.arg("--config").arg(config);
+    spawn_logged(cmd, log, &log_path, &format!("clusterd on {}", node.name))
 }
 
 /// What `clusterctl status --json` prints (fields the lab relies on; the rest is kept raw).

@@ -11,13 +11,13 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use nix::unistd::{Gid, Uid, User, chown};
 
 use super::error::{IoContext, LabError, Result};
-use super::process::{ProcId, ns_command, run, wait_until};
+use super::process::{ProcId, ns_command, run, spawn_logged, wait_until};
 use super::state::{MAIL_DOMAIN, MAIL_PASSWORD, MAIL_USER, NodeState};
 use super::topology::{SUBNET_V4, SUBNET_V6};
 
@@ -197,26 +197,9 @@ postlog    unix-dgram n - n - 1 postlogd
 pub fn start_dovecot(node: &NodeState) -> Result<(ProcId, Child)> {
     let out = node.dir.join("dovecot.out");
     let log = fs::File::create(&out).ctx(|| format!("creating {}", out.display()))?;
-    let err = log.try_clone().ctx(|| "cloning a log handle".to_owned())?;
     let mut cmd = ns_command(&node.netns, "dovecot");
-    cmd.arg("-F")
-        .arg("-c")
-        .arg(node.dovecot_config())
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(err);
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let child = cmd
-        .spawn()
-        .ctx(|| format!("starting dovecot on {}", node.name))?;
-    let id = ProcId::of(child.id()).ok_or_else(|| {
-        LabError::State(format!(
-            "dovecot on {} exited at once; see {}",
-            node.name,
-            out.display()
-        ))
-    })?;
-    Ok((id, child))
+    cmd.arg("-F").arg("-c").arg(node.dovecot_config());
+    spawn_logged(cmd, log, &out, &format!("dovecot on {}", node.name))
 }
 
 /// Stop the node's dovecot: SIGTERM to the master, and after a short grace SIGKILL to whatever

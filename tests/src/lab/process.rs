@@ -272,3 +272,22 @@ pub fn have_program(name: &str) -> bool {
         .chain(["/usr/sbin".into(), "/sbin".into()])
         .any(|dir| dir.join(name).is_file())
 }
+
+/// Spawn `cmd` (built with [`ns_command`]) as a daemon of ours in its own process group, with
+/// stdout and stderr written to `log`, and record its identity. `what` names it in errors
+/// ("dovecot on mx1").
+pub fn spawn_logged(
+    mut cmd: Command,
+    log: std::fs::File,
+    log_path: &Path,
+    what: &str,
+) -> Result<(ProcId, std::process::Child)> {
+    let err = log.try_clone().ctx(|| "cloning a log handle".to_owned())?;
+    cmd.stdin(Stdio::null()).stdout(log).stderr(err);
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let child = cmd.spawn().ctx(|| format!("starting {what}"))?;
+    let id = ProcId::of(child.id()).ok_or_else(|| {
+        LabError::State(format!("{what} exited at once; see {}", log_path.display()))
+    })?;
+    Ok((id, child))
+}
