@@ -265,6 +265,9 @@ pub struct PlacementConfig {
     pub failback: FailbackMode,
     /// How long the home node must be healthy before an address returns to it. Default "60s".
     pub failback_after: Millis,
+    /// Hold-down against flapping: a node where a service failed is not chosen again for an
+    /// address needing that service until the service has passed there this long. Default "30s".
+    pub hold_down: Millis,
 }
 
 impl Default for PlacementConfig {
@@ -272,6 +275,7 @@ impl Default for PlacementConfig {
         PlacementConfig {
             failback: FailbackMode::Auto,
             failback_after: Millis::from_millis(60_000),
+            hold_down: Millis::from_millis(30_000),
         }
     }
 }

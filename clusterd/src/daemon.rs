@@ -173,6 +173,7 @@ pub async fn run_with<N: crate::vip::NetOps>(
     let policy = Policy {
         auto_failback: config.placement.failback == FailbackMode::Auto,
         failback_after_ms: config.placement.failback_after.as_millis(),
+        hold_down_ms: config.placement.hold_down.as_millis(),
     };
     let me = config.node.name.clone();
     let id = node_id(&me);

@@ -17,7 +17,10 @@ use sha2::{Digest, Sha256};
 
 pub use crate::config::Role;
 
+pub mod health;
 pub mod plan;
+
+pub use health::{Health, HealthReport, ServiceHealth};
 
 /// Raft node id. Operators only ever see names; the id is derived from the name.
 pub type NodeId = u64;
@@ -164,6 +167,8 @@ pub enum MoveReason {
     Failback,
     /// The owner is no longer a mail member of the cluster.
     NotMember,
+    /// A service the address needs is critical on the owner and passes on the new node.
+    ServiceFailed,
 }
 
 impl fmt::Display for MoveReason {
@@ -175,6 +180,7 @@ impl fmt::Display for MoveReason {
             MoveReason::Operator => "moved by operator",
             MoveReason::Failback => "failback",
             MoveReason::NotMember => "owner left the cluster",
+            MoveReason::ServiceFailed => "service failed",
         })
     }
 }
@@ -293,6 +299,26 @@ pub enum EventKind {
         /// The text.
         text: String,
     },
+    /// A service's health changed on a node.
+    HealthChanged {
+        /// The node.
+        node: String,
+        /// Check name.
+        check: String,
+        /// Previous state (`None`: first report).
+        from: Option<Health>,
+        /// New state.
+        to: Health,
+        /// The probe's reason.
+        reason: String,
+    },
+    /// A node (re)started its probes: its checks are pending until they rise or fall.
+    HealthReset {
+        /// The node.
+        node: String,
+        /// The checks it runs.
+        checks: Vec<String>,
+    },
 }
 
 impl fmt::Display for EventKind {
@@ -362,6 +388,30 @@ impl fmt::Display for EventKind {
                 Ok(())
             }
             EventKind::Note { by, text } => write!(f, "note (via {by}): {text}"),
+            EventKind::HealthChanged {
+                node,
+                check,
+                from,
+                to,
+                reason,
+            } => {
+                write!(f, "{node} {check}: ")?;
+                if let Some(from) = from {
+                    write!(f, "{from} -> ")?;
+                }
+                write!(f, "{to}")?;
+                if !reason.is_empty() {
+                    write!(f, " ({reason})")?;
+                }
+                Ok(())
+            }
+            EventKind::HealthReset { node, checks } => {
+                write!(
+                    f,
+                    "{node} started its checks [{}]: pending",
+                    checks.join(", ")
+                )
+            }
         }
     }
 }
@@ -492,6 +542,17 @@ pub enum Command {
         /// Unix ms.
         at_ms: u64,
     },
+    /// A node's probe decided a new state for one of its services.
+    Health(HealthReport),
+    /// A node (re)started its probes; its checks are pending until they rise or fall.
+    HealthReset {
+        /// The node.
+        node: String,
+        /// The checks it runs.
+        checks: Vec<String>,
+        /// Unix ms.
+        at_ms: u64,
+    },
 }
 
 /// The state machine's answer to one command.
@@ -547,6 +608,9 @@ pub struct State {
     /// node computes the same serial and it never goes backwards.
     #[serde(default)]
     pub revision: u64,
+    /// Each mail node's service health by check name, as its probes last decided.
+    #[serde(default)]
+    pub health: BTreeMap<String, BTreeMap<String, ServiceHealth>>,
 }
 
 impl Default for State {
@@ -567,6 +631,7 @@ impl State {
             next_event_seq: 1,
             history_limit: history_limit.max(1),
             revision: 0,
+            health: BTreeMap::new(),
         }
     }
 
@@ -793,6 +858,12 @@ impl State {
                 Applied::changed(true)
             }
             Command::RequestMove { ip, to, by, at_ms } => self.request_move(ip, to, by, *at_ms),
+            Command::Health(report) => self.report_health(report),
+            Command::HealthReset {
+                node,
+                checks,
+                at_ms,
+            } => self.reset_health(node, checks, *at_ms),
             Command::Note { by, text, at_ms } => {
                 if text.trim().is_empty() {
                     return Applied::refused("the note is empty; write some text");

@@ -5,22 +5,31 @@
 //! arithmetic, passes the time, and proposes the returned commands. The rules, in order of
 //! precedence for each address:
 //!
-//! 1. Nobody owns it: give it to its home node if the home holds a current lease, otherwise to
-//!    the live mail node with the fewest addresses (ties broken by name, so placement is stable).
+//! 1. Nobody owns it: give it to the best candidate (below).
 //! 2. Its owner's lease has surely ended (and this leader's quiet period after election is over),
-//!    or the owner left the cluster: give it to the handoff target, home, or the least loaded
-//!    live node, in that order. With no live node it stays where it is.
-//! 3. Its owner is live but drained: start a planned handoff to the best live node.
-//! 4. A planned handoff whose target is no longer fit: call it off.
-//! 5. Auto failback: its home node has held a current lease for the failback period and the
-//!    address is elsewhere (and not pinned there by an operator): hand it back.
+//!    or the owner left the cluster: give it to the handoff target if that is still a good
+//!    choice, else the best candidate. With no live node it stays where it is.
+//! 3. Its owner is live but drained: start a planned handoff to the best candidate.
+//! 4. A planned handoff whose target is no longer fit (lease lapsed, drained, or now failing a
+//!    service the address needs): call it off.
+//! 5. A service the address needs is critical on its owner: a planned handoff to the best
+//!    *healthy* candidate. If no node passes, the address stays (no ping-pong).
+//! 6. Auto failback: its home node has held a current lease for the failback period, passes the
+//!    address's services past the hold-down, and the address is elsewhere (and not pinned there
+//!    by an operator): hand it back.
+//!
+//! The best candidate is, among nodes holding a current lease that may hold addresses: the home
+//! node if healthy for the address, else the healthy node with the fewest addresses (ties broken
+//! by name, so placement is stable); only when no node is healthy, the home node, else the least
+//! loaded node. Healthy means every service the address needs is up there, and each one that
+//! ever failed there has been up for the hold-down period since.
 //!
 //! A node that is neither current nor surely expired (its lease just lapsed) is left alone:
 //! its addresses stay, and it gets nothing new.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{Command, MoveReason, State};
+use super::{AddressState, Command, MoveReason, State};
 
 /// What the leader knows of each node's lease, as of the planning instant.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -38,6 +47,9 @@ pub struct Policy {
     pub auto_failback: bool,
     /// How long the home must have held a current lease first (ms).
     pub failback_after_ms: u64,
+    /// How long a service that failed on a node must pass again before the node is chosen for
+    /// an address needing it (ms).
+    pub hold_down_ms: u64,
 }
 
 impl Default for Policy {
@@ -45,14 +57,86 @@ impl Default for Policy {
         Policy {
             auto_failback: true,
             failback_after_ms: 60_000,
+            hold_down_ms: 30_000,
+        }
+    }
+}
+
+/// Candidate choice for one planning pass.
+struct Chooser<'a> {
+    state: &'a State,
+    live: &'a Liveness,
+    policy: &'a Policy,
+    now_ms: u64,
+    /// Addresses each node holds or is about to receive, updated as we plan.
+    load: BTreeMap<String, usize>,
+}
+
+impl Chooser<'_> {
+    /// May hold addresses and holds a current lease.
+    fn fit(&self, node: &str) -> bool {
+        self.state.can_hold(node) && self.live.current.contains_key(node)
+    }
+
+    /// Fit, and passes every service `a` needs past the hold-down.
+    fn healthy(&self, node: &str, a: &AddressState) -> bool {
+        self.fit(node)
+            && self.state.eligible(
+                node,
+                &a.spec.services,
+                self.now_ms,
+                self.policy.hold_down_ms,
+            )
+    }
+
+    fn least_loaded(&self, ok: impl Fn(&str) -> bool) -> Option<String> {
+        self.live
+            .current
+            .keys()
+            .filter(|n| ok(n))
+            .min_by_key(|n| (self.load.get(*n).copied().unwrap_or(0), (*n).clone()))
+            .cloned()
+    }
+
+    /// The best node for `a` other than `except`: `first` (e.g. a handoff target) or home if
+    /// healthy, else the least loaded healthy node; unless `healthy_only`, then the same among
+    /// merely fit nodes.
+    fn choose(
+        &self,
+        a: &AddressState,
+        first: Option<&str>,
+        except: Option<&str>,
+        healthy_only: bool,
+    ) -> Option<String> {
+        let not_except = |n: &str| Some(n) != except;
+        let preferred = [first, Some(a.spec.home.as_str())];
+        let pick = |ok: &dyn Fn(&str) -> bool| {
+            preferred
+                .iter()
+                .flatten()
+                .find(|n| not_except(n) && ok(n))
+                .map(|n| n.to_string())
+                .or_else(|| self.least_loaded(|n| not_except(n) && ok(n)))
+        };
+        pick(&|n| self.healthy(n, a)).or_else(|| {
+            if healthy_only {
+                None
+            } else {
+                pick(&|n| self.fit(n))
+            }
+        })
+    }
+
+    fn took(&mut self, to: &str, from: Option<&str>) {
+        *self.load.entry(to.to_string()).or_default() += 1;
+        if let Some(n) = from.and_then(|f| self.load.get_mut(f)) {
+            *n = n.saturating_sub(1);
         }
     }
 }
 
 /// The commands that bring placement where it should be. At most one command per address.
 pub fn plan(state: &State, live: &Liveness, policy: &Policy, now_ms: u64) -> Vec<Command> {
-    let fit = |node: &str| state.can_hold(node) && live.current.contains_key(node);
-    // Addresses each node holds or is about to receive, updated as we plan.
     let mut load: BTreeMap<String, usize> = BTreeMap::new();
     for a in state.addresses.values() {
         if let Some(o) = &a.owner {
@@ -62,17 +146,24 @@ pub fn plan(state: &State, live: &Liveness, policy: &Policy, now_ms: u64) -> Vec
             *load.entry(h.to.clone()).or_default() += 1;
         }
     }
-    let least_loaded = |load: &BTreeMap<String, usize>, except: Option<&str>| -> Option<String> {
-        live.current
-            .keys()
-            .filter(|n| Some(n.as_str()) != except && fit(n))
-            .min_by_key(|n| (load.get(*n).copied().unwrap_or(0), (*n).clone()))
-            .cloned()
+    let mut c = Chooser {
+        state,
+        live,
+        policy,
+        now_ms,
+        load,
     };
 
     // Addresses going home first, so the load seen by the others counts them.
-    let mut order: Vec<(&String, &super::AddressState)> = state.addresses.iter().collect();
-    order.sort_by_key(|(ip, a)| (!(a.owner.is_none() && fit(&a.spec.home)), (*ip).clone()));
+    let mut order: Vec<(&String, &AddressState)> = state.addresses.iter().collect();
+    order.sort_by_key(|(ip, a)| {
+        let home_ok = c.fit(&a.spec.home);
+        (
+            !(a.owner.is_none() && c.healthy(&a.spec.home, a)),
+            !(a.owner.is_none() && home_ok),
+            (*ip).clone(),
+        )
+    });
     let mut out = Vec::new();
     for (ip, a) in order {
         let home = a.spec.home.as_str();
@@ -84,14 +175,16 @@ pub fn plan(state: &State, live: &Liveness, policy: &Policy, now_ms: u64) -> Vec
             reason,
             at_ms: now_ms,
         };
+        let handoff = |to: String, reason| Command::StartHandoff {
+            ip: ip.clone(),
+            to,
+            epoch,
+            reason,
+            at_ms: now_ms,
+        };
         let Some(owner) = a.owner.as_deref() else {
-            let target = if fit(home) {
-                Some(home.to_string())
-            } else {
-                least_loaded(&load, None)
-            };
-            if let Some(t) = target {
-                *load.entry(t.clone()).or_default() += 1;
+            if let Some(t) = c.choose(a, None, None, false) {
+                c.took(&t, None);
                 out.push(assign(t, MoveReason::Initial));
             }
             continue;
@@ -102,19 +195,14 @@ pub fn plan(state: &State, live: &Liveness, policy: &Policy, now_ms: u64) -> Vec
             .get(owner)
             .is_none_or(|m| m.role != super::Role::Mail);
         if live.expired.contains(owner) {
-            let preferred = a
-                .handoff
-                .as_ref()
-                .map(|h| h.to.as_str())
-                .filter(|t| fit(t))
-                .or_else(|| (home != owner && fit(home)).then_some(home))
-                .map(str::to_string);
-            let target = preferred.or_else(|| least_loaded(&load, Some(owner)));
+            let target = c.choose(
+                a,
+                a.handoff.as_ref().map(|h| h.to.as_str()),
+                Some(owner),
+                false,
+            );
             if let Some(t) = target {
-                *load.entry(t.clone()).or_default() += 1;
-                if let Some(n) = load.get_mut(owner) {
-                    *n = n.saturating_sub(1);
-                }
+                c.took(&t, Some(owner));
                 let reason = if owner_gone {
                     MoveReason::NotMember
                 } else {
@@ -130,7 +218,7 @@ pub fn plan(state: &State, live: &Liveness, policy: &Policy, now_ms: u64) -> Vec
         }
 
         if let Some(h) = &a.handoff {
-            if !fit(&h.to) {
+            if !c.fit(&h.to) || !state.failing(&h.to, &a.spec.services).is_empty() {
                 out.push(Command::CancelHandoff {
                     ip: ip.clone(),
                     epoch,
@@ -140,22 +228,10 @@ pub fn plan(state: &State, live: &Liveness, policy: &Policy, now_ms: u64) -> Vec
             continue;
         }
 
-        let handoff = |to: String, reason| Command::StartHandoff {
-            ip: ip.clone(),
-            to,
-            epoch,
-            reason,
-            at_ms: now_ms,
-        };
         if !state.can_hold(owner) {
             // Drained (or no longer a mail node): a planned move to the best live node.
-            let target = if fit(home) && home != owner {
-                Some(home.to_string())
-            } else {
-                least_loaded(&load, Some(owner))
-            };
-            if let Some(t) = target {
-                *load.entry(t.clone()).or_default() += 1;
+            if let Some(t) = c.choose(a, None, Some(owner), false) {
+                c.took(&t, None);
                 let reason = if owner_gone {
                     MoveReason::NotMember
                 } else {
@@ -165,16 +241,43 @@ pub fn plan(state: &State, live: &Liveness, policy: &Policy, now_ms: u64) -> Vec
             }
             continue;
         }
+        if !state.failing(owner, &a.spec.services).is_empty() {
+            // Only to a node where everything passes; otherwise stay (no ping-pong).
+            if let Some(t) = c.choose(a, None, Some(owner), true) {
+                c.took(&t, None);
+                out.push(handoff(t, MoveReason::ServiceFailed));
+            }
+            continue;
+        }
         if policy.auto_failback
             && owner != home
             && !a.pinned
-            && fit(home)
+            && c.healthy(home, a)
             && live.current.get(home).copied().unwrap_or(0) >= policy.failback_after_ms
         {
             out.push(handoff(home.to_string(), MoveReason::Failback));
         }
     }
     out
+}
+
+/// Whether `a` stays on an owner that fails one of its services because no other node passes
+/// them all (what `status` reports as "stuck"). Uses membership and replicated health only.
+pub fn stuck_on_failing_owner(
+    state: &State,
+    a: &AddressState,
+    now_ms: u64,
+    hold_down_ms: u64,
+) -> bool {
+    let Some(owner) = a.owner.as_deref() else {
+        return false;
+    };
+    !state.failing(owner, &a.spec.services).is_empty()
+        && !state.members.keys().any(|n| {
+            n != owner
+                && state.can_hold(n)
+                && state.eligible(n, &a.spec.services, now_ms, hold_down_ms)
+        })
 }
 
 #[cfg(test)]
@@ -419,6 +522,7 @@ mod tests {
         let policy = Policy {
             auto_failback: true,
             failback_after_ms: 60_000,
+            hold_down_ms: 30_000,
         };
         // mx1 is back but only for 10 s.
         let back = live(&[("mx1", 10_000), ("mx2", 90_000), ("mx3", 90_000)], &[]);
@@ -442,6 +546,7 @@ mod tests {
         let policy = Policy {
             auto_failback: false,
             failback_after_ms: 1,
+            hold_down_ms: 30_000,
         };
         let stable = live(&[("mx1", 999_999), ("mx2", 9), ("mx3", 9)], &[]);
         assert!(plan(&s, &stable, &policy, NOW).is_empty());
@@ -559,5 +664,216 @@ mod tests {
             s
         };
         assert_eq!(s.revision, r0 + 2);
+    }
+
+    // ---- health ----
+
+    use crate::model::{Health, HealthReport};
+
+    /// Like `state()` but both addresses need imap.
+    fn with_services() -> State {
+        let mut s = state();
+        let spec = |ip: &str, home: &str| AddressSpec {
+            ip: ip.into(),
+            interface: "eth0".into(),
+            home: home.into(),
+            services: vec!["imap".into()],
+        };
+        s.apply(&Command::SetAddresses {
+            by: "mx1".into(),
+            addresses: vec![spec("192.0.2.101/24", "mx1"), spec("192.0.2.102/24", "mx2")],
+            at_ms: 0,
+        });
+        s
+    }
+
+    fn health(s: &mut State, node: &str, h: Health, at_ms: u64) {
+        let a = s.apply(&Command::Health(HealthReport {
+            node: node.into(),
+            check: "imap".into(),
+            health: h,
+            reason: String::new(),
+            latency_ms: None,
+            at_ms,
+        }));
+        assert!(a.refused.is_none(), "{a:?}");
+    }
+
+    /// Placed at home, imap passing everywhere since long ago.
+    fn healthy_cluster() -> State {
+        let mut s = with_services();
+        for n in ["mx1", "mx2", "mx3"] {
+            health(&mut s, n, Health::Passing, 0);
+        }
+        run(&mut s, &all_live(), &Policy::default());
+        assert_eq!(owner(&s, "192.0.2.101/24").as_deref(), Some("mx1"));
+        s
+    }
+
+    fn handoff_to(cmds: &[Command]) -> Vec<(String, MoveReason)> {
+        cmds.iter()
+            .filter_map(|c| match c {
+                Command::StartHandoff { to, reason, .. } => Some((to.clone(), *reason)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_critical_service_on_the_owner_hands_the_address_to_a_passing_node() {
+        let mut s = healthy_cluster();
+        health(&mut s, "mx1", Health::Critical, NOW - 10);
+        let cmds = plan(&s, &all_live(), &Policy::default(), NOW);
+        // mx3 holds nothing, mx2 holds .102: mx3 is the least loaded passing node.
+        assert_eq!(
+            handoff_to(&cmds),
+            vec![("mx3".to_string(), MoveReason::ServiceFailed)]
+        );
+    }
+
+    #[test]
+    fn a_warning_moves_nothing() {
+        let mut s = healthy_cluster();
+        health(&mut s, "mx1", Health::Warning, NOW - 10);
+        assert!(plan(&s, &all_live(), &Policy::default(), NOW).is_empty());
+    }
+
+    #[test]
+    fn when_no_node_passes_the_address_stays_and_is_reported_stuck() {
+        let mut s = healthy_cluster();
+        for n in ["mx1", "mx2", "mx3"] {
+            health(&mut s, n, Health::Critical, NOW - 10);
+        }
+        assert!(plan(&s, &all_live(), &Policy::default(), NOW).is_empty());
+        let a = &s.addresses["192.0.2.101/24"];
+        assert!(stuck_on_failing_owner(&s, a, NOW, 30_000));
+        // Pending nodes do not count as passing either.
+        let mut s = healthy_cluster();
+        health(&mut s, "mx1", Health::Critical, NOW - 10);
+        for n in ["mx2", "mx3"] {
+            s.apply(&Command::HealthReset {
+                node: n.into(),
+                checks: vec!["imap".into()],
+                at_ms: NOW - 5,
+            });
+        }
+        assert!(plan(&s, &all_live(), &Policy::default(), NOW).is_empty());
+    }
+
+    #[test]
+    fn a_node_that_failed_recently_is_not_chosen_until_the_hold_down_passed() {
+        let mut s = healthy_cluster();
+        // mx3 failed and came back 10 s ago; mx2 is fine but busier.
+        health(&mut s, "mx3", Health::Critical, NOW - 20_000);
+        health(&mut s, "mx3", Health::Passing, NOW - 10_000);
+        health(&mut s, "mx1", Health::Critical, NOW - 10);
+        let p = Policy::default();
+        assert_eq!(
+            handoff_to(&plan(&s, &all_live(), &p, NOW)),
+            vec![("mx2".to_string(), MoveReason::ServiceFailed)]
+        );
+        // Once mx3 has passed for the hold-down, it is the least loaded choice again.
+        assert_eq!(
+            handoff_to(&plan(&s, &all_live(), &p, NOW - 10_000 + 30_000)),
+            vec![("mx3".to_string(), MoveReason::ServiceFailed)]
+        );
+    }
+
+    #[test]
+    fn failback_waits_for_the_home_hold_down_as_well_as_the_stable_period() {
+        let mut s = healthy_cluster();
+        health(&mut s, "mx1", Health::Critical, NOW - 100);
+        run(&mut s, &all_live(), &Policy::default());
+        s.apply(&Command::Released {
+            ip: "192.0.2.101/24".into(),
+            node: "mx1".into(),
+            epoch: s.addresses["192.0.2.101/24"].epoch,
+            at_ms: NOW,
+        });
+        run(&mut s, &all_live(), &Policy::default());
+        assert_eq!(owner(&s, "192.0.2.101/24").as_deref(), Some("mx3"));
+        health(&mut s, "mx1", Health::Passing, NOW);
+        let p = Policy {
+            auto_failback: true,
+            failback_after_ms: 0,
+            hold_down_ms: 5_000,
+        };
+        let stable = live(&[("mx1", 999_999), ("mx2", 9), ("mx3", 9)], &[]);
+        assert!(plan(&s, &stable, &p, NOW + 4_999).is_empty());
+        assert_eq!(
+            handoff_to(&plan(&s, &stable, &p, NOW + 5_000)),
+            vec![("mx1".to_string(), MoveReason::Failback)]
+        );
+    }
+
+    #[test]
+    fn a_dead_owner_s_address_goes_to_a_passing_node_before_a_less_loaded_failing_one() {
+        let mut s = healthy_cluster();
+        health(&mut s, "mx3", Health::Critical, NOW - 10);
+        let l = live(&[("mx2", 9), ("mx3", 9)], &["mx1"]);
+        let cmds = run(&mut s, &l, &Policy::default());
+        assert_eq!(cmds.len(), 1);
+        assert_eq!(owner(&s, "192.0.2.101/24").as_deref(), Some("mx2"));
+    }
+
+    #[test]
+    fn a_dead_owner_s_address_still_goes_somewhere_when_nothing_passes() {
+        let mut s = healthy_cluster();
+        health(&mut s, "mx2", Health::Critical, NOW - 10);
+        health(&mut s, "mx3", Health::Critical, NOW - 10);
+        let l = live(&[("mx2", 9), ("mx3", 9)], &["mx1"]);
+        run(&mut s, &l, &Policy::default());
+        assert_eq!(owner(&s, "192.0.2.101/24").as_deref(), Some("mx3"));
+    }
+
+    #[test]
+    fn initial_placement_goes_home_while_every_check_is_still_pending() {
+        let mut s = with_services();
+        for n in ["mx1", "mx2", "mx3"] {
+            s.apply(&Command::HealthReset {
+                node: n.into(),
+                checks: vec!["imap".into()],
+                at_ms: NOW,
+            });
+        }
+        run(&mut s, &all_live(), &Policy::default());
+        assert_eq!(owner(&s, "192.0.2.101/24").as_deref(), Some("mx1"));
+        assert_eq!(owner(&s, "192.0.2.102/24").as_deref(), Some("mx2"));
+    }
+
+    #[test]
+    fn initial_placement_avoids_a_home_that_fails_the_service() {
+        let mut s = with_services();
+        health(&mut s, "mx1", Health::Critical, NOW - 10);
+        health(&mut s, "mx2", Health::Passing, NOW - 10);
+        health(&mut s, "mx3", Health::Passing, NOW - 10);
+        run(&mut s, &all_live(), &Policy::default());
+        assert_eq!(owner(&s, "192.0.2.101/24").as_deref(), Some("mx3"));
+    }
+
+    #[test]
+    fn a_handoff_to_a_node_that_starts_failing_is_called_off() {
+        let mut s = healthy_cluster();
+        health(&mut s, "mx1", Health::Critical, NOW - 100);
+        run(&mut s, &all_live(), &Policy::default());
+        assert!(s.addresses["192.0.2.101/24"].handoff.is_some());
+        health(&mut s, "mx3", Health::Critical, NOW - 50);
+        let cmds = run(&mut s, &all_live(), &Policy::default());
+        assert!(matches!(&cmds[..], [Command::CancelHandoff { .. }]));
+        assert!(s.addresses["192.0.2.101/24"].handoff.is_none());
+        // Next round picks mx2, which still passes.
+        assert_eq!(
+            handoff_to(&run(&mut s, &all_live(), &Policy::default())),
+            vec![("mx2".to_string(), MoveReason::ServiceFailed)]
+        );
+    }
+
+    #[test]
+    fn addresses_without_services_ignore_health() {
+        let mut s = placed();
+        for n in ["mx1", "mx2", "mx3"] {
+            health(&mut s, n, Health::Critical, NOW - 10);
+        }
+        assert!(plan(&s, &all_live(), &Policy::default(), NOW).is_empty());
     }
 }
