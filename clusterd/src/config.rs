@@ -400,6 +400,61 @@ pub struct CheckConfig {
     /// Optional; only for smtp, submission and smtps. At least 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_threshold: Option<u64>,
+    /// The program (absolute path) and arguments that print the postfix queue as JSON, one
+    /// line per message, like `postqueue -j`. Only with `queue_threshold`. Default
+    /// ["/usr/sbin/postqueue", "-j"]; add "-c", "/etc/postfix-out" for a second instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_command: Option<Vec<String>>,
+    /// Address the probe connects to. Default "127.0.0.1": the node's own service (dovecot
+    /// and postfix listen on all addresses, or on this one).
+    #[serde(default = "default_check_host")]
+    pub host: IpAddr,
+    /// PEM file of CA certificates (absolute path). With it, a TLS probe (smtps, imaps, pop3s,
+    /// or starttls) also verifies the certificate chain and name. Without it the probe proves
+    /// the TLS handshake works and watches the expiry date, but not who issued the certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// Name sent as SNI and, with `tls_ca_file`, required in the certificate. Default: the
+    /// host address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_server_name: Option<String>,
+    /// A TLS probe warns (degraded, no failover) when the certificate expires within this
+    /// long. Default "14d".
+    #[serde(default = "default_cert_warning")]
+    pub cert_warning: Millis,
+}
+
+impl CheckConfig {
+    /// A check of `kind` with every other field at its default.
+    pub fn new(kind: CheckKind) -> Self {
+        CheckConfig {
+            kind,
+            port: None,
+            interval: default_check_interval(),
+            timeout: default_check_timeout(),
+            rise: default_rise_fall(),
+            fall: default_rise_fall(),
+            starttls: false,
+            login_user: None,
+            password_file: None,
+            command: None,
+            queue_threshold: None,
+            queue_command: None,
+            host: default_check_host(),
+            tls_ca_file: None,
+            tls_server_name: None,
+            cert_warning: default_cert_warning(),
+        }
+    }
+
+    /// Whether this check speaks TLS (implicit, or upgraded with STARTTLS).
+    pub fn uses_tls(&self) -> bool {
+        self.starttls
+            || matches!(
+                self.kind,
+                CheckKind::Smtps | CheckKind::Imaps | CheckKind::Pop3s
+            )
+    }
 }
 
 impl CheckConfig {
@@ -599,6 +654,12 @@ fn default_check_timeout() -> Millis {
 fn default_rise_fall() -> u32 {
     2
 }
+fn default_check_host() -> IpAddr {
+    IpAddr::from([127, 0, 0, 1])
+}
+fn default_cert_warning() -> Millis {
+    Millis::from_millis(14 * 86_400_000)
+}
 fn default_ttl() -> u32 {
     30
 }
@@ -644,8 +705,7 @@ impl From<Millis> for Duration {
     }
 }
 
-const DURATION_FORMS: &str =
-    "write a number and a unit as a string, like \"50ms\", \"1s\", \"1.5s\", \"2m\" or \"1h\"";
+const DURATION_FORMS: &str = "write a number and a unit as a string, like \"50ms\", \"1s\", \"1.5s\", \"2m\", \"1h\" or \"14d\"";
 
 impl FromStr for Millis {
     type Err = String;
@@ -662,7 +722,8 @@ impl FromStr for Millis {
             "s" => 1_000,
             "m" => 60_000,
             "h" => 3_600_000,
-            _ => return Err(bad("the unit must be ms, s, m or h")),
+            "d" => 86_400_000,
+            _ => return Err(bad("the unit must be ms, s, m, h or d")),
         };
         let (whole, frac) = match number.split_once('.') {
             Some((w, f)) => (w, f),
@@ -1525,6 +1586,56 @@ impl Config {
                     );
                 }
             }
+            match (&c.queue_command, c.queue_threshold) {
+                (Some(_), None) => v.push(
+                    format!("{f}.queue_command"),
+                    "queue_command is only run to compare with queue_threshold; add \
+                     queue_threshold = 1000 or remove queue_command"
+                        .to_string(),
+                ),
+                (Some(cmd), Some(_)) if cmd.is_empty() || !Path::new(&cmd[0]).is_absolute() => v
+                    .push(
+                        format!("{f}.queue_command"),
+                        "write the program as an absolute path and its arguments, e.g. \
+                         [\"/usr/sbin/postqueue\", \"-c\", \"/etc/postfix\", \"-j\"]"
+                            .to_string(),
+                    ),
+                _ => {}
+            }
+            if !c.uses_tls() {
+                for (key, set) in [
+                    ("tls_ca_file", c.tls_ca_file.is_some()),
+                    ("tls_server_name", c.tls_server_name.is_some()),
+                ] {
+                    if set {
+                        v.push(
+                            format!("{f}.{key}"),
+                            format!(
+                                "{key} applies only to TLS probes (kinds smtps, imaps, pop3s, or \
+                                 starttls = true); remove it or enable starttls"
+                            ),
+                        );
+                    }
+                }
+            }
+            if let Some(p) = &c.tls_ca_file {
+                check_absolute(
+                    v,
+                    &format!("{f}.tls_ca_file"),
+                    p,
+                    "/etc/ssl/certs/mail-ca.pem",
+                );
+            }
+            if let Some(n) = &c.tls_server_name
+                && rustls_pki_types::ServerName::try_from(n.as_str()).is_err()
+            {
+                v.push(
+                    format!("{f}.tls_server_name"),
+                    format!(
+                        "{n:?} is not a DNS name or IP address; write e.g. \"mail.example.com\""
+                    ),
+                );
+            }
         }
     }
 
@@ -1990,19 +2101,7 @@ names = { imap = ["imap"], smtp = ["smtp"], mail = ["imap", "smtp"] }
     }
 
     fn check(kind: CheckKind) -> CheckConfig {
-        CheckConfig {
-            kind,
-            port: None,
-            interval: Millis::from_millis(1000),
-            timeout: Millis::from_millis(1000),
-            rise: 2,
-            fall: 2,
-            starttls: false,
-            login_user: None,
-            password_file: None,
-            command: None,
-            queue_threshold: None,
-        }
+        CheckConfig::new(kind)
     }
 
     fn with_check(name: &str, c: CheckConfig) -> Config {

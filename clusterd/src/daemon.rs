@@ -83,6 +83,8 @@ pub struct Shared {
     pub quorum_lost_after: Duration,
     /// Address leases: the leader's grants and this node's own lease.
     pub leases: crate::lease::Leases,
+    /// This node's latest probe results.
+    pub probes: crate::health::LocalView,
 }
 
 impl std::fmt::Debug for Shared {
@@ -208,6 +210,7 @@ pub async fn run_with<N: crate::vip::NetOps>(
         reachable_within,
         quorum_lost_after,
         leases: crate::lease::Leases::new(lease_timings),
+        probes: crate::health::LocalView::default(),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -237,6 +240,7 @@ pub async fn run_with<N: crate::vip::NetOps>(
             stop_rx.clone(),
         )),
         tokio::spawn(crate::dns_feed::run(shared.clone(), stop_rx.clone())),
+        tokio::spawn(crate::health::run(shared.clone(), stop_rx.clone())),
     ];
     if let Some(net) = net.filter(|_| !shared.config.node.dry_run) {
         // Only a node that can hold addresses takes leases for them.

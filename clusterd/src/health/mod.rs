@@ -1,0 +1,249 @@
+//! Health checks: each mail node probes its own dovecot and postfix and replicates only the
+//! transitions.
+//!
+//! One task per `[checks.NAME]` runs the probe every `interval` ([`probe`]) and feeds the
+//! result to a rise/fall [`tracker`]. A reporter task makes the replicated state match what
+//! the trackers decided: first a `HealthReset` (a node that just started passes nothing until
+//! its checks rose), then a `Health` command for every check whose replicated state differs.
+//! It reconciles instead of queueing, so a failed proposal is simply retried with the latest
+//! state. The last result of every probe (latency, reason) stays local, for `status` and
+//! `/v1/health`.
+
+pub mod probe;
+#[cfg(test)]
+mod probe_tests;
+pub mod tls;
+pub mod tracker;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, watch};
+use tracing::{debug, info, warn};
+
+use crate::auth;
+use crate::daemon::Shared;
+use crate::model::{Command, Health, HealthReport, Role};
+use probe::Probe;
+use tracker::{Outcome, Tracker};
+
+/// Pause between reconciliations when nothing changed, and after a failed proposal.
+const REPORT_RETRY: Duration = Duration::from_millis(300);
+
+/// This node's latest probe results, by check name.
+#[derive(Debug, Default)]
+pub struct LocalView {
+    checks: Mutex<BTreeMap<String, LocalCheck>>,
+    changed: Notify,
+}
+
+/// The local view of one check.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalCheck {
+    /// State decided by rise/fall.
+    pub health: Health,
+    /// When that state was decided (unix ms).
+    pub since_ms: u64,
+    /// Reason given with the decision.
+    pub reason: String,
+    /// Latency of the probe that decided it (ms).
+    pub decided_latency_ms: Option<u64>,
+    /// Result of the last probe: "ok", "warning" or "critical"; empty before the first.
+    pub last_result: String,
+    /// Reason of the last probe.
+    pub last_reason: String,
+    /// Latency of the last probe (ms).
+    pub last_latency_ms: Option<u64>,
+    /// When the last probe finished (unix ms).
+    pub last_at_ms: Option<u64>,
+}
+
+impl LocalView {
+    /// A copy of every check's local view.
+    pub fn snapshot(&self) -> BTreeMap<String, LocalCheck> {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, LocalCheck>> {
+        self.checks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Run this node's checks and report their transitions until `stop`. Does nothing on a witness
+/// or without checks.
+pub async fn run(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    if s.config.node.role != Role::Mail || s.config.checks.is_empty() {
+        return;
+    }
+    let now = auth::unix_ms();
+    {
+        let mut view = s.probes.lock();
+        for name in s.config.checks.keys() {
+            view.insert(
+                name.clone(),
+                LocalCheck {
+                    health: Health::Pending,
+                    since_ms: now,
+                    reason: "probes starting".into(),
+                    decided_latency_ms: None,
+                    last_result: String::new(),
+                    last_reason: String::new(),
+                    last_latency_ms: None,
+                    last_at_ms: None,
+                },
+            );
+        }
+    }
+    let mut tasks = Vec::new();
+    for (name, c) in &s.config.checks {
+        let probe = Probe::new(c);
+        if let Err(e) = &probe {
+            warn!(check = %name, error = %e, "check cannot run; it stays critical");
+        }
+        tasks.push(tokio::spawn(check_loop(
+            s.clone(),
+            name.clone(),
+            probe,
+            Tracker::new(c.rise, c.fall),
+            c.interval.into(),
+            stop.clone(),
+        )));
+    }
+    report_loop(&s, &mut stop).await;
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+async fn check_loop(
+    s: Arc<Shared>,
+    name: String,
+    probe: Result<Probe, String>,
+    mut tracker: Tracker,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let result = match &probe {
+            Ok(p) => tokio::select! {
+                r = p.run() => r,
+                _ = stop.wait_for(|s| *s) => return,
+            },
+            Err(e) => probe::ProbeResult {
+                outcome: Outcome::Critical(e.clone()),
+                latency: Duration::ZERO,
+            },
+        };
+        let now = auth::unix_ms();
+        let latency_ms = result.latency.as_millis() as u64;
+        let transition = tracker.observe(&result.outcome);
+        let mut view = s.probes.lock();
+        let Some(entry) = view.get_mut(&name) else {
+            return;
+        };
+        entry.last_result = match result.outcome {
+            Outcome::Ok => "ok",
+            Outcome::Warning(_) => "warning",
+            Outcome::Critical(_) => "critical",
+        }
+        .to_string();
+        entry.last_reason = result.outcome.reason().to_string();
+        entry.last_latency_ms = Some(latency_ms);
+        entry.last_at_ms = Some(now);
+        if let Some(health) = transition {
+            let log = |msg: &str| {
+                let reason = result.outcome.reason();
+                match health {
+                    Health::Critical => warn!(check = %name, %health, reason, latency_ms, "{msg}"),
+                    Health::Warning => warn!(check = %name, %health, reason, latency_ms, "{msg}"),
+                    _ => info!(check = %name, %health, reason, latency_ms, "{msg}"),
+                }
+            };
+            log("service health changed");
+            entry.health = health;
+            entry.since_ms = now;
+            entry.reason = result.outcome.reason().to_string();
+            entry.decided_latency_ms = Some(latency_ms);
+            drop(view);
+            s.probes.changed.notify_one();
+        }
+    }
+}
+
+/// Keep the replicated health of this node equal to what its trackers decided.
+async fn report_loop(s: &Shared, stop: &mut watch::Receiver<bool>) {
+    let checks: Vec<String> = s.config.checks.keys().cloned().collect();
+    let mut reset_done = false;
+    let mut replica = s.replica.clone();
+    loop {
+        let ok = reconcile(s, &checks, &mut reset_done).await;
+        tokio::select! {
+            _ = s.probes.changed.notified() => {}
+            _ = replica.changed() => {}
+            _ = tokio::time::sleep(if ok { REPORT_RETRY * 3 } else { REPORT_RETRY }) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// One reconciliation pass; false if a proposal failed.
+async fn reconcile(s: &Shared, checks: &[String], reset_done: &mut bool) -> bool {
+    if !*reset_done {
+        let cmd = Command::HealthReset {
+            node: s.me.clone(),
+            checks: checks.to_vec(),
+            at_ms: auth::unix_ms(),
+        };
+        match crate::api::propose(s, cmd).await {
+            Ok(a) if a.refused.is_none() => *reset_done = true,
+            Ok(a) => {
+                debug!(reason = ?a.refused, "health reset refused; retrying");
+                return false;
+            }
+            Err(e) => {
+                debug!(error = %e.message_text(), "health reset not committed; retrying");
+                return false;
+            }
+        }
+    }
+    let decided = s.probes.snapshot();
+    let replicated = s.replica.borrow().state.health.get(&s.me).cloned();
+    for (check, local) in decided {
+        let current = replicated.as_ref().and_then(|m| m.get(&check));
+        if current.is_some_and(|c| c.health == local.health) {
+            continue;
+        }
+        if local.health == Health::Pending {
+            // The reset already says so.
+            continue;
+        }
+        let cmd = Command::Health(HealthReport {
+            node: s.me.clone(),
+            check: check.clone(),
+            health: local.health,
+            reason: local.reason.clone(),
+            latency_ms: local.decided_latency_ms,
+            at_ms: local.since_ms,
+        });
+        match crate::api::propose(s, cmd).await {
+            Ok(a) if a.refused.is_none() => {}
+            Ok(a) => {
+                debug!(check = %check, reason = ?a.refused, "health report refused; retrying");
+                return false;
+            }
+            Err(e) => {
+                debug!(check = %check, error = %e.message_text(), "health report not committed; retrying");
+                return false;
+            }
+        }
+    }
+    true
+}

@@ -1,0 +1,620 @@
+//! One probe run: the protocol exchange a mail client would have with the service.
+//!
+//! SMTP-like (smtp, submission, smtps, lmtp): the whole 220 banner (multi-line too, nothing sent
+//! before it ends), EHLO (LHLO for LMTP), optional STARTTLS and EHLO again, NOOP, QUIT. IMAP:
+//! `* OK` greeting, CAPABILITY, optional STARTTLS, optional LOGIN + SELECT INBOX with a test
+//! account, LOGOUT. POP3: `+OK`, optional STLS, optional USER/PASS, QUIT. tcp: connect.
+//! exec: a Nagios-style plugin. Everything runs under the check's timeout; a failed test login,
+//! a deep postfix queue or a certificate near expiry make the result a warning, never critical.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+use super::tls::{self, TlsClient};
+use super::tracker::Outcome;
+use crate::config::{CheckConfig, CheckKind};
+
+/// Longest protocol line accepted from a service.
+const MAX_LINE: usize = 8192;
+/// Most lines in one multi-line reply (SMTP) or before a tagged answer (IMAP).
+const MAX_LINES: usize = 200;
+/// Most bytes of plugin or queue output read.
+const MAX_OUTPUT: usize = 4 << 20;
+/// Name the probe gives in EHLO/LHLO.
+const HELO_NAME: &str = "clusterd-probe.invalid";
+
+/// A check ready to run.
+#[derive(Debug)]
+pub struct Probe {
+    kind: CheckKind,
+    addr: Option<SocketAddr>,
+    timeout: Duration,
+    tls: Option<TlsClient>,
+    starttls: bool,
+    login: Option<(String, PathBuf)>,
+    command: Option<Vec<String>>,
+    queue: Option<(Vec<String>, u64)>,
+    cert_warning: Duration,
+}
+
+/// What one run found, and how long it took.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeResult {
+    /// Pass, degraded or failed, with the reason.
+    pub outcome: Outcome,
+    /// Time the whole exchange took.
+    pub latency: Duration,
+}
+
+/// Default queue command when `queue_threshold` is set without `queue_command`.
+pub const DEFAULT_QUEUE_COMMAND: [&str; 2] = ["/usr/sbin/postqueue", "-j"];
+
+impl Probe {
+    /// Prepare the probe of a validated check; the error says what is unusable (e.g. the CA
+    /// file cannot be read).
+    pub fn new(c: &CheckConfig) -> Result<Probe, String> {
+        let tls = if c.uses_tls() {
+            Some(tls::client(
+                c.tls_ca_file.as_deref(),
+                c.tls_server_name.as_deref(),
+                c.host,
+            )?)
+        } else {
+            None
+        };
+        Ok(Probe {
+            kind: c.kind,
+            addr: c.effective_port().map(|p| SocketAddr::new(c.host, p)),
+            timeout: c.timeout.into(),
+            tls,
+            starttls: c.starttls,
+            login: c.login_user.clone().zip(c.password_file.clone()),
+            command: c.command.clone(),
+            queue: c.queue_threshold.map(|t| {
+                (
+                    c.queue_command.clone().unwrap_or_else(|| {
+                        DEFAULT_QUEUE_COMMAND
+                            .iter()
+                            .map(|s| s.to_string())
+                            .collect()
+                    }),
+                    t,
+                )
+            }),
+            cert_warning: c.cert_warning.into(),
+        })
+    }
+
+    /// Run once, bounded by the check's timeout.
+    pub async fn run(&self) -> ProbeResult {
+        let start = Instant::now();
+        let mut step = "connecting";
+        let outcome = match tokio::time::timeout(self.timeout, self.exchange(&mut step)).await {
+            Ok(o) => o,
+            Err(_) => Outcome::Critical(format!(
+                "no answer within {} ms ({step})",
+                self.timeout.as_millis()
+            )),
+        };
+        ProbeResult {
+            outcome,
+            latency: start.elapsed(),
+        }
+    }
+
+    async fn exchange(&self, step: &mut &'static str) -> Outcome {
+        if self.kind == CheckKind::Exec {
+            *step = "waiting for the plugin";
+            return match &self.command {
+                Some(cmd) => run_plugin(cmd).await,
+                None => Outcome::Critical("no command configured".into()),
+            };
+        }
+        let Some(addr) = self.addr else {
+            return Outcome::Critical("no port configured".into());
+        };
+        let tcp = match TcpStream::connect(addr).await {
+            Ok(t) => t,
+            Err(e) => return Outcome::Critical(format!("connect to {addr}: {e}")),
+        };
+        let _ = tcp.set_nodelay(true);
+        let mut conn = Conn::plain(tcp);
+        let implicit = matches!(
+            self.kind,
+            CheckKind::Smtps | CheckKind::Imaps | CheckKind::Pop3s
+        );
+        if implicit {
+            *step = "TLS handshake";
+            conn = match self.upgrade(conn).await {
+                Ok(c) => c,
+                Err(e) => return Outcome::Critical(e),
+            };
+        }
+        let dialogue = match self.kind {
+            CheckKind::Smtp | CheckKind::Submission | CheckKind::Smtps | CheckKind::Lmtp => {
+                self.smtp(&mut conn, step).await
+            }
+            CheckKind::Imap | CheckKind::Imaps => self.imap(&mut conn, step).await,
+            CheckKind::Pop3 | CheckKind::Pop3s => self.pop3(&mut conn, step).await,
+            CheckKind::Tcp | CheckKind::Exec => Ok(Vec::new()),
+        };
+        let mut degraded = match dialogue {
+            Ok(d) => d,
+            Err(reason) => return Outcome::Critical(reason),
+        };
+        if let Some(expiry) = conn.not_after
+            && let Some(w) = expiry_warning(expiry, self.cert_warning, unix_now())
+        {
+            degraded.push(w);
+        }
+        if let Some((cmd, threshold)) = &self.queue {
+            *step = "reading the postfix queue";
+            if let Some(w) = queue_warning(cmd, *threshold).await {
+                degraded.push(w);
+            }
+        }
+        if degraded.is_empty() {
+            Outcome::Ok
+        } else {
+            Outcome::Warning(degraded.join("; "))
+        }
+    }
+
+    async fn upgrade(&self, conn: Conn) -> Result<Conn, String> {
+        let Some(tls) = &self.tls else {
+            return Err("TLS is not configured for this check".into());
+        };
+        conn.upgrade(tls).await
+    }
+
+    /// SMTP, submission, smtps and LMTP. Returns degraded reasons (none today) or the failure.
+    async fn smtp(&self, c: &mut Conn, step: &mut &'static str) -> Result<Vec<String>, String> {
+        let hello = if self.kind == CheckKind::Lmtp {
+            "LHLO"
+        } else {
+            "EHLO"
+        };
+        *step = "waiting for the banner";
+        c.smtp_expect("banner", 220).await?;
+        *step = "waiting for the EHLO reply";
+        c.send(&format!("{hello} {HELO_NAME}")).await?;
+        let caps = c.smtp_expect(hello, 250).await?;
+        if self.starttls {
+            if !caps
+                .iter()
+                .any(|l| l.trim().eq_ignore_ascii_case("STARTTLS"))
+            {
+                return Err("STARTTLS is not offered".into());
+            }
+            *step = "STARTTLS";
+            c.send("STARTTLS").await?;
+            c.smtp_expect("STARTTLS", 220).await?;
+            let taken = std::mem::replace(c, Conn::closed());
+            *c = self.upgrade(taken).await?;
+            *step = "waiting for the EHLO reply after STARTTLS";
+            c.send(&format!("{hello} {HELO_NAME}")).await?;
+            c.smtp_expect(hello, 250).await?;
+        }
+        *step = "waiting for the NOOP reply";
+        c.send("NOOP").await?;
+        c.smtp_expect("NOOP", 250).await?;
+        *step = "waiting for the QUIT reply";
+        c.send("QUIT").await?;
+        c.smtp_expect("QUIT", 221).await?;
+        Ok(Vec::new())
+    }
+
+    async fn imap(&self, c: &mut Conn, step: &mut &'static str) -> Result<Vec<String>, String> {
+        *step = "waiting for the greeting";
+        let greeting = c.line().await?;
+        if !(starts_with_ci(&greeting, "* OK") || starts_with_ci(&greeting, "* PREAUTH")) {
+            return Err(format!("greeting: {}", shorten(&greeting)));
+        }
+        *step = "waiting for the CAPABILITY reply";
+        let caps = c.imap_command("a1", "CAPABILITY").await?;
+        if self.starttls {
+            let offered = caps.iter().any(|l| {
+                l.to_ascii_uppercase()
+                    .split_whitespace()
+                    .any(|w| w == "STARTTLS")
+            });
+            if !offered {
+                return Err("STARTTLS is not offered".into());
+            }
+            *step = "STARTTLS";
+            c.imap_command("a2", "STARTTLS").await?;
+            let taken = std::mem::replace(c, Conn::closed());
+            *c = self.upgrade(taken).await?;
+            *step = "waiting for the CAPABILITY reply after STARTTLS";
+            c.imap_command("a3", "CAPABILITY").await?;
+        }
+        let mut degraded = Vec::new();
+        if let Some((user, file)) = &self.login {
+            *step = "logging in";
+            match read_password(file) {
+                Err(e) => degraded.push(e),
+                Ok(pass) => {
+                    let login = format!("LOGIN {} {}", imap_quote(user), imap_quote(&pass));
+                    match c.imap_command("a4", &login).await {
+                        Err(e) => degraded.push(format!("test login as {user} failed: {e}")),
+                        Ok(_) => {
+                            *step = "selecting INBOX";
+                            if let Err(e) = c.imap_command("a5", "SELECT INBOX").await {
+                                degraded.push(format!("SELECT INBOX as {user} failed: {e}"));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        *step = "waiting for the LOGOUT reply";
+        c.imap_command("a9", "LOGOUT").await?;
+        Ok(degraded)
+    }
+
+    async fn pop3(&self, c: &mut Conn, step: &mut &'static str) -> Result<Vec<String>, String> {
+        *step = "waiting for the greeting";
+        c.pop3_expect("greeting").await?;
+        if self.starttls {
+            *step = "STLS";
+            c.send("STLS").await?;
+            c.pop3_expect("STLS").await?;
+            let taken = std::mem::replace(c, Conn::closed());
+            *c = self.upgrade(taken).await?;
+        }
+        let mut degraded = Vec::new();
+        if let Some((user, file)) = &self.login {
+            *step = "logging in";
+            match read_password(file) {
+                Err(e) => degraded.push(e),
+                Ok(pass) => {
+                    c.send(&format!("USER {user}")).await?;
+                    let ok = match c.pop3_expect("USER").await {
+                        Ok(_) => {
+                            c.send(&format!("PASS {pass}")).await?;
+                            c.pop3_expect("PASS").await
+                        }
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = ok {
+                        degraded.push(format!("test login as {user} failed: {e}"));
+                    }
+                }
+            }
+        }
+        *step = "waiting for the QUIT reply";
+        c.send("QUIT").await?;
+        c.pop3_expect("QUIT").await?;
+        Ok(degraded)
+    }
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// A line-oriented connection, plain or TLS.
+struct Conn {
+    io: Option<BufReader<Box<dyn Io>>>,
+    /// Expiry of the certificate seen in the TLS handshake (unix s).
+    not_after: Option<i64>,
+}
+
+impl Conn {
+    fn plain(tcp: TcpStream) -> Conn {
+        Conn {
+            io: Some(BufReader::new(Box::new(tcp))),
+            not_after: None,
+        }
+    }
+
+    fn closed() -> Conn {
+        Conn {
+            io: None,
+            not_after: None,
+        }
+    }
+
+    fn io(&mut self) -> Result<&mut BufReader<Box<dyn Io>>, String> {
+        self.io
+            .as_mut()
+            .ok_or_else(|| "connection closed".to_string())
+    }
+
+    async fn upgrade(mut self, tls: &TlsClient) -> Result<Conn, String> {
+        let io = self.io.take().ok_or("connection closed")?;
+        if !io.buffer().is_empty() {
+            // Bytes sent before the handshake would be injected into the TLS session.
+            return Err("the service sent data before the TLS handshake".into());
+        }
+        let stream = tls
+            .connector
+            .connect(tls.server_name.clone(), io.into_inner())
+            .await
+            .map_err(|e| format!("TLS handshake: {e}"))?;
+        let not_after = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(tls::not_after);
+        Ok(Conn {
+            io: Some(BufReader::new(Box::new(stream))),
+            not_after,
+        })
+    }
+
+    async fn send(&mut self, line: &str) -> Result<(), String> {
+        let io = self.io()?.get_mut();
+        let mut buf = Vec::with_capacity(line.len() + 2);
+        buf.extend_from_slice(line.as_bytes());
+        buf.extend_from_slice(b"\r\n");
+        io.write_all(&buf)
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        io.flush().await.map_err(|e| format!("write: {e}"))
+    }
+
+    /// One line without its CRLF; bounded length.
+    async fn line(&mut self) -> Result<String, String> {
+        let io = self.io()?;
+        let mut buf = Vec::new();
+        let n = (&mut *io)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut buf)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err("the service closed the connection".into());
+        }
+        if !buf.ends_with(b"\n") {
+            return Err(if buf.len() > MAX_LINE {
+                format!("a line longer than {MAX_LINE} bytes")
+            } else {
+                "the service closed the connection mid-line".into()
+            });
+        }
+        while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            buf.pop();
+        }
+        Ok(String::from_utf8_lossy(&buf).into_owned())
+    }
+
+    /// Read a whole SMTP reply (all `NNN-` lines and the final `NNN `); fail unless its code
+    /// is `want`. Returns the text of each line.
+    async fn smtp_expect(&mut self, what: &str, want: u16) -> Result<Vec<String>, String> {
+        let mut texts = Vec::new();
+        for _ in 0..MAX_LINES {
+            let l = self.line().await?;
+            let b = l.as_bytes();
+            let code = l
+                .get(..3)
+                .filter(|c| c.bytes().all(|d| d.is_ascii_digit()))
+                .and_then(|c| c.parse::<u16>().ok())
+                .ok_or_else(|| format!("{what}: malformed reply {:?}", shorten(&l)))?;
+            texts.push(l.get(4..).unwrap_or("").to_string());
+            match b.get(3) {
+                Some(b'-') => continue,
+                None | Some(b' ') => {
+                    return if code == want {
+                        Ok(texts)
+                    } else {
+                        Err(format!("{what}: {}", shorten(&l)))
+                    };
+                }
+                Some(_) => return Err(format!("{what}: malformed reply {:?}", shorten(&l))),
+            }
+        }
+        Err(format!("{what}: reply longer than {MAX_LINES} lines"))
+    }
+
+    /// Send `tag command`, read untagged lines until the tagged answer; fail unless it is OK.
+    /// Returns the untagged lines.
+    async fn imap_command(&mut self, tag: &str, command: &str) -> Result<Vec<String>, String> {
+        self.send(&format!("{tag} {command}")).await?;
+        let verb = command.split_whitespace().next().unwrap_or(command);
+        let mut untagged = Vec::new();
+        for _ in 0..MAX_LINES {
+            let l = self.line().await?;
+            if let Some(rest) = l.strip_prefix(tag).and_then(|r| r.strip_prefix(' ')) {
+                return if starts_with_ci(rest, "OK") {
+                    Ok(untagged)
+                } else {
+                    Err(format!("{verb}: {}", shorten(rest)))
+                };
+            }
+            untagged.push(l);
+        }
+        Err(format!("{verb}: no tagged answer within {MAX_LINES} lines"))
+    }
+
+    async fn pop3_expect(&mut self, what: &str) -> Result<String, String> {
+        let l = self.line().await?;
+        if starts_with_ci(&l, "+OK") {
+            Ok(l)
+        } else {
+            Err(format!("{what}: {}", shorten(&l)))
+        }
+    }
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn").finish_non_exhaustive()
+    }
+}
+
+fn starts_with_ci(s: &str, prefix: &str) -> bool {
+    s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix)
+}
+
+/// At most 120 characters of a server reply, for reasons.
+fn shorten(s: &str) -> String {
+    let t = s.trim();
+    match t.char_indices().nth(120) {
+        Some((i, _)) => format!("{}...", &t[..i]),
+        None => t.to_string(),
+    }
+}
+
+/// An IMAP quoted string.
+fn imap_quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+/// The test account's password: the first line of the file. Errors never contain it.
+fn read_password(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read password_file {}: {e}", path.display()))?;
+    let pass = text.lines().next().unwrap_or("").to_string();
+    if pass.is_empty() || pass.contains(['\r', '\n']) {
+        return Err(format!(
+            "password_file {} has no password on its first line",
+            path.display()
+        ));
+    }
+    Ok(pass)
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// A warning when a certificate valid until `not_after` (unix s) expires within `warn` of
+/// `now`, or already expired.
+pub fn expiry_warning(not_after: i64, warn: Duration, now: i64) -> Option<String> {
+    let left = not_after - now;
+    if left < 0 {
+        Some(format!(
+            "the certificate expired {} days ago",
+            (-left) / 86_400
+        ))
+    } else if (left as u64) < warn.as_secs() {
+        Some(format!("the certificate expires in {} days", left / 86_400))
+    } else {
+        None
+    }
+}
+
+/// Run a plugin with Nagios exit codes: 0 OK, 1 WARNING, 2 CRITICAL, anything else UNKNOWN
+/// (counted as critical: a check that cannot tell is not passing). The first line of its
+/// output is the reason. It runs in its own process group, killed whole if the probe times out.
+async fn run_plugin(cmd: &[String]) -> Outcome {
+    let out = match run_bounded(cmd).await {
+        Ok(o) => o,
+        Err(e) => return Outcome::Critical(e),
+    };
+    let first = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .map(shorten)
+        .unwrap_or_default();
+    match out.status.code() {
+        Some(0) => Outcome::Ok,
+        Some(1) => Outcome::Warning(non_empty(first, "plugin returned WARNING")),
+        Some(2) => Outcome::Critical(non_empty(first, "plugin returned CRITICAL")),
+        Some(n) => Outcome::Critical(format!("UNKNOWN (exit {n}): {first}")),
+        None => Outcome::Critical(format!("plugin killed by a signal: {first}")),
+    }
+}
+
+fn non_empty(s: String, fallback: &str) -> String {
+    if s.is_empty() {
+        fallback.to_string()
+    } else {
+        s
+    }
+}
+
+/// Output of a bounded child process.
+struct Output {
+    status: std::process::ExitStatus,
+    stdout: Vec<u8>,
+}
+
+/// Run `cmd` (no shell) with stdin closed, stdout captured (bounded), stderr discarded. When
+/// the returned future is dropped (the probe timed out) the child's whole process group gets
+/// SIGKILL.
+async fn run_bounded(cmd: &[String]) -> Result<Output, String> {
+    let (program, args) = cmd.split_first().ok_or("empty command")?;
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    let mut guard = GroupKill(child.id());
+    let mut stdout = Vec::new();
+    if let Some(mut pipe) = child.stdout.take() {
+        (&mut pipe)
+            .take(MAX_OUTPUT as u64)
+            .read_to_end(&mut stdout)
+            .await
+            .map_err(|e| format!("reading {program}'s output: {e}"))?;
+    }
+    let status = child
+        .wait()
+        .await
+        .map_err(|e| format!("waiting for {program}: {e}"))?;
+    // Reaped: its process group id may be reused from now on.
+    guard.0 = None;
+    Ok(Output { status, stdout })
+}
+
+/// Kills a process group when dropped before the child was reaped.
+struct GroupKill(Option<u32>);
+
+impl Drop for GroupKill {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.and_then(|p| i32::try_from(p).ok()) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// A warning when the postfix queue holds more than `threshold` messages (one JSON object per
+/// line from `postqueue -j`), or when it cannot be read.
+async fn queue_warning(cmd: &[String], threshold: u64) -> Option<String> {
+    match run_bounded(cmd).await {
+        Err(e) => Some(format!("cannot read the postfix queue: {e}")),
+        Ok(out) if !out.status.success() => Some(format!(
+            "cannot read the postfix queue: {} exited with {}",
+            cmd[0], out.status
+        )),
+        Ok(out) => {
+            let depth = queue_depth(&out.stdout);
+            (depth > threshold)
+                .then(|| format!("postfix queue holds {depth} messages (threshold {threshold})"))
+        }
+    }
+}
+
+/// Messages in `postqueue -j` output: one JSON object per non-empty line.
+pub fn queue_depth(output: &[u8]) -> u64 {
+    output
+        .split(|b| *b == b'\n')
+        .filter(|l| l.iter().any(|b| !b.is_ascii_whitespace()))
+        .count() as u64
+}
