@@ -31,7 +31,7 @@ use crate::daemon::Shared;
 use crate::model::{Applied, Command, Member, NodeId, Role, node_id};
 use crate::raft::TypeConfig;
 use crate::raft::network::paths;
-use crate::status::{self, AddressReport, Freshness, NodeReport, StatusReport};
+use crate::status::{self, AddressReport, Freshness, NodeReport, ServiceReport, StatusReport};
 
 /// Largest request body accepted (snapshots of our small state fit easily).
 pub const MAX_BODY: usize = 16 * 1024 * 1024;
@@ -58,6 +58,8 @@ pub mod admin_paths {
     pub const MEMBERS: &str = "/v1/members";
     /// `GET`: what this node's DNS answers now.
     pub const DNS: &str = "/v1/dns";
+    /// `GET`: this node's own probes, last result of each (not forwarded).
+    pub const HEALTH: &str = "/v1/health";
     /// `POST`: grant or renew an address lease (leader only, never forwarded: the holder
     /// measures its lease from its own send time and must reach the leader itself).
     pub const LEASE: &str = "/v1/lease";
@@ -189,6 +191,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route(admin_paths::MEMBERS, post(post_member))
         .route(admin_paths::LEASE, post(post_lease))
         .route(admin_paths::DNS, get(get_dns))
+        .route(admin_paths::HEALTH, get(get_health))
         .route("/v1/members/{name}", delete(delete_member))
         .layer(middleware::from_fn_with_state(shared.clone(), authenticate))
         .with_state(shared)
@@ -331,6 +334,12 @@ async fn get_dns(State(s): State<Arc<Shared>>) -> Result<Json<crate::status::Dns
                 format!("{} serves no DNS (no [dns] section in its config)", s.me),
             )
         })
+}
+
+async fn get_health(
+    State(s): State<Arc<Shared>>,
+) -> Json<std::collections::BTreeMap<String, crate::health::LocalCheck>> {
+    Json(s.probes.snapshot())
 }
 
 async fn post_lease(
@@ -766,6 +775,28 @@ pub fn build_status(s: &Shared, event_limit: usize) -> StatusReport {
             owner: a.owner.clone(),
             epoch: a.epoch,
             since_ms: a.since_ms,
+            stuck: stuck_reason(&replica.state, a, s.config.placement.hold_down.as_millis()),
+        })
+        .collect();
+    let live = s.probes.snapshot();
+    let health = replica
+        .state
+        .health
+        .iter()
+        .flat_map(|(node, checks)| {
+            let live = &live;
+            checks.iter().map(move |(check, h)| {
+                let mine = (*node == s.me).then(|| live.get(check)).flatten();
+                ServiceReport {
+                    node: node.clone(),
+                    check: check.clone(),
+                    state: h.health,
+                    since_ms: h.since_ms,
+                    reason: h.reason.clone(),
+                    latency_ms: mine.and_then(|l| l.last_latency_ms).or(h.latency_ms),
+                    live: mine.is_some_and(|l| l.last_latency_ms.is_some()),
+                }
+            })
         })
         .collect();
 
@@ -824,5 +855,24 @@ pub fn build_status(s: &Shared, event_limit: usize) -> StatusReport {
                     .collect()
             })
             .unwrap_or_default(),
+        health,
     }
+}
+
+/// Why `a` stays on an owner failing one of its services, if it does.
+fn stuck_reason(
+    state: &crate::model::State,
+    a: &crate::model::AddressState,
+    hold_down_ms: u64,
+) -> Option<String> {
+    let now = auth::unix_ms();
+    if !crate::model::plan::stuck_on_failing_owner(state, a, now, hold_down_ms) {
+        return None;
+    }
+    let owner = a.owner.as_deref()?;
+    Some(format!(
+        "{} critical on {owner} and no other node passes {} (or is still in hold-down)",
+        state.failing(owner, &a.spec.services).join(", "),
+        a.spec.services.join(", ")
+    ))
 }

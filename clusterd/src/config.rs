@@ -2847,6 +2847,74 @@ names = { imap = ["imap"], smtp = ["smtp"], mail = ["imap", "smtp"] }
     }
 
     #[test]
+    fn queue_command_needs_a_threshold_and_an_absolute_program() {
+        let mut c = check(CheckKind::Smtp);
+        c.queue_command = Some(vec!["/usr/sbin/postqueue".into(), "-j".into()]);
+        assert_refused(
+            &with_check("smtp", c.clone()),
+            "checks.smtp.queue_command",
+            "add queue_threshold",
+        );
+        c.queue_threshold = Some(100);
+        assert_valid(&with_check("smtp", c.clone()));
+        c.queue_command = Some(vec!["postqueue".into()]);
+        assert_refused(
+            &with_check("smtp", c),
+            "checks.smtp.queue_command",
+            "absolute path",
+        );
+    }
+
+    #[test]
+    fn tls_settings_only_on_tls_checks() {
+        let mut c = check(CheckKind::Imap);
+        c.tls_ca_file = Some("/etc/ssl/ca.pem".into());
+        assert_refused(
+            &with_check("imap", c.clone()),
+            "checks.imap.tls_ca_file",
+            "only to TLS probes",
+        );
+        c.tls_ca_file = None;
+        c.tls_server_name = Some("mail.example.com".into());
+        assert_refused(
+            &with_check("imap", c.clone()),
+            "checks.imap.tls_server_name",
+            "only to TLS probes",
+        );
+        c.starttls = true;
+        assert_valid(&with_check("imap", c.clone()));
+        let mut i = check(CheckKind::Imaps);
+        i.tls_ca_file = Some("ca.pem".into());
+        assert_refused(
+            &with_check("imaps", i.clone()),
+            "checks.imaps.tls_ca_file",
+            "absolute",
+        );
+        i.tls_ca_file = None;
+        i.tls_server_name = Some("not a name!".into());
+        assert_refused(
+            &with_check("imaps", i),
+            "checks.imaps.tls_server_name",
+            "not a DNS name",
+        );
+    }
+
+    #[test]
+    fn check_host_and_cert_warning_parse_with_days() {
+        let c = parse(&format!(
+            "{BASE}\n[checks.imaps]\nkind = \"imaps\"\nhost = \"192.0.2.11\"\ncert_warning = \"30d\"\n"
+        ))
+        .unwrap();
+        let i = &c.checks["imaps"];
+        assert_eq!(i.host, "192.0.2.11".parse::<IpAddr>().unwrap());
+        assert_eq!(i.cert_warning.as_millis(), 30 * 86_400_000);
+        assert_eq!(
+            c.checks["imap"].host,
+            "127.0.0.1".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
     fn port_zero_check_refused() {
         let mut i = check(CheckKind::Imap);
         i.port = Some(0);

@@ -2,7 +2,8 @@
 //!
 //! The DNS crate knows nothing of Raft: this module decides what "being served" means for DNS.
 //! An address counts as passing a service when its owner reported it configured and announced
-//! (`serving_since_ms`) for the current epoch; health checks will narrow this per service. The
+//! (`serving_since_ms`) for the current epoch and the owner's probes pass that service (passing
+//! or warning; a node whose checks have not risen yet passes nothing). The
 //! SOA serial is the model's replicated `revision`, so every node answers with the same serial
 //! and it never goes backwards across leader changes or restarts.
 
@@ -27,11 +28,16 @@ pub fn snapshot(dns: &DnsConfig, state: &State) -> Snapshot {
         .iter()
         .filter_map(|(key, a)| {
             let ip = parse_key(key)?.addr;
-            let serving = a.owner.is_some() && a.handoff.is_none() && a.serving_since_ms.is_some();
-            let passing: BTreeSet<String> = if serving {
-                a.spec.services.iter().cloned().collect()
-            } else {
-                BTreeSet::new()
+            let serving = a.handoff.is_none() && a.serving_since_ms.is_some();
+            let passing: BTreeSet<String> = match a.owner.as_deref() {
+                Some(owner) if serving => a
+                    .spec
+                    .services
+                    .iter()
+                    .filter(|c| state.health_of(owner, c).is_some_and(|h| h.health.is_up()))
+                    .cloned()
+                    .collect(),
+                _ => BTreeSet::new(),
             };
             Some(Address {
                 ip,
@@ -172,7 +178,7 @@ pub fn report(me: &str, config: &Config, state: &State) -> Option<DnsReport> {
 mod tests {
     use super::*;
     use crate::config::ZoneConfig;
-    use crate::model::{AddressSpec, Command, Member, MoveReason};
+    use crate::model::{AddressSpec, Command, Health, HealthReport, Member, MoveReason};
 
     fn dns() -> DnsConfig {
         DnsConfig {
@@ -212,7 +218,7 @@ mod tests {
     }
 
     #[test]
-    fn only_addresses_whose_owner_reported_serving_pass() {
+    fn only_addresses_served_by_an_owner_passing_the_service_pass() {
         let mut s = state();
         let snap = snapshot(&dns(), &s);
         assert!(snap.zones[0].addresses[0].passing.is_empty(), "unowned");
@@ -235,6 +241,36 @@ mod tests {
             epoch: 1,
             at_ms: 2,
         });
+        assert!(
+            snapshot(&dns(), &s).zones[0].addresses[0]
+                .passing
+                .is_empty(),
+            "serving, but imap has not risen on mx1"
+        );
+        let imap = |health| {
+            Command::Health(HealthReport {
+                node: "mx1".into(),
+                check: "imap".into(),
+                health,
+                reason: String::new(),
+                latency_ms: None,
+                at_ms: 3,
+            })
+        };
+        s.apply(&imap(Health::Warning));
+        let snap = snapshot(&dns(), &s);
+        assert!(
+            snap.zones[0].addresses[0].passing.contains("imap"),
+            "warning counts"
+        );
+        s.apply(&imap(Health::Critical));
+        assert!(
+            snapshot(&dns(), &s).zones[0].addresses[0]
+                .passing
+                .is_empty(),
+            "imap critical on the owner"
+        );
+        s.apply(&imap(Health::Passing));
         let snap = snapshot(&dns(), &s);
         assert!(snap.zones[0].addresses[0].passing.contains("imap"));
         assert_eq!(

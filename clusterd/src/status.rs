@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{AdminState, Event, Role};
+use crate::model::{AdminState, Event, Health, Role};
 
 /// Everything `clusterctl status` shows.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -37,6 +37,29 @@ pub struct StatusReport {
     /// fail-open or fail-closed); empty when all pass or the node serves no DNS.
     #[serde(default)]
     pub dns_failing: Vec<DnsName>,
+    /// Every mail node's service health, by node then check name.
+    #[serde(default)]
+    pub health: Vec<ServiceReport>,
+}
+
+/// One service on one node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceReport {
+    /// The node.
+    pub node: String,
+    /// Check name.
+    pub check: String,
+    /// pending, passing, warning or critical.
+    pub state: Health,
+    /// When it entered that state (unix ms, the node's clock).
+    pub since_ms: u64,
+    /// The probe's reason for the state (empty for a clean pass).
+    pub reason: String,
+    /// Latency of the last probe (ms): live for the answering node, else of the probe that
+    /// decided the state.
+    pub latency_ms: Option<u64>,
+    /// Whether `latency_ms` is the answering node's live last probe.
+    pub live: bool,
 }
 
 /// How stale the answering node's view may be.
@@ -95,6 +118,10 @@ pub struct AddressReport {
     pub epoch: u64,
     /// When the owner got it (unix ms).
     pub since_ms: Option<u64>,
+    /// Set when a service it needs is critical on its owner and no other node passes them
+    /// all, so it stays where it is: says which.
+    #[serde(default)]
+    pub stuck: Option<String>,
 }
 
 /// What this node's DNS answers now (`clusterctl dns`).
@@ -232,6 +259,42 @@ pub fn render(report: &StatusReport, now_ms: u64) -> String {
             &rows,
         );
     }
+    for a in report.addresses.iter().filter(|a| a.stuck.is_some()) {
+        let _ = writeln!(
+            out,
+            "\n{} STAYS on {}: {}",
+            a.ip,
+            a.owner.as_deref().unwrap_or("-"),
+            a.stuck.as_deref().unwrap_or("")
+        );
+    }
+    if !report.health.is_empty() {
+        out.push('\n');
+        let rows: Vec<Vec<String>> = report
+            .health
+            .iter()
+            .map(|h| {
+                vec![
+                    h.node.clone(),
+                    h.check.clone(),
+                    match h.state {
+                        Health::Critical => "CRITICAL".to_string(),
+                        other => other.to_string(),
+                    },
+                    age(now_ms.saturating_sub(h.since_ms)),
+                    h.latency_ms
+                        .map(|ms| format!("{ms} ms"))
+                        .unwrap_or_else(|| "-".into()),
+                    h.reason.clone(),
+                ]
+            })
+            .collect();
+        table(
+            &mut out,
+            &["NODE", "SERVICE", "HEALTH", "SINCE", "LATENCY", "REASON"],
+            &rows,
+        );
+    }
     for n in &report.dns_failing {
         let _ = writeln!(
             out,
@@ -356,6 +419,7 @@ mod tests {
                 owner: None,
                 epoch: 0,
                 since_ms: None,
+                stuck: None,
             }],
             events: vec![Event {
                 seq: 1,
@@ -366,7 +430,50 @@ mod tests {
                 },
             }],
             dns_failing: vec![],
+            health: vec![],
         }
+    }
+
+    #[test]
+    fn table_shows_health_per_node_and_service_and_stuck_addresses() {
+        let mut r = report();
+        r.addresses[0].owner = Some("mx1".into());
+        r.addresses[0].stuck = Some("imap critical on mx1 and no other node passes imap".into());
+        r.health = vec![
+            ServiceReport {
+                node: "mx1".into(),
+                check: "imap".into(),
+                state: Health::Critical,
+                since_ms: 31_000,
+                reason: "connect to 127.0.0.1:143: Connection refused".into(),
+                latency_ms: Some(1),
+                live: false,
+            },
+            ServiceReport {
+                node: "mx1".into(),
+                check: "smtp".into(),
+                state: Health::Passing,
+                since_ms: 1_000,
+                reason: String::new(),
+                latency_ms: Some(4),
+                live: true,
+            },
+        ];
+        let text = render(&r, 61_000);
+        assert!(
+            text.contains("192.0.2.101/24 STAYS on mx1: imap critical on mx1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mx1   imap     CRITICAL  30s    1 ms     connect to 127.0.0.1:143"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mx1   smtp     passing   1m00s  4 ms"),
+            "{text}"
+        );
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["health"][0]["state"], "critical");
     }
 
     #[test]

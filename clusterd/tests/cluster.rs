@@ -15,7 +15,8 @@ use clusterd::client::{ApiClient, ClientError, with_retries};
 use clusterd::model::{Applied, EventKind, Role};
 use clusterd::vip::mem::World;
 use common::{
-    NodeSpec, agreed_leader, eventually, status, two_addresses, write_configs_with, write_key,
+    NodeSpec, addresses_with_health, agreed_leader, eventually, status, two_addresses,
+    write_configs_with, write_key,
 };
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -822,5 +823,131 @@ async fn dns_on_every_node_answers_what_is_served_and_its_serial_follows_moves()
         "{:?}",
         moved.elapsed()
     );
+    c.stop_all().await;
+}
+
+fn health_of(
+    report: &clusterd::status::StatusReport,
+    node: &str,
+) -> Option<clusterd::model::Health> {
+    report
+        .health
+        .iter()
+        .find(|h| h.node == node && h.check == "imap")
+        .map(|h| h.state)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_service_moves_the_address_and_it_returns_home_only_after_the_hold_down() {
+    use clusterd::model::{Health, MoveReason};
+    let health = tempfile::tempdir().unwrap();
+    let dir = health.path().to_path_buf();
+    let extra = move |n: &str| {
+        format!(
+            "{}\n[placement]\nfailback_after = \"1s\"\nhold_down = \"2s\"\n",
+            addresses_with_health(n, Some(&dir))
+        )
+    };
+    let names = ["n1", "n2", "n3"];
+    let mut c = Cluster::start_with(&names, &names, &extra, &names).await;
+    c.leader().await;
+    let n2 = c.specs[1].addr;
+    eventually(
+        "imap passing everywhere, .101 on n1",
+        Duration::from_secs(15),
+        || async {
+            let r = status(n2, &c.key).await?;
+            (names
+                .iter()
+                .all(|n| health_of(&r, n) == Some(Health::Passing))
+                && c.world.holders(ip("192.0.2.101")) == ["n1"])
+            .then_some(())
+        },
+    )
+    .await;
+
+    // imap fails on n1: the address goes to the least loaded passing node, n3.
+    std::fs::write(health.path().join("n1-imap-down"), "").unwrap();
+    eventually("n3 serves .101", Duration::from_secs(10), || async {
+        (c.world.holders(ip("192.0.2.101")) == ["n3"]).then_some(())
+    })
+    .await;
+    let r = status(n2, &c.key).await.unwrap();
+    assert_eq!(health_of(&r, "n1"), Some(Health::Critical));
+    assert!(r.events.iter().any(|e| matches!(
+        &e.kind,
+        EventKind::OwnerChanged { ip, to, reason: MoveReason::ServiceFailed, .. }
+            if ip == "192.0.2.101/24" && to == "n3"
+    )));
+
+    // imap comes back on n1: .101 returns, but not before n1 passed for the hold-down.
+    std::fs::remove_file(health.path().join("n1-imap-down")).unwrap();
+    eventually("n1 serves .101 again", Duration::from_secs(15), || async {
+        (c.world.holders(ip("192.0.2.101")) == ["n1"]).then_some(())
+    })
+    .await;
+    let r = status(n2, &c.key).await.unwrap();
+    let up_at = r
+        .events
+        .iter()
+        .rev()
+        .find_map(|e| match &e.kind {
+            EventKind::HealthChanged {
+                node,
+                to: Health::Passing,
+                ..
+            } if node == "n1" => Some(e.at_ms),
+            _ => None,
+        })
+        .expect("n1 passing again is in the history");
+    let back_at = r
+        .events
+        .iter()
+        .rev()
+        .find_map(|e| match &e.kind {
+            EventKind::HandoffStarted {
+                ip,
+                to,
+                reason: MoveReason::Failback,
+                ..
+            } if ip == "192.0.2.101/24" && to == "n1" => Some(e.at_ms),
+            _ => None,
+        })
+        .expect("the failback is in the history");
+    assert!(
+        back_at >= up_at + 2000,
+        "failback decided {} ms after n1 passed again, inside the 2 s hold-down",
+        back_at as i64 - up_at as i64
+    );
+
+    // imap fails everywhere: nothing moves, and status says why.
+    for n in names {
+        std::fs::write(health.path().join(format!("{n}-imap-down")), "").unwrap();
+    }
+    let r = eventually("all critical", Duration::from_secs(10), || async {
+        let r = status(n2, &c.key).await?;
+        names
+            .iter()
+            .all(|n| health_of(&r, n) == Some(Health::Critical))
+            .then_some(r)
+    })
+    .await;
+    assert!(
+        r.addresses.iter().all(|a| a.stuck.is_some()),
+        "{:?}",
+        r.addresses
+    );
+    // A handover decided while its target still passed may complete; after that, nothing moves.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let r = status(n2, &c.key).await.unwrap();
+    let epochs: Vec<u64> = r.addresses.iter().map(|a| a.epoch).collect();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let r = status(n2, &c.key).await.unwrap();
+    assert_eq!(
+        r.addresses.iter().map(|a| a.epoch).collect::<Vec<_>>(),
+        epochs,
+        "addresses moved although no node passes imap"
+    );
+    assert_eq!(c.world.violations(), Vec::<String>::new());
     c.stop_all().await;
 }

@@ -106,12 +106,28 @@ pub fn write_configs_with(
     nodes
 }
 
-/// Floating addresses and the checks they need, identical on every node.
-pub fn two_addresses(_node: &str) -> String {
-    "[[addresses]]\nip = \"192.0.2.101/24\"\ninterface = \"eth0\"\nhome = \"n1\"\nservices = [\"imap\"]\n\n\
-     [[addresses]]\nip = \"192.0.2.102/24\"\ninterface = \"eth0\"\nhome = \"n2\"\nservices = [\"imap\"]\n\n\
-     [checks.imap]\nkind = \"imap\"\n"
-        .to_string()
+/// Floating addresses and the checks they need, identical on every node. The imap check is a
+/// plugin that passes while `DIR/NODE-imap-down` does not exist (`health_dir`), so tests decide
+/// each node's health; without a directory it always passes.
+pub fn two_addresses(node: &str) -> String {
+    addresses_with_health(node, None)
+}
+
+/// [`two_addresses`] with the imap check failing on a node while `dir/NODE-imap-down` exists.
+pub fn addresses_with_health(node: &str, dir: Option<&std::path::Path>) -> String {
+    let test = match dir {
+        Some(d) => format!(
+            "test ! -e {}/{node}-imap-down || {{ echo CRITICAL - imap down; exit 2; }}",
+            d.display()
+        ),
+        None => "exit 0".to_string(),
+    };
+    format!(
+        "[[addresses]]\nip = \"192.0.2.101/24\"\ninterface = \"eth0\"\nhome = \"n1\"\nservices = [\"imap\"]\n\n\
+         [[addresses]]\nip = \"192.0.2.102/24\"\ninterface = \"eth0\"\nhome = \"n2\"\nservices = [\"imap\"]\n\n\
+         [checks.imap]\nkind = \"exec\"\ncommand = [\"/bin/sh\", \"-c\", \"{test}\"]\n\
+         interval = \"200ms\"\ntimeout = \"200ms\"\n"
+    )
 }
 
 /// Poll `f` every 20 ms until it returns `Some`, or fail after `within`.
