@@ -90,79 +90,130 @@ impl Probe {
         })
     }
 
-    /// Run once, bounded by the check's timeout.
+    /// Run once. The service part (connect, TLS, protocol exchange) is bounded by the check's
+    /// timeout and decides pass or fail; the degraded signals (test login, queue depth) each get
+    /// their own timeout afterwards and can only add warnings: dovecot delays failed logins by
+    /// seconds, and that must not read as a dead service.
     pub async fn run(&self) -> ProbeResult {
         let start = Instant::now();
         let mut step = "connecting";
-        let outcome = match tokio::time::timeout(self.timeout, self.exchange(&mut step)).await {
-            Ok(o) => o,
-            Err(_) => Outcome::Critical(format!(
-                "no answer within {} ms ({step})",
-                self.timeout.as_millis()
-            )),
-        };
-        ProbeResult {
-            outcome,
-            latency: start.elapsed(),
-        }
-    }
-
-    async fn exchange(&self, step: &mut &'static str) -> Outcome {
-        if self.kind == CheckKind::Exec {
-            *step = "waiting for the plugin";
-            return match &self.command {
-                Some(cmd) => run_plugin(cmd).await,
-                None => Outcome::Critical("no command configured".into()),
-            };
-        }
-        let Some(addr) = self.addr else {
-            return Outcome::Critical("no port configured".into());
-        };
-        let tcp = match TcpStream::connect(addr).await {
-            Ok(t) => t,
-            Err(e) => return Outcome::Critical(format!("connect to {addr}: {e}")),
-        };
-        let _ = tcp.set_nodelay(true);
-        let mut conn = Conn::plain(tcp);
-        let implicit = matches!(
-            self.kind,
-            CheckKind::Smtps | CheckKind::Imaps | CheckKind::Pop3s
-        );
-        if implicit {
-            *step = "TLS handshake";
-            conn = match self.upgrade(conn).await {
-                Ok(c) => c,
-                Err(e) => return Outcome::Critical(e),
-            };
-        }
-        let dialogue = match self.kind {
-            CheckKind::Smtp | CheckKind::Submission | CheckKind::Smtps | CheckKind::Lmtp => {
-                self.smtp(&mut conn, step).await
+        let core = tokio::time::timeout(self.timeout, self.exchange(&mut step)).await;
+        let latency = start.elapsed();
+        let core = match core {
+            Err(_) => {
+                return ProbeResult {
+                    outcome: Outcome::Critical(format!(
+                        "no answer within {} ms ({step})",
+                        self.timeout.as_millis()
+                    )),
+                    latency,
+                };
             }
-            CheckKind::Imap | CheckKind::Imaps => self.imap(&mut conn, step).await,
-            CheckKind::Pop3 | CheckKind::Pop3s => self.pop3(&mut conn, step).await,
-            CheckKind::Tcp | CheckKind::Exec => Ok(Vec::new()),
+            Ok(Err(reason)) => {
+                return ProbeResult {
+                    outcome: Outcome::Critical(reason),
+                    latency,
+                };
+            }
+            Ok(Ok(core)) => core,
         };
-        let mut degraded = match dialogue {
-            Ok(d) => d,
-            Err(reason) => return Outcome::Critical(reason),
-        };
-        if let Some(expiry) = conn.not_after
+        let mut degraded: Vec<String> = core.warning.into_iter().collect();
+        if let Some(expiry) = core.not_after
             && let Some(w) = expiry_warning(expiry, self.cert_warning, unix_now())
         {
             degraded.push(w);
         }
-        if let Some((cmd, threshold)) = &self.queue {
-            *step = "reading the postfix queue";
-            if let Some(w) = queue_warning(cmd, *threshold).await {
-                degraded.push(w);
+        if let (Some(c), Some((user, file))) = (core.session, &self.login) {
+            let login = tokio::time::timeout(self.timeout, self.login(c, user, file)).await;
+            match login {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => degraded.push(format!("test login as {user} failed: {e}")),
+                Err(_) => degraded.push(format!(
+                    "test login as {user} failed: no answer within {} ms",
+                    self.timeout.as_millis()
+                )),
             }
         }
-        if degraded.is_empty() {
-            Outcome::Ok
-        } else {
-            Outcome::Warning(degraded.join("; "))
+        if let Some((cmd, threshold)) = &self.queue {
+            match tokio::time::timeout(self.timeout, queue_warning(cmd, *threshold)).await {
+                Ok(None) => {}
+                Ok(Some(w)) => degraded.push(w),
+                Err(_) => degraded.push(format!(
+                    "cannot read the postfix queue: {} took longer than {} ms",
+                    cmd[0],
+                    self.timeout.as_millis()
+                )),
+            }
         }
+        ProbeResult {
+            outcome: if degraded.is_empty() {
+                Outcome::Ok
+            } else {
+                Outcome::Warning(degraded.join("; "))
+            },
+            latency,
+        }
+    }
+
+    /// The service part: pass or fail.
+    async fn exchange(&self, step: &mut &'static str) -> Result<Core, String> {
+        if self.kind == CheckKind::Exec {
+            *step = "waiting for the plugin";
+            let cmd = self.command.as_ref().ok_or("no command configured")?;
+            return match run_plugin(cmd).await {
+                Outcome::Ok => Ok(Core::default()),
+                Outcome::Warning(w) => Ok(Core {
+                    warning: Some(w),
+                    ..Core::default()
+                }),
+                Outcome::Critical(c) => Err(c),
+            };
+        }
+        let addr = self.addr.ok_or("no port configured")?;
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect to {addr}: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        let mut conn = Conn::plain(tcp);
+        if matches!(
+            self.kind,
+            CheckKind::Smtps | CheckKind::Imaps | CheckKind::Pop3s
+        ) {
+            *step = "TLS handshake";
+            conn = self.upgrade(conn).await?;
+        }
+        let keep_open = self.login.is_some();
+        match self.kind {
+            CheckKind::Smtp | CheckKind::Submission | CheckKind::Smtps | CheckKind::Lmtp => {
+                self.smtp(&mut conn, step).await?;
+            }
+            CheckKind::Imap | CheckKind::Imaps => {
+                self.imap(&mut conn, step).await?;
+                if !keep_open {
+                    *step = "waiting for the LOGOUT reply";
+                    conn.imap_command("a9", "LOGOUT").await?;
+                }
+            }
+            CheckKind::Pop3 | CheckKind::Pop3s => {
+                self.pop3(&mut conn, step).await?;
+                if !keep_open {
+                    *step = "waiting for the QUIT reply";
+                    conn.send("QUIT").await?;
+                    conn.pop3_expect("QUIT").await?;
+                }
+            }
+            CheckKind::Tcp | CheckKind::Exec => {}
+        }
+        let not_after = conn.not_after;
+        let session = matches!(
+            self.kind,
+            CheckKind::Imap | CheckKind::Imaps | CheckKind::Pop3 | CheckKind::Pop3s
+        ) && keep_open;
+        Ok(Core {
+            not_after,
+            session: session.then_some(conn),
+            warning: None,
+        })
     }
 
     async fn upgrade(&self, conn: Conn) -> Result<Conn, String> {
@@ -172,8 +223,8 @@ impl Probe {
         conn.upgrade(tls).await
     }
 
-    /// SMTP, submission, smtps and LMTP. Returns degraded reasons (none today) or the failure.
-    async fn smtp(&self, c: &mut Conn, step: &mut &'static str) -> Result<Vec<String>, String> {
+    /// SMTP, submission, smtps and LMTP: banner, EHLO, optional STARTTLS, NOOP, QUIT.
+    async fn smtp(&self, c: &mut Conn, step: &mut &'static str) -> Result<(), String> {
         let hello = if self.kind == CheckKind::Lmtp {
             "LHLO"
         } else {
@@ -206,10 +257,11 @@ impl Probe {
         *step = "waiting for the QUIT reply";
         c.send("QUIT").await?;
         c.smtp_expect("QUIT", 221).await?;
-        Ok(Vec::new())
+        Ok(())
     }
 
-    async fn imap(&self, c: &mut Conn, step: &mut &'static str) -> Result<Vec<String>, String> {
+    /// IMAP up to the point of login: greeting, CAPABILITY, optional STARTTLS.
+    async fn imap(&self, c: &mut Conn, step: &mut &'static str) -> Result<(), String> {
         *step = "waiting for the greeting";
         let greeting = c.line().await?;
         if !(starts_with_ci(&greeting, "* OK") || starts_with_ci(&greeting, "* PREAUTH")) {
@@ -233,31 +285,11 @@ impl Probe {
             *step = "waiting for the CAPABILITY reply after STARTTLS";
             c.imap_command("a3", "CAPABILITY").await?;
         }
-        let mut degraded = Vec::new();
-        if let Some((user, file)) = &self.login {
-            *step = "logging in";
-            match read_password(file) {
-                Err(e) => degraded.push(e),
-                Ok(pass) => {
-                    let login = format!("LOGIN {} {}", imap_quote(user), imap_quote(&pass));
-                    match c.imap_command("a4", &login).await {
-                        Err(e) => degraded.push(format!("test login as {user} failed: {e}")),
-                        Ok(_) => {
-                            *step = "selecting INBOX";
-                            if let Err(e) = c.imap_command("a5", "SELECT INBOX").await {
-                                degraded.push(format!("SELECT INBOX as {user} failed: {e}"));
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        *step = "waiting for the LOGOUT reply";
-        c.imap_command("a9", "LOGOUT").await?;
-        Ok(degraded)
+        Ok(())
     }
 
-    async fn pop3(&self, c: &mut Conn, step: &mut &'static str) -> Result<Vec<String>, String> {
+    /// POP3 up to the point of login: greeting, optional STLS.
+    async fn pop3(&self, c: &mut Conn, step: &mut &'static str) -> Result<(), String> {
         *step = "waiting for the greeting";
         c.pop3_expect("greeting").await?;
         if self.starttls {
@@ -267,31 +299,38 @@ impl Probe {
             let taken = std::mem::replace(c, Conn::closed());
             *c = self.upgrade(taken).await?;
         }
-        let mut degraded = Vec::new();
-        if let Some((user, file)) = &self.login {
-            *step = "logging in";
-            match read_password(file) {
-                Err(e) => degraded.push(e),
-                Ok(pass) => {
-                    c.send(&format!("USER {user}")).await?;
-                    let ok = match c.pop3_expect("USER").await {
-                        Ok(_) => {
-                            c.send(&format!("PASS {pass}")).await?;
-                            c.pop3_expect("PASS").await
-                        }
-                        Err(e) => Err(e),
-                    };
-                    if let Err(e) = ok {
-                        degraded.push(format!("test login as {user} failed: {e}"));
-                    }
-                }
-            }
-        }
-        *step = "waiting for the QUIT reply";
-        c.send("QUIT").await?;
-        c.pop3_expect("QUIT").await?;
-        Ok(degraded)
+        Ok(())
     }
+
+    /// The test login on an open IMAP or POP3 session, then a clean goodbye.
+    async fn login(&self, mut c: Conn, user: &str, file: &std::path::Path) -> Result<(), String> {
+        let pass = read_password(file)?;
+        if matches!(self.kind, CheckKind::Imap | CheckKind::Imaps) {
+            let login = format!("LOGIN {} {}", imap_quote(user), imap_quote(&pass));
+            c.imap_command("a4", &login).await?;
+            c.imap_command("a5", "SELECT INBOX").await?;
+            c.imap_command("a9", "LOGOUT").await?;
+        } else {
+            c.send(&format!("USER {user}")).await?;
+            c.pop3_expect("USER").await?;
+            c.send(&format!("PASS {pass}")).await?;
+            c.pop3_expect("PASS").await?;
+            c.send("QUIT").await?;
+            c.pop3_expect("QUIT").await?;
+        }
+        Ok(())
+    }
+}
+
+/// What the service part of a probe leaves for the degraded checks.
+#[derive(Debug, Default)]
+struct Core {
+    /// Expiry of the TLS certificate seen (unix s).
+    not_after: Option<i64>,
+    /// The session, still open, when a test login follows.
+    session: Option<Conn>,
+    /// A plugin's WARNING.
+    warning: Option<String>,
 }
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}

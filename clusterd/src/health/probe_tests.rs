@@ -318,8 +318,6 @@ async fn a_failed_test_login_is_a_warning_and_the_password_is_not_in_the_reason(
         Step::Send("a1 OK done"),
         Step::Expect("a4 LOGIN \"probe\" \"s3cret \\\"x\\\"\""),
         Step::Send("a4 NO [AUTHENTICATIONFAILED] Authentication failed."),
-        Step::Expect("a9 LOGOUT"),
-        Step::Send("a9 OK bye"),
     ];
     let (port, server) = scripted(script, None).await;
     let mut cfg = check(CheckKind::Imap, port);
@@ -335,6 +333,32 @@ async fn a_failed_test_login_is_a_warning_and_the_password_is_not_in_the_reason(
         other => panic!("expected a warning, got {other:?}"),
     }
     server.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_slow_login_failure_is_a_warning_not_a_timeout_of_the_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let pass = dir.path().join("pass");
+    std::fs::write(&pass, "pw\n").unwrap();
+    // Like dovecot's auth_failure_delay: the NO comes after longer than the probe timeout.
+    let script = vec![
+        Step::Send("* OK ready"),
+        Step::Expect("a1 CAPABILITY"),
+        Step::Send("a1 OK done"),
+        Step::Expect("a4 LOGIN"),
+        Step::Hang,
+    ];
+    let (port, _server) = scripted(script, None).await;
+    let mut cfg = check(CheckKind::Imap, port);
+    cfg.timeout = Millis::from_millis(300);
+    cfg.login_user = Some("probe".into());
+    cfg.password_file = Some(pass);
+    let r = Probe::new(&cfg).unwrap().run().await;
+    assert_eq!(
+        r.outcome,
+        Outcome::Warning("test login as probe failed: no answer within 300 ms".into())
+    );
+    assert!(r.latency < Duration::from_millis(300), "{r:?}");
 }
 
 #[tokio::test]

@@ -130,6 +130,13 @@ enum FaultCmd {
         /// dovecot or postfix.
         service: String,
     },
+    /// Silently drop incoming TCP to a port on the node (connections hang, not refused).
+    BlockPort {
+        /// The port, e.g. 143.
+        port: u16,
+    },
+    /// Remove the node's port blocks.
+    UnblockPorts,
 }
 
 fn main() -> ExitCode {
@@ -253,6 +260,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 FaultCmd::ServiceStart { service } => {
                     Fault::ServiceStart(service.parse::<Service>()?)
                 }
+                FaultCmd::BlockPort { port } => Fault::BlockPort(port),
+                FaultCmd::UnblockPorts => Fault::UnblockPorts,
             };
             let what = format!("{fault:?}");
             lab.fault(&node, fault)?;

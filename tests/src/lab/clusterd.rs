@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{IoContext, LabError, Result};
 use super::process::{ProcId, ns_command, run_timeout, spawn_logged};
-use super::state::{CLUSTERD_PORT, LabState, NodeRole, NodeState};
+use super::state::{CLUSTERD_PORT, LabState, MAIL_PASSWORD, MAIL_USER, NodeRole, NodeState};
 
 /// Environment variable naming the clusterd binary to run in the lab.
 pub const CLUSTERD_BIN_ENV: &str = "CLUSTERD_BIN";
@@ -121,10 +121,23 @@ pub fn config_toml(state: &LabState, node: &NodeState) -> String {
         let _ = writeln!(t, "home = {}", q(&addr.home));
         let _ = writeln!(t, "services = [\"imap\", \"pop3\", \"smtp\"]");
     }
-    for kind in ["imap", "pop3", "smtp"] {
-        let _ = writeln!(t, "\n[checks.{kind}]");
-        let _ = writeln!(t, "kind = {}", q(kind));
-    }
+    // The probes of every mail node: IMAP logs in with the lab's test account (a failed login is
+    // a warning), SMTP watches the postfix queue of the node's own instance.
+    let _ = writeln!(t, "\n[checks.imap]\nkind = \"imap\"");
+    let _ = writeln!(t, "login_user = {}", q(MAIL_USER));
+    let _ = writeln!(
+        t,
+        "password_file = {}",
+        q(&probe_password_path(node).to_string_lossy())
+    );
+    let _ = writeln!(t, "\n[checks.pop3]\nkind = \"pop3\"");
+    let _ = writeln!(t, "\n[checks.smtp]\nkind = \"smtp\"");
+    let _ = writeln!(t, "queue_threshold = {LAB_QUEUE_THRESHOLD}");
+    let _ = writeln!(
+        t,
+        "queue_command = [\"/usr/sbin/postqueue\", \"-c\", {}, \"-j\"]",
+        q(&node.postfix_config_dir().to_string_lossy())
+    );
     if node.role == NodeRole::Mail {
         // Every mail node serves the lab's zone on its own address.
         let _ = writeln!(t, "\n[dns]");
@@ -137,7 +150,18 @@ pub fn config_toml(state: &LabState, node: &NodeState) -> String {
             "names = {{ imap = [\"imap\"], pop3 = [\"pop3\"], smtp = [\"smtp\"], mail = [\"imap\", \"pop3\", \"smtp\"] }}"
         );
     }
+    if !state.clusterd_extra.is_empty() {
+        let _ = writeln!(t, "\n{}", state.clusterd_extra);
+    }
     t
+}
+
+/// Postfix queue depth above which a lab node's smtp check warns.
+pub const LAB_QUEUE_THRESHOLD: u64 = 3;
+
+/// The file holding the password the node's IMAP probe logs in with.
+pub fn probe_password_path(node: &NodeState) -> PathBuf {
+    node.dir.join("probe.pass")
 }
 
 /// The DNS zone every lab mail node serves.
@@ -150,6 +174,11 @@ pub fn write_configs(state: &mut LabState) -> Result<()> {
     for node in &mut state.nodes {
         let data = node.dir.join("clusterd-data");
         fs::create_dir_all(&data).ctx(|| format!("creating {}", data.display()))?;
+        let pass = probe_password_path(node);
+        fs::write(&pass, format!("{MAIL_PASSWORD}\n"))
+            .ctx(|| format!("writing {}", pass.display()))?;
+        fs::set_permissions(&pass, fs::Permissions::from_mode(0o600))
+            .ctx(|| format!("setting permissions of {}", pass.display()))?;
         let path = node.dir.join("clusterd.toml");
         fs::write(&path, config_toml(&snapshot, node))
             .ctx(|| format!("writing {}", path.display()))?;

@@ -59,6 +59,8 @@ pub struct LabSpec {
     pub wait_for_leader: bool,
     /// Deadline for services to answer and for the leader election.
     pub ready_timeout: Duration,
+    /// Extra TOML appended to every node's clusterd config, e.g. a `[placement]` section.
+    pub clusterd_extra: String,
 }
 
 impl Default for LabSpec {
@@ -73,6 +75,7 @@ impl Default for LabSpec {
             clusterctl_bin: None,
             wait_for_leader: true,
             ready_timeout: Duration::from_secs(30),
+            clusterd_extra: String::new(),
         }
     }
 }
@@ -104,10 +107,18 @@ pub enum Fault {
     ServiceStop(Service),
     /// Start it again.
     ServiceStart(Service),
+    /// Silently drop incoming TCP to this port inside the node (from the client, the peers and
+    /// the node's own probes alike): connections hang instead of being refused. Accumulates.
+    BlockPort(u16),
+    /// Remove every port block of the node.
+    UnblockPorts,
 }
 
 /// The nftables table the partition fault uses inside a node namespace.
 pub const PARTITION_TABLE: &str = "lab_partition";
+
+/// The nftables table the port-block fault uses inside a node namespace.
+pub const BLOCK_TABLE: &str = "lab_block";
 
 /// A lab: its state plus the children this process started (reaped, never leaked as zombies).
 #[derive(Debug)]
@@ -423,6 +434,22 @@ impl Lab {
                 self.state.node_mut(name)?.dovecot = Some(id);
                 self.wait_service(&node, &[143, 110], Duration::from_secs(10))?;
             }
+            Fault::BlockPort(port) => {
+                let rules = format!(
+                    "table inet {BLOCK_TABLE} {{\n\
+                     \tchain input {{ type filter hook input priority -10; policy accept; }}\n\
+                     }}\n\
+                     add rule inet {BLOCK_TABLE} input tcp dport {port} drop\n"
+                );
+                nft_script(&node, "block.nft", &rules)?;
+            }
+            Fault::UnblockPorts => {
+                nft_script(
+                    &node,
+                    "unblock.nft",
+                    &format!("table inet {BLOCK_TABLE}\ndelete table inet {BLOCK_TABLE}\n"),
+                )?;
+            }
             Fault::ServiceStop(Service::Postfix) => mail::stop_postfix(&node)?,
             Fault::ServiceStart(Service::Postfix) => {
                 if !mail::postfix_running(&node) {
@@ -479,12 +506,7 @@ impl Lab {
             v4.join(", "),
             v6.join(", ")
         ));
-        let path = node.dir.join("partition.nft");
-        std::fs::write(&path, script).ctx(|| format!("writing {}", path.display()))?;
-        let mut cmd = ns_command(&node.netns, "nft");
-        cmd.arg("-f").arg(&path);
-        run(&mut cmd)?;
-        Ok(())
+        nft_script(node, "partition.nft", &script)
     }
 
     fn clusterd_pid(&self, node: &NodeState) -> Result<ProcId> {
@@ -600,6 +622,16 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
         .ctx(|| format!("setting permissions of {}", path.display()))
 }
 
+/// Load an nftables script into the node's namespace (kept as `file` in the node's directory
+/// for post-mortems).
+fn nft_script(node: &NodeState, file: &str, script: &str) -> Result<()> {
+    let path = node.dir.join(file);
+    std::fs::write(&path, script).ctx(|| format!("writing {}", path.display()))?;
+    let mut cmd = ns_command(&node.netns, "nft");
+    cmd.arg("-f").arg(&path);
+    run(&mut cmd).map(drop)
+}
+
 /// Decide names, addresses and directories of a lab (no side effects).
 pub(crate) fn plan(
     spec: &LabSpec,
@@ -663,6 +695,7 @@ pub(crate) fn plan(
         netns_inodes: Vec::new(),
         clusterd_bin,
         clusterctl_bin,
+        clusterd_extra: spec.clusterd_extra.clone(),
     }
 }
 
