@@ -288,7 +288,40 @@ async fn get_status(
     State(s): State<Arc<Shared>>,
     Query(q): Query<EventsQuery>,
 ) -> Json<StatusReport> {
-    Json(build_status(&s, q.limit.unwrap_or(20)))
+    let mut report = build_status(&s, q.limit.unwrap_or(20));
+    add_live_probe_latency(&s, &mut report).await;
+    Json(report)
+}
+
+/// How long `status` waits for a peer's own probe results.
+const PEER_HEALTH_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// Ask every other mail node for its probes' last latency (in parallel, briefly); a node that
+/// does not answer in time keeps the latency of the probe that decided its state.
+async fn add_live_probe_latency(s: &Shared, report: &mut StatusReport) {
+    let peers: Vec<(String, String)> = report
+        .nodes
+        .iter()
+        .filter(|n| n.name != s.me && n.role == Role::Mail)
+        .map(|n| (n.name.clone(), n.address.clone()))
+        .collect();
+    let asks = peers.into_iter().map(|(name, addr)| {
+        let client = ApiClient::new(addr, s.key.clone()).with_timeout(PEER_HEALTH_TIMEOUT);
+        async move {
+            let live: Result<std::collections::BTreeMap<String, crate::health::LocalCheck>, _> =
+                client.get(admin_paths::HEALTH).await;
+            (name, live.ok())
+        }
+    });
+    for (node, live) in futures_util::future::join_all(asks).await {
+        let Some(live) = live else { continue };
+        for h in report.health.iter_mut().filter(|h| h.node == node) {
+            if let Some(ms) = live.get(&h.check).and_then(|l| l.last_latency_ms) {
+                h.latency_ms = Some(ms);
+                h.live = true;
+            }
+        }
+    }
 }
 
 async fn get_history(

@@ -55,10 +55,10 @@ pub struct ServiceReport {
     pub since_ms: u64,
     /// The probe's reason for the state (empty for a clean pass).
     pub reason: String,
-    /// Latency of the last probe (ms): live for the answering node, else of the probe that
-    /// decided the state.
+    /// Latency of the node's last probe (ms) when the node answered the status request's
+    /// brief query (`live`), else of the probe that decided the state.
     pub latency_ms: Option<u64>,
-    /// Whether `latency_ms` is the answering node's live last probe.
+    /// Whether `latency_ms` comes from the node's last probe.
     pub live: bool,
 }
 

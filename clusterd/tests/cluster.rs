@@ -866,6 +866,14 @@ async fn a_failing_service_moves_the_address_and_it_returns_home_only_after_the_
     )
     .await;
 
+    // Status on n2 shows every node's last probe latency, fetched live.
+    let r = status(n2, &c.key).await.unwrap();
+    assert!(
+        r.health.iter().all(|h| h.live && h.latency_ms.is_some()),
+        "{:?}",
+        r.health
+    );
+
     // imap fails on n1: the address goes to the least loaded passing node, n3.
     std::fs::write(health.path().join("n1-imap-down"), "").unwrap();
     eventually("n3 serves .101", Duration::from_secs(10), || async {

@@ -112,34 +112,6 @@ fn frozen_owner_resumed_after_takeover_does_not_answer_again() -> Result<()> {
     Ok(())
 }
 
-/// `dig +short` from the client namespace against `server`.
-fn dig(lab: &TestLab, server: Ipv4Addr, name: &str, rtype: &str) -> Result<String> {
-    let ns = lab.netns_of("client")?;
-    let out = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns,
-            "dig",
-            &format!("@{server}"),
-            "+short",
-            "+time=1",
-        ])
-        .args(["+tries=1", name, rtype])
-        .output()
-        .context("running dig (apt-get install -y dnsutils)")?;
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-fn serial(lab: &TestLab, server: Ipv4Addr) -> Option<u64> {
-    dig(lab, server, "lab.example", "SOA")
-        .ok()?
-        .split_whitespace()
-        .nth(2)?
-        .parse()
-        .ok()
-}
-
 #[test]
 fn dns_on_every_live_node_follows_a_failover_within_a_second() -> Result<()> {
     let mut lab = TestLab::up(LabSpec {
@@ -157,11 +129,7 @@ fn dns_on_every_live_node_follows_a_failover_within_a_second() -> Result<()> {
     loop {
         let mut all = true;
         for (_, ip) in live {
-            let mut got: Vec<String> = dig(&lab, ip, "mail.lab.example", "A")?
-                .lines()
-                .map(str::to_string)
-                .collect();
-            got.sort();
+            let got = lab.dig(IpAddr::V4(ip), "mail.lab.example", "A")?;
             all &= got == ["192.0.2.101", "192.0.2.102", "192.0.2.103"];
         }
         if all {
@@ -175,7 +143,10 @@ fn dns_on_every_live_node_follows_a_failover_within_a_second() -> Result<()> {
     }
     let before: Vec<u64> = live
         .iter()
-        .map(|(n, ip)| serial(&lab, *ip).with_context(|| format!("no SOA from {n}")))
+        .map(|(n, ip)| {
+            lab.dns_serial(IpAddr::V4(*ip))
+                .with_context(|| format!("no SOA from {n}"))
+        })
         .collect::<Result<_>>()?;
     ensure!(
         before.iter().all(|s| *s == before[0]),
@@ -192,7 +163,10 @@ fn dns_on_every_live_node_follows_a_failover_within_a_second() -> Result<()> {
     let changed = Instant::now();
     for (name, ip) in live {
         loop {
-            if serial(&lab, ip).is_some_and(|s| s > before[0]) {
+            if lab
+                .dns_serial(IpAddr::V4(ip))
+                .is_some_and(|s| s > before[0])
+            {
                 break;
             }
             ensure!(
@@ -206,11 +180,7 @@ fn dns_on_every_live_node_follows_a_failover_within_a_second() -> Result<()> {
         "{new_owner} took {FLOATING_MX1}; DNS on mx2 and mx3 updated within {:?}",
         changed.elapsed()
     );
-    let mut got: Vec<String> = dig(&lab, live[0].1, "imap.lab.example", "A")?
-        .lines()
-        .map(str::to_string)
-        .collect();
-    got.sort();
+    let got = lab.dig(IpAddr::V4(live[0].1), "imap.lab.example", "A")?;
     ensure!(
         got == ["192.0.2.101", "192.0.2.102", "192.0.2.103"],
         "{got:?}"
@@ -222,7 +192,7 @@ fn dns_on_every_live_node_follows_a_failover_within_a_second() -> Result<()> {
         .as_u64()
         .context("no serial in clusterctl dns")?;
     ensure!(
-        Some(reported) == serial(&lab, live[0].1),
+        Some(reported) == lab.dns_serial(IpAddr::V4(live[0].1)),
         "clusterctl dns says serial {reported}, the DNS server another"
     );
     Ok(())

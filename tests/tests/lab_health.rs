@@ -127,6 +127,14 @@ fn wait_all_passing(lab: &TestLab) -> Result<()> {
     )
 }
 
+/// The DNS servers of the lab: every mail node's own address.
+fn dns_servers(lab: &TestLab) -> Result<Vec<IpAddr>> {
+    Ok(vec![
+        IpAddr::V4(lab.node("mx1")?.ipv4),
+        IpAddr::V4(lab.node("mx2")?.ipv4),
+    ])
+}
+
 /// When the history says `node`'s `check` last became passing (unix ms).
 fn last_passing(r: &StatusReport, node: &str, check: &str) -> Option<u64> {
     r.events.iter().rev().find_map(|e| match &e.kind {
@@ -146,6 +154,10 @@ fn dovecot_stopped_on_the_owner_moves_its_address_and_it_returns_after_the_hold_
     let mut lab = TestLab::up(spec())?;
     wait_all_passing(&lab)?;
     let monitors = Monitors::start(&lab)?;
+    let servers = dns_servers(&lab)?;
+    let serial_before = lab
+        .dns_serial(servers[0])
+        .context("no SOA from mx1's DNS")?;
 
     let stopped = Instant::now();
     lab.fault("mx1", Fault::ServiceStop(Service::Dovecot))?;
@@ -165,6 +177,23 @@ fn dovecot_stopped_on_the_owner_moves_its_address_and_it_returns_after_the_hold_
          ({} messages in INBOX)",
         stopped.elapsed(),
         imap.messages
+    );
+    // DNS on every node follows: a new serial, and imap answers both addresses (both on mx2,
+    // which passes imap).
+    let moved = Instant::now();
+    for server in &servers {
+        wait("DNS serial moved", Duration::from_secs(1), || {
+            lab.dns_serial(*server).filter(|s| *s > serial_before)
+        })
+        .with_context(|| format!("DNS at {server} after the failover"))?;
+        ensure!(
+            lab.dig(*server, "imap.lab.example", "A")? == ["192.0.2.101", "192.0.2.102"],
+            "imap.lab.example at {server}"
+        );
+    }
+    eprintln!(
+        "DNS on both mail nodes updated within {:?}",
+        moved.elapsed()
     );
     let pop3 = lab
         .in_client(|| pop3_session(IpAddr::V4(FLOATING_MX1), Duration::from_secs(2)))?
@@ -346,6 +375,31 @@ fn dovecot_down_on_both_mail_nodes_moves_nothing_and_status_says_so() -> Result<
     let table = lab.clusterctl("mx1", &["status"])?;
     ensure!(table.contains("STAYS on"), "status table:\n{table}");
     ensure!(table.contains("CRITICAL"), "status table:\n{table}");
+    // DNS: nothing passes imap, so imap.lab.example fails open (answers every address), and
+    // `clusterctl dns` and status say so; smtp still passes on both.
+    for server in dns_servers(&lab)? {
+        ensure!(
+            lab.dig(server, "imap.lab.example", "A")? == ["192.0.2.101", "192.0.2.102"],
+            "imap.lab.example at {server} should fail open"
+        );
+    }
+    let dns: clusterd::status::DnsReport =
+        serde_json::from_str(&lab.clusterctl("mx2", &["dns", "--json"])?)?;
+    let state_of = |name: &str| {
+        dns.names
+            .iter()
+            .find(|n| n.name == name)
+            .map(|n| n.state.clone())
+    };
+    ensure!(
+        state_of("imap.lab.example.").as_deref() == Some("fail-open"),
+        "{dns:?}"
+    );
+    ensure!(
+        state_of("smtp.lab.example.").as_deref() == Some("passing"),
+        "{dns:?}"
+    );
+    ensure!(table.contains("fail-open"), "status table:\n{table}");
     // Both addresses are still reachable (postfix still runs): the cluster did not give up on them.
     for ip in [FLOATING_MX1, FLOATING_MX2] {
         let addr = SocketAddr::new(IpAddr::V4(ip), 25);

@@ -294,6 +294,35 @@ impl Lab {
         })
     }
 
+    /// `dig +short NAME RTYPE` from the client namespace against the DNS server at `server`
+    /// (one try, one second): the answer lines, sorted.
+    pub fn dig(&self, server: IpAddr, name: &str, rtype: &str) -> Result<Vec<String>> {
+        let mut cmd = ns_command(&self.state.client.netns, "dig");
+        cmd.arg(format!("@{server}"))
+            .args(["+short", "+time=1", "+tries=1", name, rtype]);
+        let out = run(&mut cmd).map_err(|e| match e {
+            LabError::Io { .. } => LabError::Prerequisite {
+                what: "dig".into(),
+                fix: "apt-get install -y dnsutils".into(),
+            },
+            other => other,
+        })?;
+        let mut lines: Vec<String> = out.lines().map(str::to_string).collect();
+        lines.sort();
+        Ok(lines)
+    }
+
+    /// The SOA serial of the lab zone as the DNS server at `server` answers it.
+    pub fn dns_serial(&self, server: IpAddr) -> Option<u64> {
+        self.dig(server, clusterd::LAB_ZONE, "SOA")
+            .ok()?
+            .first()?
+            .split_whitespace()
+            .nth(2)?
+            .parse()
+            .ok()
+    }
+
     /// Run `ip ARGS...` inside node `name` (or the client), e.g. to add an address by hand.
     pub fn ip(&self, name: &str, args: &[&str]) -> Result<String> {
         let ns = self.netns_of(name)?;
