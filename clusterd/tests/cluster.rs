@@ -959,3 +959,62 @@ async fn a_failing_service_moves_the_address_and_it_returns_home_only_after_the_
     assert_eq!(c.world.violations(), Vec::<String>::new());
     c.stop_all().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_passes_nothing_until_its_checks_rise_again() {
+    use clusterd::model::Health;
+    let names = ["n1", "n2", "n3"];
+    let mut c = Cluster::start(&names, &names).await;
+    c.leader().await;
+    let n2 = c.specs[1].addr;
+    eventually("imap passing on n1", Duration::from_secs(15), || async {
+        let r = status(n2, &c.key).await?;
+        (health_of(&r, "n1") == Some(Health::Passing)).then_some(())
+    })
+    .await;
+    let before = status(n2, &c.key).await.unwrap();
+    let last_seq = before.events.last().map(|e| e.seq).unwrap_or(0);
+    c.stop_node("n1").await;
+    c.start_node("n1").await;
+    let r = eventually(
+        "n1's checks reset and risen again",
+        Duration::from_secs(15),
+        || async {
+            let r = status(n2, &c.key).await?;
+            (health_of(&r, "n1") == Some(Health::Passing)
+                && r.events.iter().any(|e| {
+                    e.seq > last_seq
+                        && matches!(&e.kind, EventKind::HealthChanged { node, .. } if node == "n1")
+                }))
+            .then_some(r)
+        },
+    )
+    .await;
+    // After the restart, the history shows the reset to pending before the rise to passing.
+    let after: Vec<&EventKind> = r
+        .events
+        .iter()
+        .filter(|e| e.seq > last_seq)
+        .map(|e| &e.kind)
+        .filter(|k| {
+            matches!(k, EventKind::HealthReset { node, .. } | EventKind::HealthChanged { node, .. }
+                if node == "n1")
+        })
+        .collect();
+    assert!(
+        matches!(
+            &after[..],
+            [
+                EventKind::HealthReset { .. },
+                EventKind::HealthChanged {
+                    from: Some(Health::Pending),
+                    to: Health::Passing,
+                    ..
+                },
+                ..
+            ]
+        ),
+        "{after:?}"
+    );
+    c.stop_all().await;
+}
