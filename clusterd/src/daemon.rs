@@ -83,6 +83,8 @@ pub struct Shared {
     pub quorum_lost_after: Duration,
     /// Address leases: the leader's grants and this node's own lease.
     pub leases: crate::lease::Leases,
+    /// Fence agents and, while this node leads, the fence gate.
+    pub fencing: crate::fence::Fencing,
 }
 
 impl std::fmt::Debug for Shared {
@@ -194,6 +196,7 @@ pub async fn run_with<N: crate::vip::NetOps>(
     let raft = Raft::new(id, Arc::new(raft_cfg), network, log_store, state_machine)
         .await
         .map_err(|e| RunError::Raft(e.to_string()))?;
+    let config_for_fencing = config.clone();
     let shared = Arc::new(Shared {
         me: me.clone(),
         id,
@@ -207,6 +210,7 @@ pub async fn run_with<N: crate::vip::NetOps>(
         reachable_within,
         quorum_lost_after,
         leases: crate::lease::Leases::new(lease_timings),
+        fencing: crate::fence::Fencing::from_config(&config_for_fencing),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -5,6 +5,7 @@ pub mod config;
 pub mod ctl;
 pub mod daemon;
 pub mod dns_feed;
+pub mod fence;
 pub mod lease;
 pub mod model;
 pub mod raft;
