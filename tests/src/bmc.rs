@@ -129,6 +129,7 @@ impl LabPower {
         let me = std::process::id();
         for pid in netns::pids(&self.netns).map_err(|e| e.to_string())? {
             if pid != me
+                && !test_equipment(pid, me)
                 && let Some(p) = ProcId::of(pid)
             {
                 p.signal(sig).map_err(|e| e.to_string())?;
@@ -136,6 +137,20 @@ impl LabPower {
         }
         Ok(())
     }
+}
+
+/// Whether `pid` is the invariant monitor's own `nft` reader (a direct child of this test
+/// process inside the node's namespace): test equipment, not part of the node, so a power-off
+/// leaves it running.
+fn test_equipment(pid: u32, me: u32) -> bool {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Field 4 (ppid) follows the parenthesised command name.
+    let ppid = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+        .and_then(|p| p.parse::<u32>().ok());
+    comm.trim() == "nft" && ppid == Some(me)
 }
 
 impl PowerSwitch for LabPower {

@@ -158,6 +158,20 @@ pub fn write_configs(state: &mut LabState) -> Result<()> {
     Ok(())
 }
 
+/// Append `text` (cluster-wide TOML) to every node's config.
+pub fn append_config(state: &LabState, text: &str) -> Result<()> {
+    for node in &state.nodes {
+        if let Some(path) = &node.clusterd_config {
+            let mut config =
+                fs::read_to_string(path).ctx(|| format!("reading {}", path.display()))?;
+            config.push('\n');
+            config.push_str(text);
+            fs::write(path, config).ctx(|| format!("writing {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Start clusterd for `node` inside its namespace; output is appended to `clusterd.log`.
 pub fn start(bin: &Path, node: &NodeState) -> Result<(ProcId, Child)> {
     let config = node

@@ -59,6 +59,9 @@ pub struct LabSpec {
     pub wait_for_leader: bool,
     /// Deadline for services to answer and for the leader election.
     pub ready_timeout: Duration,
+    /// TOML appended to every node's clusterd config (cluster-wide sections such as
+    /// `[fencing]`); empty for none.
+    pub extra_config: String,
 }
 
 impl Default for LabSpec {
@@ -73,6 +76,7 @@ impl Default for LabSpec {
             clusterctl_bin: None,
             wait_for_leader: true,
             ready_timeout: Duration::from_secs(30),
+            extra_config: String::new(),
         }
     }
 }
@@ -174,6 +178,9 @@ impl Lab {
         }
         if let Some(bin) = lab.state.clusterd_bin.clone() {
             clusterd::write_configs(&mut lab.state)?;
+            if !spec.extra_config.is_empty() {
+                clusterd::append_config(&lab.state, &spec.extra_config)?;
+            }
             lab.state.save()?;
             for name in lab.node_names() {
                 lab.start_clusterd(&bin, &name)?;
