@@ -60,7 +60,10 @@ pub fn client(trust: &Trust, timeout: Duration) -> Result<reqwest::Client, Fence
         .timeout(timeout)
         .connect_timeout(timeout)
         // A BMC or API on the management network is reached directly.
-        .no_proxy();
+        .no_proxy()
+        // Fences are rare: a fresh connection each time, never a stale one to a BMC that
+        // rebooted or an endpoint that changed.
+        .pool_max_idle_per_host(0);
     let builder = match trust {
         Trust::System => builder,
         Trust::CaFile(path) => {
