@@ -63,6 +63,8 @@ pub mod admin_paths {
     /// `POST`: grant or renew an address lease (leader only, never forwarded: the holder
     /// measures its lease from its own send time and must reach the leader itself).
     pub const LEASE: &str = "/v1/lease";
+    /// `POST`: fence a node now (leader; an operator's `clusterctl fence`).
+    pub const FENCE: &str = "/v1/fence";
 }
 
 /// Error body of every non-2xx admin answer.
@@ -192,6 +194,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route(admin_paths::LEASE, post(post_lease))
         .route(admin_paths::DNS, get(get_dns))
         .route(admin_paths::HEALTH, get(get_health))
+        .route(admin_paths::FENCE, post(post_fence))
         .route("/v1/members/{name}", delete(delete_member))
         .layer(middleware::from_fn_with_state(shared.clone(), authenticate))
         .with_state(shared)
@@ -512,10 +515,23 @@ async fn forward_unless_leader(
     headers: &HeaderMap,
     body: Vec<u8>,
 ) -> Result<Option<Response>, ApiError> {
+    let within = MEMBERSHIP_TIMEOUT + Duration::from_secs(5);
+    forward_unless_leader_within(s, method, path, headers, body, within).await
+}
+
+/// [`forward_unless_leader`], waiting up to `within` for the leader's answer.
+async fn forward_unless_leader_within(
+    s: &Shared,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: Vec<u8>,
+    within: Duration,
+) -> Result<Option<Response>, ApiError> {
     match leader_route(s, is_forwarded(headers))? {
         LeaderRoute::Here => Ok(None),
         LeaderRoute::Forward(client) => {
-            let client = client.with_timeout(MEMBERSHIP_TIMEOUT + Duration::from_secs(5));
+            let client = client.with_timeout(within);
             let (status, bytes) = client
                 .send_raw(method.as_str(), path, body, &[(HEADER_FORWARDED, "1")])
                 .await?;
@@ -530,6 +546,134 @@ async fn forward_unless_leader(
             ))
         }
     }
+}
+
+async fn post_fence(
+    State(s): State<Arc<Shared>>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: crate::fence::FenceRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("bad request body: {e}")))?;
+    let within = s.fencing.deadline() + Duration::from_secs(5);
+    if let Some(resp) = forward_unless_leader_within(
+        &s,
+        &method,
+        admin_paths::FENCE,
+        &headers,
+        body.to_vec(),
+        within,
+    )
+    .await?
+    {
+        return Ok(resp);
+    }
+    let node = req.node.clone();
+    let metrics = s.raft.metrics().borrow().clone();
+    let replica = s.replica.borrow().clone();
+    if let Some(refusal) = fence_refusal(&s, &metrics, &replica.state, &req) {
+        return Err(ApiError::new(StatusCode::CONFLICT, refusal));
+    }
+    {
+        let mut gate = s.fencing.gate.lock().unwrap_or_else(|p| p.into_inner());
+        gate.reset_for(metrics.current_term);
+        if !gate.begin(&node) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("a fence of {node} is already under way; see `clusterctl status`"),
+            ));
+        }
+    }
+    info!(node = %node, "fence requested by an operator");
+    let by = format!("operator via {}", s.me);
+    crate::fence::run(s.clone(), node, by, metrics.current_term)
+        .await
+        .map(|reply| Json(reply).into_response())
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, e))
+}
+
+/// Why an operator's fence of `req.node` is refused, if it is.
+fn fence_refusal(
+    s: &Shared,
+    metrics: &crate::raft::Metrics,
+    state: &crate::model::State,
+    req: &crate::fence::FenceRequest,
+) -> Option<String> {
+    let node = req.node.as_str();
+    let Some(member) = state.members.get(node) else {
+        return Some(format!(
+            "{node} is not a member; `clusterctl status` lists the members"
+        ));
+    };
+    if !s.fencing.configured(node) {
+        return Some(format!(
+            "{node} has no fence agent: add [fencing.nodes.{node}] to every node's config{}",
+            if member.role == Role::Witness {
+                " (a witness holds no addresses and needs none to be safe)"
+            } else {
+                ""
+            }
+        ));
+    }
+    if node == s.me {
+        return Some(format!(
+            "{node} leads the cluster and would fence itself; restart clusterd on {node} so \
+             another node leads, then fence it from there"
+        ));
+    }
+    if req.force {
+        return None;
+    }
+    let voters: Vec<&String> = state
+        .members
+        .iter()
+        .filter(|(_, m)| m.voter)
+        .map(|(n, _)| n)
+        .collect();
+    if member.voter {
+        let peers = s.peers.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let membership = metrics.membership_config.membership();
+        let reachable = |name: &str| {
+            name == s.me
+                || membership
+                    .nodes()
+                    .find(|(_, m)| m.name == name)
+                    .and_then(|(id, _)| peers.get(id))
+                    .and_then(|p| p.last_ok)
+                    .is_some_and(|t| t.elapsed() <= s.reachable_within)
+        };
+        let left = voters
+            .iter()
+            .filter(|n| n.as_str() != node && reachable(n))
+            .count();
+        let quorum = voters.len() / 2 + 1;
+        if left < quorum {
+            return Some(format!(
+                "fencing {node} would leave {left} of {} voters reachable, fewer than a quorum \
+                 ({quorum}): the cluster would stop deciding anything; bring the other voters \
+                 back first, or pass --force",
+                voters.len()
+            ));
+        }
+    }
+    if member.role == Role::Mail {
+        let table = s.leases.table.lock().unwrap_or_else(|p| p.into_inner());
+        let lease = s.leases.timings.lease;
+        let others_live = state
+            .members
+            .iter()
+            .filter(|(n, m)| n.as_str() != node && m.role == Role::Mail)
+            .any(|(n, _)| table.last_grant(n).is_some_and(|g| g.elapsed() < lease));
+        if !others_live && !state.owned_by(node).is_empty() {
+            return Some(format!(
+                "{node} holds {} and no other mail node holds a lease to take over: fencing it \
+                 leaves them unserved; bring another mail node up first, or pass --force",
+                state.owned_by(node).join(", ")
+            ));
+        }
+    }
+    None
 }
 
 fn membership_names(s: &Shared) -> (BTreeSet<NodeId>, Vec<String>, Vec<String>) {
@@ -791,6 +935,7 @@ pub fn build_status(s: &Shared, event_limit: usize) -> StatusReport {
                 admin: state_member.map(|m| m.admin).unwrap_or_default(),
                 address: member.addr.clone(),
                 declared,
+                fence_agent: s.fencing.describe(&member.name),
             }
         })
         .collect();
@@ -879,6 +1024,26 @@ pub fn build_status(s: &Shared, event_limit: usize) -> StatusReport {
         nodes,
         addresses,
         events: events.iter().skip(skip).cloned().collect(),
+        fencing: replica
+            .state
+            .fencing
+            .iter()
+            .map(|(node, r)| status::FenceReport {
+                node: node.clone(),
+                state: r.progress,
+                agent: r.agent.clone(),
+                attempt: r.attempt,
+                by: r.by.clone(),
+                since_ms: r.since_ms,
+                detail: r.detail.clone(),
+                retry_in_ms: r.retry_in_ms,
+                blocked_addresses: if r.progress == crate::model::FenceProgress::Fenced {
+                    Vec::new()
+                } else {
+                    replica.state.owned_by(node)
+                },
+            })
+            .collect(),
         dns_failing: crate::dns_feed::report(&s.me, &s.config, &replica.state)
             .filter(|_| s.config.node.role == Role::Mail)
             .map(|r| {

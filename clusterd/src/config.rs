@@ -21,6 +21,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+mod fencing;
+pub use fencing::{
+    DEFAULT_WEBHOOK_BODY, FenceAgentConfig, FenceAgentKind, FencingConfig, OptionsViaKind,
+    RedfishAuthKind,
+};
+
 /// Default for `node.data_dir`.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/clusterd";
 /// Default for `node.key_file`.
@@ -85,6 +91,10 @@ pub struct Config {
     /// Authoritative DNS served by this node. Optional; mail nodes only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<DnsConfig>,
+    /// Fence agents per node (`[fencing.nodes.mx2]`): power off a node that stopped answering
+    /// before its addresses move. Optional; must be identical on every node.
+    #[serde(default)]
+    pub fencing: FencingConfig,
 }
 
 /// `[node]`: who this node is.
@@ -1090,6 +1100,7 @@ impl Config {
         self.check_checks(&mut v);
         self.check_addresses(&mut v);
         self.check_dns(&mut v);
+        self.check_fencing(&mut v);
         if v.0.is_empty() {
             Ok(())
         } else {
@@ -2005,7 +2016,7 @@ mod tests {
     use super::*;
 
     /// A valid two-mail-nodes-plus-witness configuration, seen from mx1.
-    const BASE: &str = r#"
+    pub(super) const BASE: &str = r#"
 [node]
 name = "mx1"
 listen = "192.0.2.11:7400"
@@ -2046,7 +2057,7 @@ mx = ["mail"]
 names = { imap = ["imap"], smtp = ["smtp"], mail = ["imap", "smtp"] }
 "#;
 
-    fn base() -> Config {
+    pub(super) fn base() -> Config {
         match parse(BASE) {
             Ok(c) => c,
             Err(e) => panic!("BASE must validate:\n{e}"),
@@ -2062,7 +2073,7 @@ names = { imap = ["imap"], smtp = ["smtp"], mail = ["imap", "smtp"] }
 
     /// Assert that `c` is refused with a problem on `field` whose message contains `needle`.
     #[track_caller]
-    fn assert_refused(c: &Config, field: &str, needle: &str) {
+    pub(super) fn assert_refused(c: &Config, field: &str, needle: &str) {
         let ps = problems(c);
         assert!(
             ps.iter()
@@ -2075,7 +2086,7 @@ names = { imap = ["imap"], smtp = ["smtp"], mail = ["imap", "smtp"] }
     }
 
     #[track_caller]
-    fn assert_valid(c: &Config) {
+    pub(super) fn assert_valid(c: &Config) {
         if let Err(e) = c.validate() {
             panic!("expected valid, got:\n{e}");
         }

@@ -116,6 +116,19 @@ pub enum Command {
         /// The file (default: --config).
         path: Option<PathBuf>,
     },
+    /// Power a node off now through its fence agent ([fencing.nodes.NODE]); asks for
+    /// confirmation on a terminal.
+    Fence {
+        /// The node.
+        #[arg(value_name = "NODE")]
+        name: String,
+        /// Do not ask for confirmation (needed when not on a terminal).
+        #[arg(long)]
+        yes: bool,
+        /// Fence even if that leaves the cluster without a quorum or without a live mail node.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// Arguments of `status`.
@@ -321,6 +334,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<(), Failure> 
             }
         }
         Command::Undrain { name } => set_admin(&cli, name, AdminState::Active, out).await,
+        Command::Fence { name, yes, force } => fence_cmd(&cli, name, *yes, *force, out).await,
         Command::Members { action } => {
             let client = connect(&cli)?.with_timeout(Duration::from_secs(40));
             let reply: MembershipReply = match action {
@@ -454,6 +468,75 @@ async fn move_cmd(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+async fn fence_cmd(
+    cli: &Cli,
+    node: &str,
+    yes: bool,
+    force: bool,
+    out: &mut (dyn Write + Send),
+) -> Result<(), Failure> {
+    let client = connect(cli)?;
+    let report: StatusReport = client.get(admin_paths::STATUS).await?;
+    let Some(member) = report.nodes.iter().find(|n| n.name == node) else {
+        return Err(Failure::usage(format!(
+            "{node} is not a member of this cluster; its members are: {}",
+            report
+                .nodes
+                .iter()
+                .map(|n| n.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    };
+    let Some(agent) = member.fence_agent.clone() else {
+        return Err(Failure::usage(if member.role == Role::Witness {
+            format!(
+                "{node} is a witness without a fence agent: it holds no addresses, so it needs \
+                 none; to fence it anyway add [fencing.nodes.{node}] to every node's config"
+            )
+        } else {
+            format!(
+                "{node} has no fence agent: add [fencing.nodes.{node}] to every node's config \
+                 (see the example configs), restart clusterd, and try again"
+            )
+        }));
+    };
+    if !yes {
+        use std::io::IsTerminal;
+        if !std::io::stdin().is_terminal() {
+            return Err(Failure::usage(format!(
+                "fencing powers {node} off; not on a terminal to confirm, so pass --yes"
+            )));
+        }
+        write!(
+            out,
+            "This powers {node} off now ({agent}). Type {node} to confirm: "
+        )?;
+        out.flush()?;
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if answer.trim() != node {
+            return Err(Failure {
+                code: EXIT_FAILED,
+                message: format!("not confirmed; {node} was not fenced"),
+            });
+        }
+    }
+    let req = crate::fence::FenceRequest {
+        node: node.to_string(),
+        force,
+    };
+    // The leader answers once the agent confirmed (or gave up), within its fencing timeout.
+    let client = client.with_timeout(Duration::from_secs(600));
+    let reply: crate::fence::FenceReply = client.post(admin_paths::FENCE, &req).await?;
+    writeln!(
+        out,
+        "{} fenced by {}: {}",
+        reply.node, reply.agent, reply.reply
+    )?;
+    Ok(())
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> String {

@@ -85,6 +85,8 @@ pub struct Shared {
     pub leases: crate::lease::Leases,
     /// This node's latest probe results.
     pub probes: crate::health::LocalView,
+    /// Fence agents and, while this node leads, the fence gate.
+    pub fencing: crate::fence::Fencing,
 }
 
 impl std::fmt::Debug for Shared {
@@ -197,6 +199,7 @@ pub async fn run_with<N: crate::vip::NetOps>(
     let raft = Raft::new(id, Arc::new(raft_cfg), network, log_store, state_machine)
         .await
         .map_err(|e| RunError::Raft(e.to_string()))?;
+    let config_for_fencing = config.clone();
     let shared = Arc::new(Shared {
         me: me.clone(),
         id,
@@ -211,6 +214,7 @@ pub async fn run_with<N: crate::vip::NetOps>(
         quorum_lost_after,
         leases: crate::lease::Leases::new(lease_timings),
         probes: crate::health::LocalView::default(),
+        fencing: crate::fence::Fencing::from_config(&config_for_fencing),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);

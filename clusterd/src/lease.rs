@@ -20,8 +20,8 @@ use crate::api::{self, admin_paths};
 use crate::auth;
 use crate::client::ApiClient;
 use crate::daemon::Shared;
-use crate::model::Role;
 use crate::model::plan::{self, Liveness, Policy};
+use crate::model::{Command, Role};
 
 /// Body of `POST /v1/lease`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -94,6 +94,11 @@ impl LeaseTable {
     pub fn quiet(&self, now: Instant, timings: &LeaseTimings) -> bool {
         self.elected_at
             .is_none_or(|e| now < timings.new_leader_quiet_until(e))
+    }
+
+    /// This leader's last grant to `node` in the current term.
+    pub fn last_grant(&self, node: &str) -> Option<Instant> {
+        self.grants.get(node).map(|g| g.last)
     }
 
     /// What the planner may assume about every node in `nodes`, at `now`.
@@ -273,9 +278,37 @@ pub async fn placement_loop(s: Arc<Shared>, policy: Policy, mut stop: watch::Rec
                     names.push(o);
                 }
             }
-            table.liveness(names, now, &s.leases.timings)
+            let mut live = table.liveness(names, now, &s.leases.timings);
+            // A silent node with a fence agent keeps its addresses until it is fenced.
+            let mut gate = s.fencing.gate.lock().unwrap_or_else(|p| p.into_inner());
+            gate.reset_for(metrics.current_term);
+            let start = crate::fence::gate_liveness(
+                &mut gate,
+                &mut live,
+                &replica.state,
+                |n| s.fencing.configured(n),
+                |n| table.last_grant(n),
+                now,
+            );
+            for node in start {
+                let by = format!("leader {}", s.me);
+                let task = crate::fence::run(s.clone(), node, by, metrics.current_term);
+                tokio::spawn(task);
+            }
+            live
         };
-        let commands = plan::plan(&replica.state, &live, &policy, auth::unix_ms());
+        let now_ms = auth::unix_ms();
+        for node in crate::fence::to_clear(&replica.state, &live, now_ms) {
+            let cmd = Command::FenceCleared {
+                node,
+                reason: "it holds an address lease again".into(),
+                at_ms: now_ms,
+            };
+            if let Err(e) = api::propose(&s, cmd).await {
+                debug!(error = %e.message_text(), "fencing record not cleared");
+            }
+        }
+        let commands = plan::plan(&replica.state, &live, &policy, now_ms);
         for cmd in commands {
             info!(command = ?cmd, "placement");
             if let Err(e) = api::propose(&s, cmd).await {

@@ -5,6 +5,7 @@ pub mod config;
 pub mod ctl;
 pub mod daemon;
 pub mod dns_feed;
+pub mod fence;
 pub mod health;
 pub mod lease;
 pub mod model;

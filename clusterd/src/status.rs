@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{AdminState, Event, Health, Role};
+use crate::model::{AdminState, Event, FenceProgress, Health, Role};
 
 /// Everything `clusterctl status` shows.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -40,6 +40,10 @@ pub struct StatusReport {
     /// Every mail node's service health, by node then check name.
     #[serde(default)]
     pub health: Vec<ServiceReport>,
+    /// Nodes with a fencing record: being fenced, fenced, or whose fence FAILED (then their
+    /// addresses are blocked until a fence succeeds).
+    #[serde(default)]
+    pub fencing: Vec<FenceReport>,
 }
 
 /// One service on one node.
@@ -60,6 +64,29 @@ pub struct ServiceReport {
     pub latency_ms: Option<u64>,
     /// Whether `latency_ms` comes from the node's last probe.
     pub live: bool,
+}
+
+/// One node's latest fence (`status --json` `fencing[]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FenceReport {
+    /// The node.
+    pub node: String,
+    /// `started`, `fenced` or `failed`.
+    pub state: FenceProgress,
+    /// The agent and its target.
+    pub agent: String,
+    /// Attempt number since the node last held a lease.
+    pub attempt: u32,
+    /// Who started it (the leader, or an operator via a node).
+    pub by: String,
+    /// When it reached its state (unix ms).
+    pub since_ms: u64,
+    /// The agent's reply, or the error.
+    pub detail: String,
+    /// After a failure: ms from `since_ms` to the next attempt.
+    pub retry_in_ms: Option<u64>,
+    /// Addresses whose takeover waits for this fence.
+    pub blocked_addresses: Vec<String>,
 }
 
 /// How stale the answering node's view may be.
@@ -99,6 +126,9 @@ pub struct NodeReport {
     /// How its configured addresses compare with the cluster's: `same`, `unreported`, or a
     /// description of the difference.
     pub declared: String,
+    /// Its fence agent (`[fencing.nodes.NAME]`), if it has one.
+    #[serde(default)]
+    pub fence_agent: Option<String>,
 }
 
 /// One floating address.
@@ -309,6 +339,7 @@ pub fn render(report: &StatusReport, now_ms: u64) -> String {
             }
         );
     }
+    render_fencing(&mut out, &report.fencing, now_ms);
     if !report.events.is_empty() {
         out.push_str("\nrecent events:\n");
         for e in report.events.iter().rev().take(5).rev() {
@@ -321,6 +352,47 @@ pub fn render(report: &StatusReport, now_ms: u64) -> String {
         }
     }
     out
+}
+
+/// The fencing section of the status table: failures first and loud.
+fn render_fencing(out: &mut String, fencing: &[FenceReport], now_ms: u64) {
+    let mut sorted: Vec<&FenceReport> = fencing.iter().collect();
+    sorted.sort_by_key(|f| (f.state != FenceProgress::Failed, f.node.clone()));
+    for f in sorted {
+        let ago = age(now_ms.saturating_sub(f.since_ms));
+        let blocked = f.blocked_addresses.join(", ");
+        let _ = match f.state {
+            FenceProgress::Failed => writeln!(
+                out,
+                "\n!!! FENCING OF {} FAILED (attempt {}, {ago} ago, {}): {}\n!!! takeover of \
+                 [{blocked}] is BLOCKED until a fence succeeds; next attempt {}. Fix the \
+                 agent, or power {} off by hand and run `clusterctl fence {}`.",
+                f.node,
+                f.attempt,
+                f.agent,
+                f.detail,
+                match f.retry_in_ms {
+                    Some(ms) if f.since_ms + ms > now_ms => {
+                        format!("in {}", age(f.since_ms + ms - now_ms))
+                    }
+                    _ => "due now".to_string(),
+                },
+                f.node,
+                f.node
+            ),
+            FenceProgress::Started => writeln!(
+                out,
+                "\nfencing {} (attempt {}, {}, started {ago} ago by {}); takeover of \
+                 [{blocked}] waits for it",
+                f.node, f.attempt, f.agent, f.by
+            ),
+            FenceProgress::Fenced => writeln!(
+                out,
+                "\n{} fenced {ago} ago by {} ({}): {}",
+                f.node, f.agent, f.by, f.detail
+            ),
+        };
+    }
 }
 
 /// Render history events, one per line, oldest first.
@@ -410,6 +482,7 @@ mod tests {
                 admin: AdminState::Active,
                 address: "192.0.2.11:7400".into(),
                 declared: "same".into(),
+                fence_agent: None,
             }],
             addresses: vec![AddressReport {
                 ip: "192.0.2.101/24".into(),
@@ -431,7 +504,48 @@ mod tests {
             }],
             dns_failing: vec![],
             health: vec![],
+            fencing: vec![],
         }
+    }
+
+    fn failed_fence() -> FenceReport {
+        FenceReport {
+            node: "mx2".into(),
+            state: FenceProgress::Failed,
+            agent: "redfish https://192.0.2.232".into(),
+            attempt: 3,
+            by: "leader mx1".into(),
+            since_ms: 60_000,
+            detail: "https://192.0.2.232 answered HTTP 500".into(),
+            retry_in_ms: Some(4_000),
+            blocked_addresses: vec!["192.0.2.102/24".into()],
+        }
+    }
+
+    #[test]
+    fn table_shows_a_failed_fence_loudly_with_the_blocked_addresses() {
+        let mut r = report();
+        r.fencing.push(failed_fence());
+        let text = render(&r, 61_000);
+        assert!(
+            text.contains("!!! FENCING OF mx2 FAILED (attempt 3, 1s ago"),
+            "{text}"
+        );
+        assert!(
+            text.contains("takeover of [192.0.2.102/24] is BLOCKED") && text.contains("in 3s"),
+            "{text}"
+        );
+        assert!(text.contains("`clusterctl fence mx2`"), "{text}");
+    }
+
+    #[test]
+    fn json_reports_fencing_per_node() {
+        let mut r = report();
+        r.fencing.push(failed_fence());
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["fencing"][0]["state"], "failed");
+        assert_eq!(v["fencing"][0]["blocked_addresses"][0], "192.0.2.102/24");
+        assert_eq!(v["nodes"][0]["fence_agent"], serde_json::Value::Null);
     }
 
     #[test]

@@ -1,9 +1,20 @@
-//! clusterd-fencing: the lease arithmetic that keeps one floating address on one node, and
-//! (later) the fence agents that power off nodes leases cannot stop.
+//! clusterd-fencing: the lease arithmetic that keeps one floating address on one node, the
+//! fence gate that decides when a silent node must be fenced before its addresses move, and
+//! the fence agents that power off nodes leases cannot stop.
 //!
-//! This crate depends on nothing of clusterd's: it is arithmetic over durations and instants
-//! that callers supply. It never reads a clock and never does IO in the lease part.
+//! This crate depends on nothing of clusterd's. The lease and gate parts are arithmetic over
+//! durations and instants that callers supply: they never read a clock and never do IO. The
+//! agents ([`redfish`], [`exec`], [`webhook`]) do the IO, behind the [`Fencer`] trait.
 
+pub mod agent;
+pub mod exec;
+pub mod gate;
 pub mod lease;
+pub mod redfish;
+pub mod tls;
+pub mod webhook;
 
+pub use agent::{FenceError, FenceOptions, Fencer, PowerAction, Secret, fence};
+pub use gate::{Backoff, FenceGate, GateDecision};
 pub use lease::{Guard, LeaseTimings, TimingProblem};
+pub use tls::Trust;

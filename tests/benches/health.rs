@@ -32,7 +32,7 @@ fn main() -> Result<()> {
         .context("--runs N")?
         .unwrap_or(20);
     let mut lab = TestLab::up(LabSpec {
-        clusterd_extra: format!(
+        extra_config: format!(
             "[placement]\nfailback = \"manual\"\nhold_down = \"{}s\"\n",
             HOLD_DOWN.as_secs()
         ),

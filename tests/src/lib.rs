@@ -7,11 +7,14 @@
 //! - [`monitor`] watches the safety invariant from two sides: addresses configured in every node
 //!   namespace (netlink) and ARP answers seen by the client (raw packets).
 //! - [`probe`] speaks IMAP, POP3 and SMTP from the client namespace like a mail client does.
+//! - [`bmc`] plays the nodes' out-of-band power control: Redfish BMCs and a webhook power API
+//!   over HTTPS with a CA made per run, whose power-off really stops a lab node.
 //!
 //! Everything here is synchronous (threads with deadlines) so a test needs no runtime, and every
 //! wait is bounded. The lab only ever uses documentation address ranges and never touches the
 //! host's own network namespace beyond creating and deleting its own, prefixed namespaces.
 
+pub mod bmc;
 pub mod lab;
 pub mod monitor;
 pub mod probe;

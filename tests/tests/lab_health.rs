@@ -26,7 +26,7 @@ const HOLD_DOWN_MS: u64 = 4000;
 /// of an address fits in a test.
 fn spec() -> LabSpec {
     LabSpec {
-        clusterd_extra: format!(
+        extra_config: format!(
             "[placement]\nfailback_after = \"2s\"\nhold_down = \"{}s\"\n",
             HOLD_DOWN_MS / 1000
         ),

@@ -17,9 +17,11 @@ use sha2::{Digest, Sha256};
 
 pub use crate::config::Role;
 
+pub mod fence;
 pub mod health;
 pub mod plan;
 
+pub use fence::{FenceProgress, FenceRecord};
 pub use health::{Health, HealthReport, ServiceHealth};
 
 /// Raft node id. Operators only ever see names; the id is derived from the name.
@@ -319,6 +321,48 @@ pub enum EventKind {
         /// The checks it runs.
         checks: Vec<String>,
     },
+    /// The leader (or an operator) started fencing a node.
+    FenceStarted {
+        /// The node being fenced.
+        node: String,
+        /// The agent and its target.
+        agent: String,
+        /// Attempt number.
+        attempt: u32,
+        /// Who started it.
+        by: String,
+    },
+    /// The agent confirmed the node off.
+    Fenced {
+        /// The node.
+        node: String,
+        /// The agent.
+        agent: String,
+        /// What the agent answered.
+        reply: String,
+        /// From the start of the attempt to the confirmation.
+        took_ms: u64,
+    },
+    /// A fence failed; the node's addresses stay where they are until one succeeds.
+    FenceFailed {
+        /// The node.
+        node: String,
+        /// The agent.
+        agent: String,
+        /// Attempt number.
+        attempt: u32,
+        /// Why.
+        error: String,
+        /// When the next attempt comes.
+        retry_in_ms: u64,
+    },
+    /// A node's fencing state was cleared (it holds a lease again).
+    FenceCleared {
+        /// The node.
+        node: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl fmt::Display for EventKind {
@@ -411,6 +455,35 @@ impl fmt::Display for EventKind {
                     "{node} started its checks [{}]: pending",
                     checks.join(", ")
                 )
+            }
+            EventKind::FenceStarted {
+                node,
+                agent,
+                attempt,
+                by,
+            } => write!(
+                f,
+                "fencing {node} with {agent} (attempt {attempt}, by {by})"
+            ),
+            EventKind::Fenced {
+                node,
+                agent,
+                reply,
+                took_ms,
+            } => write!(f, "{node} fenced by {agent} in {took_ms} ms: {reply}"),
+            EventKind::FenceFailed {
+                node,
+                agent,
+                attempt,
+                error,
+                retry_in_ms,
+            } => write!(
+                f,
+                "fencing {node} FAILED (attempt {attempt}, {agent}): {error}; its addresses \
+                 stay put, retry in {retry_in_ms} ms"
+            ),
+            EventKind::FenceCleared { node, reason } => {
+                write!(f, "fencing state of {node} cleared: {reason}")
             }
         }
     }
@@ -553,6 +626,48 @@ pub enum Command {
         /// Unix ms.
         at_ms: u64,
     },
+    /// The leader is about to run a node's fence agent (committed first: no quorum, no fence).
+    FenceStarted {
+        /// The node.
+        node: String,
+        /// The agent and its target.
+        agent: String,
+        /// Attempt number.
+        attempt: u32,
+        /// Who started it.
+        by: String,
+        /// Unix ms.
+        at_ms: u64,
+    },
+    /// The agent confirmed the node off.
+    FenceSucceeded {
+        /// The node.
+        node: String,
+        /// The agent's reply.
+        reply: String,
+        /// Unix ms.
+        at_ms: u64,
+    },
+    /// The agent failed.
+    FenceFailed {
+        /// The node.
+        node: String,
+        /// Why.
+        error: String,
+        /// When the leader tries again.
+        retry_in_ms: u64,
+        /// Unix ms.
+        at_ms: u64,
+    },
+    /// Forget a node's fencing state (it holds a lease again).
+    FenceCleared {
+        /// The node.
+        node: String,
+        /// Why.
+        reason: String,
+        /// Unix ms.
+        at_ms: u64,
+    },
 }
 
 /// The state machine's answer to one command.
@@ -611,6 +726,9 @@ pub struct State {
     /// Each mail node's service health by check name, as its probes last decided.
     #[serde(default)]
     pub health: BTreeMap<String, BTreeMap<String, ServiceHealth>>,
+    /// Each node's latest fence, by node name.
+    #[serde(default)]
+    pub fencing: BTreeMap<String, FenceRecord>,
 }
 
 impl Default for State {
@@ -632,6 +750,7 @@ impl State {
             history_limit: history_limit.max(1),
             revision: 0,
             health: BTreeMap::new(),
+            fencing: BTreeMap::new(),
         }
     }
 
@@ -883,6 +1002,10 @@ impl State {
                 );
                 Applied::changed(true)
             }
+            Command::FenceStarted { .. }
+            | Command::FenceSucceeded { .. }
+            | Command::FenceFailed { .. }
+            | Command::FenceCleared { .. } => self.apply_fence(cmd),
         }
     }
 

@@ -150,9 +150,6 @@ pub fn config_toml(state: &LabState, node: &NodeState) -> String {
             "names = {{ imap = [\"imap\"], pop3 = [\"pop3\"], smtp = [\"smtp\"], mail = [\"imap\", \"pop3\", \"smtp\"] }}"
         );
     }
-    if !state.clusterd_extra.is_empty() {
-        let _ = writeln!(t, "\n{}", state.clusterd_extra);
-    }
     t
 }
 
@@ -183,6 +180,20 @@ pub fn write_configs(state: &mut LabState) -> Result<()> {
         fs::write(&path, config_toml(&snapshot, node))
             .ctx(|| format!("writing {}", path.display()))?;
         node.clusterd_config = Some(path);
+    }
+    Ok(())
+}
+
+/// Append `text` (cluster-wide TOML) to every node's config.
+pub fn append_config(state: &LabState, text: &str) -> Result<()> {
+    for node in &state.nodes {
+        if let Some(path) = &node.clusterd_config {
+            let mut config =
+                fs::read_to_string(path).ctx(|| format!("reading {}", path.display()))?;
+            config.push('\n');
+            config.push_str(text);
+            fs::write(path, config).ctx(|| format!("writing {}", path.display()))?;
+        }
     }
     Ok(())
 }

@@ -59,8 +59,9 @@ pub struct LabSpec {
     pub wait_for_leader: bool,
     /// Deadline for services to answer and for the leader election.
     pub ready_timeout: Duration,
-    /// Extra TOML appended to every node's clusterd config, e.g. a `[placement]` section.
-    pub clusterd_extra: String,
+    /// TOML appended to every node's clusterd config (cluster-wide sections such as
+    /// `[fencing]`); empty for none.
+    pub extra_config: String,
 }
 
 impl Default for LabSpec {
@@ -75,7 +76,7 @@ impl Default for LabSpec {
             clusterctl_bin: None,
             wait_for_leader: true,
             ready_timeout: Duration::from_secs(30),
-            clusterd_extra: String::new(),
+            extra_config: String::new(),
         }
     }
 }
@@ -185,6 +186,9 @@ impl Lab {
         }
         if let Some(bin) = lab.state.clusterd_bin.clone() {
             clusterd::write_configs(&mut lab.state)?;
+            if !spec.extra_config.is_empty() {
+                clusterd::append_config(&lab.state, &spec.extra_config)?;
+            }
             lab.state.save()?;
             for name in lab.node_names() {
                 lab.start_clusterd(&bin, &name)?;
@@ -724,7 +728,6 @@ pub(crate) fn plan(
         netns_inodes: Vec::new(),
         clusterd_bin,
         clusterctl_bin,
-        clusterd_extra: spec.clusterd_extra.clone(),
     }
 }
 

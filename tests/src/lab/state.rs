@@ -164,9 +164,6 @@ pub struct LabState {
     pub clusterd_bin: Option<PathBuf>,
     /// The clusterctl binary used, if any.
     pub clusterctl_bin: Option<PathBuf>,
-    /// Extra TOML appended to every node's clusterd config.
-    #[serde(default)]
-    pub clusterd_extra: String,
 }
 
 impl LabState {
