@@ -1054,6 +1054,17 @@ pub fn build_status(s: &Shared, event_limit: usize) -> StatusReport {
             })
             .unwrap_or_default(),
         health,
+        drills: replica
+            .state
+            .drills
+            .iter()
+            .map(|(node, d)| crate::status::DrillStatus {
+                node: node.clone(),
+                kind: d.kind.clone(),
+                by: d.by.clone(),
+                since_ms: d.started_ms,
+            })
+            .collect(),
     }
 }
 

@@ -14,7 +14,9 @@ use crate::api::{AddMemberRequest, MembershipReply, NoteRequest, admin_paths};
 use crate::auth::{self, ClusterKey};
 use crate::client::{ApiClient, ClientError, with_retries};
 use crate::config::{self, Config};
-use crate::model::{AdminState, Applied, Command as ModelCommand, Event, EventKind, Role};
+use crate::model::{
+    AdminState, Applied, Command as ModelCommand, DrillKind, Event, EventKind, Role,
+};
 use crate::status::{self, StatusReport};
 
 /// Default config path on a node.
@@ -129,6 +131,63 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Failover drill: make a node (or one of its services) behave as failed while it keeps
+    /// running, and measure, as a mail client here sees it, how long each address took to be
+    /// served again, by whom, and when DNS changed on every node; then restore.
+    Drill {
+        /// What to drill.
+        #[command(subcommand)]
+        what: DrillCmd,
+    },
+}
+
+/// `drill` forms.
+#[derive(Debug, Subcommand)]
+pub enum DrillCmd {
+    /// NODE plays a failed node for its addresses (stops renewing its lease).
+    Node {
+        /// The node.
+        #[arg(value_name = "NODE")]
+        name: String,
+        /// Options.
+        #[command(flatten)]
+        opts: DrillOpts,
+    },
+    /// NODE plays a failure of SERVICE (its check reports critical).
+    Service {
+        /// The node.
+        #[arg(value_name = "NODE")]
+        name: String,
+        /// The check name, e.g. imap.
+        service: String,
+        /// Options.
+        #[command(flatten)]
+        opts: DrillOpts,
+    },
+    /// End a drill left running with --no-restore (addresses return by the failback policy).
+    End {
+        /// The node.
+        #[arg(value_name = "NODE")]
+        name: String,
+    },
+}
+
+/// Options of a drill.
+#[derive(Debug, Args)]
+pub struct DrillOpts {
+    /// Keep the node failed afterwards (end it later with `clusterctl drill end NODE`).
+    #[arg(long)]
+    pub no_restore: bool,
+    /// Each address must be served again within this long, or the drill fails (exit 1).
+    #[arg(long, default_value = "10s", value_parser = parse_millis)]
+    pub bound: config::Millis,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_millis(s: &str) -> Result<config::Millis, String> {
+    s.parse()
 }
 
 /// Arguments of `status`.
@@ -335,6 +394,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<(), Failure> 
         }
         Command::Undrain { name } => set_admin(&cli, name, AdminState::Active, out).await,
         Command::Fence { name, yes, force } => fence_cmd(&cli, name, *yes, *force, out).await,
+        Command::Drill { what } => drill_cmd(&cli, what, out).await,
         Command::Members { action } => {
             let client = connect(&cli)?.with_timeout(Duration::from_secs(40));
             let reply: MembershipReply = match action {
@@ -544,6 +604,82 @@ fn to_json<T: serde::Serialize>(v: &T) -> String {
 }
 
 /// Where to connect and with which key, from the flags and the config.
+async fn drill_cmd(
+    cli: &Cli,
+    what: &DrillCmd,
+    out: &mut (dyn Write + Send),
+) -> Result<(), Failure> {
+    let client = connect(cli)?;
+    let (node, kind, opts) = match what {
+        DrillCmd::End { name: node } => {
+            let cmd = ModelCommand::EndDrill {
+                node: node.clone(),
+                by: "clusterctl".into(),
+                at_ms: auth::unix_ms(),
+            };
+            let a: Applied = with_retries(|| client.post(admin_paths::PROPOSE, &cmd)).await?;
+            if a.changed {
+                writeln!(out, "drill of {node} ended; it takes part normally again")?;
+            } else {
+                writeln!(out, "no drill was running on {node}")?;
+            }
+            return Ok(());
+        }
+        DrillCmd::Node { name: node, opts } => (node, DrillKind::Node, opts),
+        DrillCmd::Service {
+            name: node,
+            service,
+            opts,
+        } => (
+            node,
+            DrillKind::Service {
+                check: service.clone(),
+            },
+            opts,
+        ),
+    };
+    let plan = crate::drill::DrillPlan {
+        node: node.clone(),
+        kind,
+        bound: opts.bound.into(),
+        restore: !opts.no_restore,
+    };
+    let local = config::load(&cli.config).ok();
+    let mut progress: Box<dyn Write + Send> = if opts.json {
+        Box::new(std::io::sink())
+    } else {
+        Box::new(&mut *out)
+    };
+    let result = crate::drill::run(&client, local.as_ref(), &plan, &mut *progress)
+        .await
+        .map_err(|message| Failure {
+            code: EXIT_FAILED,
+            message,
+        });
+    drop(progress);
+    let result = result?;
+    if opts.json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&result).map_err(|e| Failure {
+                code: EXIT_FAILED,
+                message: e.to_string()
+            })?
+        )?;
+    } else {
+        write!(out, "{}", crate::drill::render(&result))?;
+    }
+    if result.ok {
+        Ok(())
+    } else {
+        Err(Failure {
+            code: EXIT_FAILED,
+            message: format!("the drill failed: {}", result.problems.join("; ")),
+        })
+    }
+}
+
 fn connect(cli: &Cli) -> Result<ApiClient, Failure> {
     let (addr, key_path) = match (&cli.node, &cli.key_file) {
         (Some(node), Some(key)) => (node.clone(), key.clone()),

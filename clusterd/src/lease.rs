@@ -187,7 +187,11 @@ pub async fn renew_loop(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     loop {
         let sent_at = Instant::now();
         let leader = crate::raft::leader_member(&s.raft.metrics().borrow());
+        // A node drill: behave like a dead node for the addresses (renew nothing), so they take
+        // the real failure path while the daemon keeps running.
+        let drilled = s.replica.borrow().state.node_drilled(&s.me);
         let granted = match leader.map(|(id, m)| (id, m.addr)) {
+            _ if drilled => Err("failover drill: playing a failed node".to_string()),
             None => Err("no leader known".to_string()),
             Some((leader, _)) if leader == s.id => grant(&s, &s.me),
             Some((_, addr)) => {
@@ -286,7 +290,8 @@ pub async fn placement_loop(s: Arc<Shared>, policy: Policy, mut stop: watch::Rec
                 &mut gate,
                 &mut live,
                 &replica.state,
-                |n| s.fencing.configured(n),
+                // A drilled node gave its lease up on purpose and is alive: never fence it.
+                |n| s.fencing.configured(n) && !replica.state.node_drilled(n),
                 |n| table.last_grant(n),
                 now,
             );

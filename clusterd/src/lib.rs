@@ -5,6 +5,7 @@ pub mod config;
 pub mod ctl;
 pub mod daemon;
 pub mod dns_feed;
+pub mod drill;
 pub mod fence;
 pub mod health;
 pub mod lease;

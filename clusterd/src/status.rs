@@ -44,6 +44,22 @@ pub struct StatusReport {
     /// addresses are blocked until a fence succeeds).
     #[serde(default)]
     pub fencing: Vec<FenceReport>,
+    /// Failover drills in progress.
+    #[serde(default)]
+    pub drills: Vec<DrillStatus>,
+}
+
+/// A running failover drill (`status --json` `drills[]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DrillStatus {
+    /// The node playing failed.
+    pub node: String,
+    /// What it simulates.
+    pub kind: crate::model::DrillKind,
+    /// Who started it.
+    pub by: String,
+    /// When (unix ms).
+    pub since_ms: u64,
 }
 
 /// One service on one node.
@@ -289,6 +305,17 @@ pub fn render(report: &StatusReport, now_ms: u64) -> String {
             &rows,
         );
     }
+    for d in &report.drills {
+        let _ = writeln!(
+            out,
+            "\nDRILL: {} plays {} since {} ago (by {}); end it with `clusterctl drill end {}`",
+            d.node,
+            d.kind,
+            age(now_ms.saturating_sub(d.since_ms)),
+            d.by,
+            d.node
+        );
+    }
     for a in report.addresses.iter().filter(|a| a.stuck.is_some()) {
         let _ = writeln!(
             out,
@@ -505,6 +532,7 @@ mod tests {
             dns_failing: vec![],
             health: vec![],
             fencing: vec![],
+            drills: vec![],
         }
     }
 

@@ -132,7 +132,13 @@ async fn check_loop(
             _ = ticks.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
+        let drilled = s.replica.borrow().state.service_drilled(&s.me, &name);
         let result = match &probe {
+            // A service drill: the probe's verdict is replaced, the rest is the real path.
+            _ if drilled => probe::ProbeResult {
+                outcome: Outcome::Critical("failover drill: playing a failed service".into()),
+                latency: Duration::ZERO,
+            },
             Ok(p) => tokio::select! {
                 r = p.run() => r,
                 _ = stop.wait_for(|s| *s) => return,

@@ -17,10 +17,12 @@ use sha2::{Digest, Sha256};
 
 pub use crate::config::Role;
 
+pub mod drill;
 pub mod fence;
 pub mod health;
 pub mod plan;
 
+pub use drill::{Drill, DrillKind};
 pub use fence::{FenceProgress, FenceRecord};
 pub use health::{Health, HealthReport, ServiceHealth};
 
@@ -363,6 +365,29 @@ pub enum EventKind {
         /// Why.
         reason: String,
     },
+    /// An operator started a failover drill.
+    DrillStarted {
+        /// The node playing failed.
+        node: String,
+        /// What it simulates.
+        kind: DrillKind,
+        /// Who started it.
+        by: String,
+    },
+    /// A failover drill's measurements, as the operator's clusterctl saw them.
+    DrillReport {
+        /// The drilled node.
+        node: String,
+        /// Summary of the result.
+        result: String,
+    },
+    /// A failover drill ended (the node takes part normally again).
+    DrillEnded {
+        /// The node.
+        node: String,
+        /// Who ended it.
+        by: String,
+    },
 }
 
 impl fmt::Display for EventKind {
@@ -484,6 +509,15 @@ impl fmt::Display for EventKind {
             ),
             EventKind::FenceCleared { node, reason } => {
                 write!(f, "fencing state of {node} cleared: {reason}")
+            }
+            EventKind::DrillStarted { node, kind, by } => {
+                write!(f, "failover drill started: {node} plays {kind} (by {by})")
+            }
+            EventKind::DrillReport { node, result } => {
+                write!(f, "failover drill of {node}: {result}")
+            }
+            EventKind::DrillEnded { node, by } => {
+                write!(f, "failover drill of {node} ended (by {by})")
             }
         }
     }
@@ -668,6 +702,35 @@ pub enum Command {
         /// Unix ms.
         at_ms: u64,
     },
+    /// Start a failover drill on a mail node.
+    StartDrill {
+        /// The node.
+        node: String,
+        /// What it simulates.
+        kind: DrillKind,
+        /// Who asked.
+        by: String,
+        /// Unix ms.
+        at_ms: u64,
+    },
+    /// Record a drill's measurements in the history.
+    DrillReport {
+        /// The drilled node.
+        node: String,
+        /// Summary.
+        result: String,
+        /// Unix ms.
+        at_ms: u64,
+    },
+    /// End the drill on a node.
+    EndDrill {
+        /// The node.
+        node: String,
+        /// Who asked.
+        by: String,
+        /// Unix ms.
+        at_ms: u64,
+    },
 }
 
 /// The state machine's answer to one command.
@@ -726,6 +789,9 @@ pub struct State {
     /// Each mail node's service health by check name, as its probes last decided.
     #[serde(default)]
     pub health: BTreeMap<String, BTreeMap<String, ServiceHealth>>,
+    /// Failover drills in progress, by node (at most one at a time).
+    #[serde(default)]
+    pub drills: BTreeMap<String, Drill>,
     /// Each node's latest fence, by node name.
     #[serde(default)]
     pub fencing: BTreeMap<String, FenceRecord>,
@@ -750,6 +816,7 @@ impl State {
             history_limit: history_limit.max(1),
             revision: 0,
             health: BTreeMap::new(),
+            drills: BTreeMap::new(),
             fencing: BTreeMap::new(),
         }
     }
@@ -978,6 +1045,30 @@ impl State {
             }
             Command::RequestMove { ip, to, by, at_ms } => self.request_move(ip, to, by, *at_ms),
             Command::Health(report) => self.report_health(report),
+            Command::StartDrill {
+                node,
+                kind,
+                by,
+                at_ms,
+            } => self.start_drill(node, kind, by, *at_ms),
+            Command::DrillReport {
+                node,
+                result,
+                at_ms,
+            } => {
+                if result.len() > MAX_NOTE_LEN * 4 {
+                    return Applied::refused("the drill report is too long");
+                }
+                self.push_event(
+                    *at_ms,
+                    EventKind::DrillReport {
+                        node: node.clone(),
+                        result: result.clone(),
+                    },
+                );
+                Applied::changed(true)
+            }
+            Command::EndDrill { node, by, at_ms } => self.end_drill(node, by, *at_ms),
             Command::HealthReset {
                 node,
                 checks,
