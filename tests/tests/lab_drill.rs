@@ -9,7 +9,7 @@ use clusterd::drill::DrillReport;
 use clusterd::model::EventKind;
 use clusterd::status::StatusReport;
 use clusterd_tests::lab::testing::TestLab;
-use clusterd_tests::monitor::{AddressSampler, ArpProber};
+use clusterd_tests::monitor::Monitors;
 use clusterd_tests::{Fault, LabSpec, Service};
 
 /// Wait until every check passes on both mail nodes and .101 is on mx1.
@@ -71,23 +71,11 @@ fn drill(lab: &TestLab, args: &[&str]) -> Result<std::result::Result<DrillReport
     }
 }
 
-fn check_monitors(sampler: AddressSampler, arp: ArpProber) -> Result<()> {
-    let addresses = sampler.stop();
-    let arp = arp.stop();
-    addresses
-        .assert_single_holder()
-        .map_err(anyhow::Error::msg)?;
-    arp.timeline
-        .assert_single_holder()
-        .map_err(anyhow::Error::msg)
-}
-
 #[test]
 fn node_and_service_drills_move_the_address_measure_it_and_restore_it() -> Result<()> {
     let lab = TestLab::up(LabSpec::default())?;
     settled(&lab)?;
-    let sampler = AddressSampler::start(&lab)?;
-    let arp = ArpProber::start(&lab)?;
+    let monitors = Monitors::start(&lab)?;
 
     let report = drill(&lab, &["node", "mx1"])?.map_err(anyhow::Error::msg)?;
     ensure!(report.ok, "{report:?}");
@@ -144,7 +132,7 @@ fn node_and_service_drills_move_the_address_measure_it_and_restore_it() -> Resul
             && history.contains("failover drill of mx1: passed (imap failure)"),
         "history:\n{history}"
     );
-    check_monitors(sampler, arp)
+    monitors.finish().map(drop).map_err(anyhow::Error::msg)
 }
 
 #[test]

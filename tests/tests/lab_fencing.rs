@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use clusterd_tests::bmc::{Bmc, BmcMode, BmcServer, LabPower, TestCa, bind_in};
 use clusterd_tests::lab::testing::TestLab;
-use clusterd_tests::monitor::{AddressSampler, ArpProber, HolderTimeline};
+use clusterd_tests::monitor::{HolderTimeline, Monitors};
 use clusterd_tests::{Fault, LabSpec};
 use serde_json::Value;
 
@@ -220,25 +220,6 @@ fn assert_fenced_before_takeover(events: &[Value]) -> Result<()> {
     Ok(())
 }
 
-/// Stop the monitors; neither may have seen two holders of one address.
-fn monitors_saw_one_holder(sampler: AddressSampler, arp: ArpProber) -> Result<HolderTimeline> {
-    let addresses = sampler.stop();
-    let arp = arp.stop();
-    addresses
-        .assert_single_holder()
-        .map_err(anyhow::Error::msg)?;
-    arp.timeline
-        .assert_single_holder()
-        .map_err(anyhow::Error::msg)?;
-    ensure!(
-        addresses.samples > 20 && arp.timeline.samples > 20,
-        "the monitors barely ran ({} and {} samples)",
-        addresses.samples,
-        arp.timeline.samples
-    );
-    Ok(addresses)
-}
-
 /// When (since `t0`) the address sampler first saw mx1 holding mx2's floating address.
 fn first_held_by_mx1(timeline: &HolderTimeline) -> Option<Duration> {
     let ip = IpAddr::V4(FLOATING_MX2);
@@ -259,8 +240,7 @@ fn frozen_owner_is_fenced_over_redfish_before_its_address_moves() -> Result<()> 
     )?;
     // Taken before the sampler starts, so `t0 + offset` is never later than the real sample.
     let t0 = Instant::now();
-    let sampler = AddressSampler::start(&f.lab)?;
-    let arp = ArpProber::start(&f.lab)?;
+    let monitors = Monitors::start(&f.lab)?;
 
     f.lab.fault("mx2", Fault::Stop)?;
     let frozen = Instant::now();
@@ -282,7 +262,7 @@ fn frozen_owner_is_fenced_over_redfish_before_its_address_moves() -> Result<()> 
         .context("mx2's BMC never switched it off")?;
     ensure!(f.bmcs["mx1"].log().is_empty(), "mx1 was powered off too");
     std::thread::sleep(Duration::from_millis(500));
-    let timeline = monitors_saw_one_holder(sampler, arp)?;
+    let timeline = monitors.finish().map_err(anyhow::Error::msg)?;
     let taken = first_held_by_mx1(&timeline)
         .with_context(|| format!("the sampler never saw mx1 hold .102: {}", timeline.report()))?;
     ensure!(
@@ -333,8 +313,7 @@ fn failed_fence_blocks_the_takeover_until_the_bmc_works_again() -> Result<()> {
         Duration::from_secs(20),
         || Ok((greeter(&f.lab, FLOATING_MX2).as_deref() == Some("mx2")).then_some(())),
     )?;
-    let sampler = AddressSampler::start(&f.lab)?;
-    let arp = ArpProber::start(&f.lab)?;
+    let monitors = Monitors::start(&f.lab)?;
     let bmc = f.bmcs["mx2"].clone();
     bmc.set_mode(BmcMode::Failing);
     f.lab.fault("mx2", Fault::Stop)?;
@@ -402,7 +381,7 @@ fn failed_fence_blocks_the_takeover_until_the_bmc_works_again() -> Result<()> {
     );
     ensure!(!bmc.is_on(), "mx2 is not powered off");
     std::thread::sleep(Duration::from_millis(500));
-    monitors_saw_one_holder(sampler, arp)?;
+    monitors.finish().map_err(anyhow::Error::msg)?;
     let events = history(&f.lab, "mx1")?;
     assert_fenced_before_takeover(&events)?;
     let failures = events
@@ -434,8 +413,7 @@ fn webhook_agent_fences_a_frozen_owner_before_its_address_moves() -> Result<()> 
         Duration::from_secs(20),
         || Ok((greeter(&f.lab, FLOATING_MX2).as_deref() == Some("mx2")).then_some(())),
     )?;
-    let sampler = AddressSampler::start(&f.lab)?;
-    let arp = ArpProber::start(&f.lab)?;
+    let monitors = Monitors::start(&f.lab)?;
     f.lab.fault("mx2", Fault::Stop)?;
     wait_for("mx1 serving 192.0.2.102", Duration::from_secs(40), || {
         Ok((greeter(&f.lab, FLOATING_MX2).as_deref() == Some("mx1")).then_some(()))
@@ -446,7 +424,7 @@ fn webhook_agent_fences_a_frozen_owner_before_its_address_moves() -> Result<()> 
         "mx2 was not powered off through the webhook: {log:?}"
     );
     std::thread::sleep(Duration::from_millis(500));
-    monitors_saw_one_holder(sampler, arp)?;
+    monitors.finish().map_err(anyhow::Error::msg)?;
     let events = history(&f.lab, "mx1")?;
     assert_fenced_before_takeover(&events)?;
     let reply = events
