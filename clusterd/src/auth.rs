@@ -122,7 +122,9 @@ impl ClusterKey {
             return Err(KeyError::TooOpen { path: shown, mode });
         }
         let text = fs::read_to_string(path).map_err(|source| match source.kind() {
-            std::io::ErrorKind::PermissionDenied => KeyError::NotOwner { path: shown.clone() },
+            std::io::ErrorKind::PermissionDenied => KeyError::NotOwner {
+                path: shown.clone(),
+            },
             _ => KeyError::Io {
                 path: shown.clone(),
                 source,

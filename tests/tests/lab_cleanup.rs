@@ -14,8 +14,8 @@ use clusterd::config::IpPrefix;
 use clusterd::vip::NetOps;
 use clusterd::vip::linux::LinuxNet;
 use clusterd_tests::LabSpec;
-use clusterd_tests::lab::testing::TestLab;
 use clusterd_tests::lab::process::ns_command;
+use clusterd_tests::lab::testing::TestLab;
 use clusterd_tests::lab::{clusterd as lab_clusterd, netns};
 
 /// The capabilities clusterd.service grants (AmbientCapabilities=).
@@ -28,9 +28,10 @@ const UNPRIVILEGED: &str = "65534";
 fn runnable_binary(keep: &Path) -> Result<PathBuf> {
     let built = lab_clusterd::built_binary("clusterd")
         .context("clusterd is not built; run `cargo build -p clusterd --bins` first")?;
-    let searchable = built.ancestors().skip(1).all(|d| {
-        std::fs::metadata(d).is_ok_and(|m| m.permissions().mode() & 0o001 != 0)
-    });
+    let searchable = built
+        .ancestors()
+        .skip(1)
+        .all(|d| std::fs::metadata(d).is_ok_and(|m| m.permissions().mode() & 0o001 != 0));
     if searchable {
         return Ok(built);
     }
@@ -43,8 +44,14 @@ fn runnable_binary(keep: &Path) -> Result<PathBuf> {
 /// Run `clusterd cleanup` inside `ns` as the unprivileged user, with `caps` (or none).
 fn cleanup_as_unprivileged(ns: &str, bin: &Path, config: &Path, caps: Option<&str>) -> Output {
     let mut cmd = ns_command(ns, "setpriv");
-    cmd.args(["--reuid", UNPRIVILEGED, "--regid", UNPRIVILEGED, "--clear-groups"])
-        .arg("--no-new-privs");
+    cmd.args([
+        "--reuid",
+        UNPRIVILEGED,
+        "--regid",
+        UNPRIVILEGED,
+        "--clear-groups",
+    ])
+    .arg("--no-new-privs");
     if let Some(caps) = caps {
         cmd.arg(format!("--inh-caps={caps}"))
             .arg(format!("--ambient-caps={caps}"))
@@ -81,7 +88,8 @@ fn cleanup_removes_a_dead_daemons_addresses_and_guard_with_only_the_units_capabi
         .floating
         .iter()
         .map(|f| format!("{}/{}", f.ip, f.prefix_len).parse())
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<_, String>>()
+        .map_err(anyhow::Error::msg)?;
     let config = node.dir.join("clusterd.toml");
     std::fs::write(&config, lab_clusterd::config_toml(lab.state(), &node))?;
     std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644))?;
@@ -110,7 +118,10 @@ fn cleanup_removes_a_dead_daemons_addresses_and_guard_with_only_the_units_capabi
     })??;
     let addresses = || lab.ip("mx1", &["-o", "addr", "show", "dev", &node.iface]);
     let tables = || -> Result<String> {
-        let out = lab.command("mx1", "nft")?.args(["list", "tables"]).output()?;
+        let out = lab
+            .command("mx1", "nft")?
+            .args(["list", "tables"])
+            .output()?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     };
     let held_cidr = held.to_string();
@@ -124,7 +135,11 @@ fn cleanup_removes_a_dead_daemons_addresses_and_guard_with_only_the_units_capabi
     // Without the capabilities the same command fails and changes nothing: the capabilities
     // are what makes it work, not some leftover privilege.
     let refused = cleanup_as_unprivileged(&node.netns, &bin, &config, None);
-    ensure!(!refused.status.success(), "cleanup without capabilities succeeded: {}", text(&refused));
+    ensure!(
+        !refused.status.success(),
+        "cleanup without capabilities succeeded: {}",
+        text(&refused)
+    );
     ensure!(
         addresses()?.contains(&held_cidr),
         "cleanup without capabilities removed the address"
@@ -138,7 +153,10 @@ fn cleanup_removes_a_dead_daemons_addresses_and_guard_with_only_the_units_capabi
         text(&done)
     );
     let left = addresses()?;
-    ensure!(!left.contains(&held_cidr), "address still configured: {left}");
+    ensure!(
+        !left.contains(&held_cidr),
+        "address still configured: {left}"
+    );
     ensure!(
         left.contains(&format!("{}/24", node.ipv4)),
         "cleanup removed the node's own address: {left}"
@@ -151,6 +169,10 @@ fn cleanup_removes_a_dead_daemons_addresses_and_guard_with_only_the_units_capabi
 
     // Idempotent: nothing there, still success.
     let again = cleanup_as_unprivileged(&node.netns, &bin, &config, Some(UNIT_CAPS));
-    ensure!(again.status.success(), "second cleanup failed: {}", text(&again));
+    ensure!(
+        again.status.success(),
+        "second cleanup failed: {}",
+        text(&again)
+    );
     Ok(())
 }

@@ -44,7 +44,10 @@ impl NotifySocket {
                 }
             }
         }
-        bail!("nothing matching within {within:?}; received: {:?}", self.messages())
+        bail!(
+            "nothing matching within {within:?}; received: {:?}",
+            self.messages()
+        )
     }
 
     /// Receive everything for `window`.
@@ -71,8 +74,16 @@ impl Drop for Started {
     }
 }
 
-fn start_daemon(st: &LabState, name: &str, env: &[(&str, String)]) -> Result<(ProcId, std::process::Child)> {
-    let node = st.nodes.iter().find(|n| n.name == name).context("no such node")?;
+fn start_daemon(
+    st: &LabState,
+    name: &str,
+    env: &[(&str, String)],
+) -> Result<(ProcId, std::process::Child)> {
+    let node = st
+        .nodes
+        .iter()
+        .find(|n| n.name == name)
+        .context("no such node")?;
     let bin = st.clusterd_bin.clone().context("clusterd is not built")?;
     let config = node.clusterd_config.clone().context("no config")?;
     let log_path = node.dir.join("clusterd.log");
@@ -82,12 +93,22 @@ fn start_daemon(st: &LabState, name: &str, env: &[(&str, String)]) -> Result<(Pr
     for (k, v) in env {
         cmd.env(k, v);
     }
-    Ok(spawn_logged(cmd, log, &log_path, &format!("clusterd on {name}"))?)
+    Ok(spawn_logged(
+        cmd,
+        log,
+        &log_path,
+        &format!("clusterd on {name}"),
+    )?)
 }
 
 /// Run an nftables script inside `node`'s namespace and return what nft printed.
 fn nft(st: &LabState, node: &str, script: &str) -> Result<String> {
-    let ns = &st.nodes.iter().find(|n| n.name == node).context("no such node")?.netns;
+    let ns = &st
+        .nodes
+        .iter()
+        .find(|n| n.name == node)
+        .context("no such node")?
+        .netns;
     let file = tempfile::NamedTempFile::new()?;
     std::fs::write(file.path(), script)?;
     let out = ns_command(ns, "nft").arg("-f").arg(file.path()).output()?;
@@ -123,29 +144,53 @@ fn notify_ready_only_after_joining_watchdog_only_while_the_daemon_answers_stoppi
     // Alone, mx1 cannot have a leader: it says what it waits for and never READY=1.
     let alone = notify.collect(Duration::from_secs(3));
     ensure!(
-        alone.iter().any(|m| m.contains("STATUS=waiting for a leader")),
+        alone
+            .iter()
+            .any(|m| m.contains("STATUS=waiting for a leader")),
         "no waiting status while alone: {alone:?}"
     );
-    ensure!(!alone.iter().any(|m| m.contains("READY=1")), "ready without a cluster: {alone:?}");
+    ensure!(
+        !alone.iter().any(|m| m.contains("READY=1")),
+        "ready without a cluster: {alone:?}"
+    );
 
     started.0.push(start_daemon(&st, "mx2", &[])?);
     started.0.push(start_daemon(&st, "w1", &[])?);
     let ready = notify.wait_for(Duration::from_secs(30), |m| m.contains("READY=1"))?;
     // At READY the node follows a leader, its address runtime ran (guard installed) ...
-    ensure!(ready.contains("STATUS=leader "), "READY without a status: {ready}");
+    ensure!(
+        ready.contains("STATUS=leader "),
+        "READY without a status: {ready}"
+    );
     let tables = nft(&st, "mx1", "list tables\n")?;
-    ensure!(tables.contains("clusterd_guard"), "ready before the address runtime ran: {tables}");
-    let mx1 = st.nodes.iter().find(|n| n.name == "mx1").context("mx1")?.clone();
+    ensure!(
+        tables.contains("clusterd_guard"),
+        "ready before the address runtime ran: {tables}"
+    );
+    let mx1 = st
+        .nodes
+        .iter()
+        .find(|n| n.name == "mx1")
+        .context("mx1")?
+        .clone();
     let status = lab_clusterd::status(&st, &mx1)?;
-    ensure!(status.leader.is_some(), "ready, but clusterctl status shows no leader");
+    ensure!(
+        status.leader.is_some(),
+        "ready, but clusterctl status shows no leader"
+    );
     // ... and later status lines follow what it holds: its home address.
     let home = format!("{}/24", mx1.floating.context("mx1 has a home address")?);
-    notify.wait_for(Duration::from_secs(15), |m| m.contains("STATUS=") && m.contains(&home))?;
+    notify.wait_for(Duration::from_secs(15), |m| {
+        m.contains("STATUS=") && m.contains(&home)
+    })?;
 
     // Pinged at about a quarter of the interval while everything answers.
     let pings = notify.collect(Duration::from_secs(3));
     let n = pings.iter().filter(|m| *m == "WATCHDOG=1").count();
-    ensure!(n >= 3, "{n} watchdog pings in 3 s with WATCHDOG_USEC=2s: {pings:?}");
+    ensure!(
+        n >= 3,
+        "{n} watchdog pings in 3 s with WATCHDOG_USEC=2s: {pings:?}"
+    );
 
     // The watchdog asks the daemon's own API: when it stops answering (its port blocked for
     // the node itself; peers unaffected), pings stop and the status says why.
@@ -154,12 +199,14 @@ fn notify_ready_only_after_joining_watchdog_only_while_the_daemon_answers_stoppi
         &st,
         "mx1",
         &format!(
-            "table inet cdtest {{ chain input {{ type filter hook input priority 0; \
-             ip saddr {ip} tcp dport {} drop; }} }}\n",
+            "table inet cdtest {{\n chain input {{\n type filter hook input priority 0;\n \
+             ip saddr {ip} tcp dport {} drop\n }}\n}}\n",
             clusterd_tests::lab::state::CLUSTERD_PORT
         ),
     )?;
-    notify.wait_for(Duration::from_secs(5), |m| m.contains("STATUS=unhealthy: API"))?;
+    notify.wait_for(Duration::from_secs(5), |m| {
+        m.contains("STATUS=unhealthy: API")
+    })?;
     let blocked = notify.collect(Duration::from_secs(2));
     ensure!(
         !blocked.iter().any(|m| *m == "WATCHDOG=1"),
@@ -172,7 +219,10 @@ fn notify_ready_only_after_joining_watchdog_only_while_the_daemon_answers_stoppi
     let (id, _) = &started.0[0];
     id.signal(nix::sys::signal::Signal::SIGTERM)?;
     notify.wait_for(Duration::from_secs(5), |m| m.starts_with("STOPPING=1"))?;
-    ensure!(id.wait_gone(Duration::from_secs(10)), "mx1 did not exit after SIGTERM");
+    ensure!(
+        id.wait_gone(Duration::from_secs(10)),
+        "mx1 did not exit after SIGTERM"
+    );
     Ok(())
 }
 
@@ -188,7 +238,10 @@ fn journal_fields(mut data: &[u8]) -> Result<BTreeMap<String, String>> {
         let key = String::from_utf8_lossy(&data[..end]).into_owned();
         if data[end] == b'=' {
             let rest = &data[end + 1..];
-            let nl = rest.iter().position(|b| *b == b'\n').context("no newline")?;
+            let nl = rest
+                .iter()
+                .position(|b| *b == b'\n')
+                .context("no newline")?;
             fields.insert(key, String::from_utf8_lossy(&rest[..nl]).into_owned());
             data = &rest[nl + 1..];
         } else {
@@ -235,7 +288,15 @@ fn journal_log_format_sends_structured_fields_to_the_journal_socket() -> Result<
         config.display()
     );
     let mut child = Command::new("unshare")
-        .args(["--net", "--mount", "--propagation", "private", "sh", "-c", &script])
+        .args([
+            "--net",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -247,12 +308,17 @@ fn journal_log_format_sends_structured_fields_to_the_journal_socket() -> Result<
         let mut buf = vec![0u8; 65536];
         let mut seen = Vec::new();
         while Instant::now() < deadline {
-            let Ok(n) = journal.recv(&mut buf) else { continue };
+            let Ok(n) = journal.recv(&mut buf) else {
+                continue;
+            };
             if n == 0 {
                 continue; // the layer's connection check
             }
             let fields = journal_fields(&buf[..n])?;
-            if fields.get("MESSAGE").is_some_and(|m| m.starts_with("listening on")) {
+            if fields
+                .get("MESSAGE")
+                .is_some_and(|m| m.starts_with("listening on"))
+            {
                 return Ok(fields);
             }
             seen.push(fields);
@@ -265,11 +331,29 @@ fn journal_log_format_sends_structured_fields_to_the_journal_socket() -> Result<
     );
     let status = child.wait()?;
     let fields = result?;
-    ensure!(status.success(), "clusterd exited with {status} after SIGTERM");
-    ensure!(fields.get("MESSAGE").map(String::as_str) == Some("listening on 127.0.0.1:7400"), "{fields:?}");
-    ensure!(fields.get("PRIORITY").map(String::as_str) == Some("6"), "info is priority 6: {fields:?}");
-    ensure!(fields.get("SYSLOG_IDENTIFIER").map(String::as_str) == Some("clusterd"), "{fields:?}");
-    ensure!(fields.get("NODE").map(String::as_str) == Some("mx1"), "the node field: {fields:?}");
-    ensure!(fields.contains_key("CODE_FILE") && fields.contains_key("TARGET"), "{fields:?}");
+    ensure!(
+        status.success(),
+        "clusterd exited with {status} after SIGTERM"
+    );
+    ensure!(
+        fields.get("MESSAGE").map(String::as_str) == Some("listening on 127.0.0.1:7400"),
+        "{fields:?}"
+    );
+    ensure!(
+        fields.get("PRIORITY").map(String::as_str) == Some("6"),
+        "info is priority 6: {fields:?}"
+    );
+    ensure!(
+        fields.get("SYSLOG_IDENTIFIER").map(String::as_str) == Some("clusterd"),
+        "{fields:?}"
+    );
+    ensure!(
+        fields.get("NODE").map(String::as_str) == Some("mx1"),
+        "the node field: {fields:?}"
+    );
+    ensure!(
+        fields.contains_key("CODE_FILE") && fields.contains_key("TARGET"),
+        "{fields:?}"
+    );
     Ok(())
 }

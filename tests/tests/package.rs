@@ -114,8 +114,7 @@ fn mode(path: &Path) -> Result<u32> {
 }
 
 #[test]
-fn debian_package_installs_into_a_fresh_debian_root_with_unit_man_pages_and_config() -> Result<()>
-{
+fn debian_package_installs_into_a_fresh_debian_root_with_unit_man_pages_and_config() -> Result<()> {
     prerequisites()?;
     let work = tempfile::tempdir()?;
     let deb = build_package(work.path())?;
@@ -130,7 +129,13 @@ fn debian_package_installs_into_a_fresh_debian_root_with_unit_man_pages_and_conf
     std::fs::copy(&deb, root.join("tmp/clusterd.deb"))?;
     chroot(
         &root,
-        &["apt-get", "install", "-y", "--no-install-recommends", "/tmp/clusterd.deb"],
+        &[
+            "apt-get",
+            "install",
+            "-y",
+            "--no-install-recommends",
+            "/tmp/clusterd.deb",
+        ],
     )
     .context("installing the package with its dependencies")?;
 
@@ -139,7 +144,7 @@ fn debian_package_installs_into_a_fresh_debian_root_with_unit_man_pages_and_conf
         ("usr/sbin/clusterd", 0o755),
         ("usr/bin/clusterctl", 0o755),
         ("etc/clusterd/clusterd.toml", 0o644),
-        ("lib/systemd/system/clusterd.service", 0o644),
+        ("usr/lib/systemd/system/clusterd.service", 0o644),
         ("usr/share/man/man8/clusterd.8.gz", 0o644),
         ("usr/share/man/man8/clusterd-cleanup.8.gz", 0o644),
         ("usr/share/man/man1/clusterctl.1.gz", 0o644),
@@ -150,8 +155,14 @@ fn debian_package_installs_into_a_fresh_debian_root_with_unit_man_pages_and_conf
         ("usr/share/zsh/vendor-completions/_clusterd", 0o644),
         ("usr/share/zsh/vendor-completions/_clusterctl", 0o644),
         ("usr/share/doc/clusterd/README.md", 0o644),
-        ("usr/share/doc/clusterd/examples/two-mail-nodes-and-witness/w1.toml", 0o644),
-        ("usr/share/doc/clusterd/examples/three-mail-nodes/mx3.toml", 0o644),
+        (
+            "usr/share/doc/clusterd/examples/two-mail-nodes-and-witness/w1.toml",
+            0o644,
+        ),
+        (
+            "usr/share/doc/clusterd/examples/three-mail-nodes/mx3.toml",
+            0o644,
+        ),
     ] {
         let got = mode(&root.join(path))?;
         ensure!(got == want, "/{path} has mode {got:o}, want {want:o}");
@@ -189,9 +200,15 @@ fn debian_package_installs_into_a_fresh_debian_root_with_unit_man_pages_and_conf
     // The unit: what it must say, and systemd's own verification and hardening review.
     chroot(
         &root,
-        &["apt-get", "install", "-y", "--no-install-recommends", "systemd"],
+        &[
+            "apt-get",
+            "install",
+            "-y",
+            "--no-install-recommends",
+            "systemd",
+        ],
     )?;
-    let unit = std::fs::read_to_string(root.join("lib/systemd/system/clusterd.service"))?;
+    let unit = std::fs::read_to_string(root.join("usr/lib/systemd/system/clusterd.service"))?;
     for line in [
         "Type=notify",
         "WatchdogSec=",
@@ -237,7 +254,10 @@ fn debian_package_installs_into_a_fresh_debian_root_with_unit_man_pages_and_conf
 
     // Man pages render without warnings and document the commands.
     for (page, must) in [
-        ("man8/clusterd.8.gz", ["cleanup", "/etc/clusterd/clusterd.toml"]),
+        (
+            "man8/clusterd.8.gz",
+            ["cleanup", "/etc/clusterd/clusterd.toml"],
+        ),
         ("man1/clusterctl.1.gz", ["check-config", "EXIT STATUS"]),
     ] {
         let out = Command::new("man")
@@ -260,14 +280,19 @@ fn debian_package_installs_into_a_fresh_debian_root_with_unit_man_pages_and_conf
 
     // Completions: bash parses them; zsh's start with the #compdef tag.
     for name in ["clusterd", "clusterctl"] {
-        let bash = root.join("usr/share/bash-completion/completions").join(name);
+        let bash = root
+            .join("usr/share/bash-completion/completions")
+            .join(name);
         let parsed = Command::new("bash").arg("-n").arg(&bash).status()?;
         ensure!(parsed.success(), "{} does not parse", bash.display());
         let zsh = std::fs::read_to_string(
             root.join("usr/share/zsh/vendor-completions")
                 .join(format!("_{name}")),
         )?;
-        ensure!(zsh.starts_with(&format!("#compdef {name}")), "zsh completion of {name}");
+        ensure!(
+            zsh.starts_with(&format!("#compdef {name}")),
+            "zsh completion of {name}"
+        );
     }
     Ok(())
 }

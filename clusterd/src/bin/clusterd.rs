@@ -29,7 +29,12 @@ fn init_logging(format: LogFormat) {
                 .with(
                     journal
                         .with_field_prefix(None)
-                        .with_syslog_identifier("clusterd".into()),
+                        .with_syslog_identifier("clusterd".into())
+                        // Info lines are informational (6), not notices (the crate's default).
+                        .with_priority_mappings(tracing_journald::PriorityMappings {
+                            info: tracing_journald::Priority::Informational,
+                            ..tracing_journald::PriorityMappings::new()
+                        }),
                 )
                 .init(),
             Err(e) => {
