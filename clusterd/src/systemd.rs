@@ -184,7 +184,9 @@ pub async fn run(
         } else {
             readiness(&s, holds_addresses).await
         };
-        match status {
+        // One line: a newline would start another assignment in the notification.
+        let one_line = |t: String| t.replace('\n', " ");
+        match status.map(one_line).map_err(one_line) {
             Ok(text) if !ready => {
                 ready = true;
                 info!(node = %s.me, "ready: {text}");
@@ -209,7 +211,7 @@ pub async fn run(
                 }
                 Err(why) => {
                     warn!(node = %s.me, "watchdog not pinged: {why}");
-                    send(&format!("STATUS=unhealthy: {why}"));
+                    send(&format!("STATUS=unhealthy: {}", why.replace('\n', " ")));
                     last_status.clear();
                 }
             }
