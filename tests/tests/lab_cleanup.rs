@@ -13,7 +13,6 @@ use anyhow::{Context, Result, ensure};
 use clusterd::config::IpPrefix;
 use clusterd::vip::NetOps;
 use clusterd::vip::linux::LinuxNet;
-use clusterd_tests::LabSpec;
 use clusterd_tests::lab::process::ns_command;
 use clusterd_tests::lab::testing::TestLab;
 use clusterd_tests::lab::{clusterd as lab_clusterd, netns};
@@ -77,11 +76,7 @@ fn text(o: &Output) -> String {
 #[test]
 fn cleanup_removes_a_dead_daemons_addresses_and_guard_with_only_the_units_capabilities()
 -> Result<()> {
-    let lab = TestLab::up(LabSpec {
-        mail_services: false,
-        run_daemons: false,
-        ..LabSpec::default()
-    })?;
+    let lab = TestLab::network_only()?;
     let node = lab.node("mx1")?.clone();
     let floating: Vec<IpPrefix> = lab
         .state()

@@ -10,7 +10,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use clusterd_tests::LabSpec;
 use clusterd_tests::lab::process::{ProcId, ns_command, spawn_logged};
 use clusterd_tests::lab::testing::TestLab;
 use clusterd_tests::lab::{LabState, clusterd as lab_clusterd};
@@ -123,11 +122,7 @@ fn nft(st: &LabState, node: &str, script: &str) -> Result<String> {
 #[test]
 fn notify_ready_only_after_joining_watchdog_only_while_the_daemon_answers_stopping_on_sigterm()
 -> Result<()> {
-    let lab = TestLab::up(LabSpec {
-        mail_services: false,
-        run_daemons: false,
-        ..LabSpec::default()
-    })?;
+    let lab = TestLab::network_only()?;
     let mut st = lab.state().clone();
     st.clusterd_bin = lab_clusterd::built_binary("clusterd");
     st.clusterctl_bin = lab_clusterd::built_binary("clusterctl");

@@ -89,6 +89,20 @@ fn chroot(root: &Path, args: &[&str]) -> Result<String> {
     Ok(run_timeout(&mut cmd, Duration::from_secs(600))?)
 }
 
+/// Install a package (a name, or a .deb inside the root) with its dependencies.
+fn apt_install(root: &Path, package: &str) -> Result<String> {
+    chroot(
+        root,
+        &[
+            "apt-get",
+            "install",
+            "-y",
+            "--no-install-recommends",
+            package,
+        ],
+    )
+}
+
 fn build_package(out: &Path) -> Result<PathBuf> {
     let script = workspace().join("clusterd/debian/build-deb");
     let mut cmd = Command::new(&script);
@@ -127,17 +141,8 @@ fn debian_package_installs_into_a_fresh_debian_root_with_unit_man_pages_and_conf
         .arg(MIRROR);
     run_timeout(&mut bootstrap, Duration::from_secs(900)).context("debootstrap")?;
     std::fs::copy(&deb, root.join("tmp/clusterd.deb"))?;
-    chroot(
-        &root,
-        &[
-            "apt-get",
-            "install",
-            "-y",
-            "--no-install-recommends",
-            "/tmp/clusterd.deb",
-        ],
-    )
-    .context("installing the package with its dependencies")?;
+    apt_install(&root, "/tmp/clusterd.deb")
+        .context("installing the package with its dependencies")?;
 
     // Files, where operators and tools expect them.
     for (path, want) in [
@@ -198,16 +203,7 @@ fn debian_package_installs_into_a_fresh_debian_root_with_unit_man_pages_and_conf
     ensure!(version.starts_with("clusterd "), "{version}");
 
     // The unit: what it must say, and systemd's own verification and hardening review.
-    chroot(
-        &root,
-        &[
-            "apt-get",
-            "install",
-            "-y",
-            "--no-install-recommends",
-            "systemd",
-        ],
-    )?;
+    apt_install(&root, "systemd")?;
     let unit = std::fs::read_to_string(root.join("usr/lib/systemd/system/clusterd.service"))?;
     for line in [
         "Type=notify",

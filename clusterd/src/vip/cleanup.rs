@@ -70,32 +70,15 @@ mod tests {
     use super::*;
     use crate::vip::mem::World;
 
-    fn config(role: &str, dry_run: bool) -> Config {
-        let text = format!(
-            r#"
-            [node]
-            name = "mx1"
-            role = "{role}"
-            listen = "192.0.2.11:7400"
-            dry_run = {dry_run}
-            [[peers]]
-            name = "mx2"
-            address = "192.0.2.12:7400"
-            [[peers]]
-            name = "w1"
-            address = "192.0.2.13:7400"
-            role = "witness"
-            [[addresses]]
-            ip = "192.0.2.101/24"
-            interface = "eth0"
-            home = "mx1"
-            [[addresses]]
-            ip = "192.0.2.102/24"
-            interface = "eth1"
-            home = "mx2"
-            "#
-        );
-        toml::from_str(&text).unwrap()
+    /// The shipped example of mail node mx1 (addresses .101 and .102 on eth0), as `role`.
+    fn config(role: Role, dry_run: bool) -> Config {
+        let mut c: Config = toml::from_str(include_str!(
+            "../../../examples/two-mail-nodes-and-witness/mx1.toml"
+        ))
+        .unwrap();
+        c.node.role = role;
+        c.node.dry_run = dry_run;
+        c
     }
 
     fn addr(s: &str) -> crate::config::IpPrefix {
@@ -117,7 +100,7 @@ mod tests {
         .unwrap();
         net.add("eth0", addr("192.0.2.101/24"), 5).await.unwrap();
         net.add("eth0", addr("192.0.2.11/24"), 5).await.unwrap();
-        let cfg = config("mail", false);
+        let cfg = config(Role::Mail, false);
 
         let first = cleanup(&cfg, &net).await.unwrap();
         assert_eq!(first.removed, vec!["192.0.2.101/24 on eth0".to_string()]);
@@ -137,7 +120,7 @@ mod tests {
         let world = World::new();
         let net = world.node("mx1");
         net.add("eth0", addr("192.0.2.101/24"), 5).await.unwrap();
-        for cfg in [config("mail", true), config("witness", false)] {
+        for cfg in [config(Role::Mail, true), config(Role::Witness, false)] {
             let done = cleanup(&cfg, &net).await.unwrap();
             assert!(done.skipped.is_some() && done.removed.is_empty());
         }
