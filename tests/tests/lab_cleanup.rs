@@ -5,7 +5,7 @@
 //! Run as root; see tests/README.md.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
@@ -13,50 +13,12 @@ use anyhow::{Context, Result, ensure};
 use clusterd::config::IpPrefix;
 use clusterd::vip::NetOps;
 use clusterd::vip::linux::LinuxNet;
-use clusterd_tests::lab::process::ns_command;
 use clusterd_tests::lab::testing::TestLab;
-use clusterd_tests::lab::{clusterd as lab_clusterd, netns};
-
-/// The capabilities clusterd.service grants (AmbientCapabilities=).
-const UNIT_CAPS: &str = "+net_admin,+net_raw,+net_bind_service";
-/// `nobody`: any unprivileged user shows the point.
-const UNPRIVILEGED: &str = "65534";
-
-/// A clusterd binary the unprivileged user can execute: the workspace's own build when every
-/// directory above it is searchable by others, else a copy in a world-readable directory.
-fn runnable_binary(keep: &Path) -> Result<PathBuf> {
-    let built = lab_clusterd::built_binary("clusterd")
-        .context("clusterd is not built; run `cargo build -p clusterd --bins` first")?;
-    let searchable = built
-        .ancestors()
-        .skip(1)
-        .all(|d| std::fs::metadata(d).is_ok_and(|m| m.permissions().mode() & 0o001 != 0));
-    if searchable {
-        return Ok(built);
-    }
-    std::fs::set_permissions(keep, std::fs::Permissions::from_mode(0o755))?;
-    let copy = keep.join("clusterd");
-    std::fs::copy(&built, &copy)?;
-    Ok(copy)
-}
+use clusterd_tests::lab::{clusterd as lab_clusterd, netns, unprivileged};
 
 /// Run `clusterd cleanup` inside `ns` as the unprivileged user, with `caps` (or none).
 fn cleanup_as_unprivileged(ns: &str, bin: &Path, config: &Path, caps: Option<&str>) -> Output {
-    let mut cmd = ns_command(ns, "setpriv");
-    cmd.args([
-        "--reuid",
-        UNPRIVILEGED,
-        "--regid",
-        UNPRIVILEGED,
-        "--clear-groups",
-    ])
-    .arg("--no-new-privs");
-    if let Some(caps) = caps {
-        cmd.arg(format!("--inh-caps={caps}"))
-            .arg(format!("--ambient-caps={caps}"))
-            .arg(format!("--bounding-set=-all,{caps}"));
-    }
-    cmd.arg(bin)
+    unprivileged::command(ns, caps, bin)
         .args(["cleanup", "--config"])
         .arg(config)
         .env("RUST_LOG", "info")
@@ -89,7 +51,9 @@ fn cleanup_removes_a_dead_daemons_addresses_and_guard_with_only_the_units_capabi
     std::fs::write(&config, lab_clusterd::config_toml(lab.state(), &node))?;
     std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644))?;
     let keep = tempfile::tempdir()?;
-    let bin = runnable_binary(keep.path())?;
+    let built = lab_clusterd::built_binary("clusterd")
+        .context("clusterd is not built; run `cargo build -p clusterd --bins` first")?;
+    let bin = unprivileged::runnable(&built, keep.path())?;
 
     // What a daemon killed while holding mx1's address leaves behind: the address (with a
     // long lifetime, so it cannot expire during the test) and both guard tables.
@@ -140,7 +104,7 @@ fn cleanup_removes_a_dead_daemons_addresses_and_guard_with_only_the_units_capabi
         "cleanup without capabilities removed the address"
     );
 
-    let done = cleanup_as_unprivileged(&node.netns, &bin, &config, Some(UNIT_CAPS));
+    let done = cleanup_as_unprivileged(&node.netns, &bin, &config, Some(unprivileged::UNIT_CAPS));
     ensure!(done.status.success(), "cleanup failed: {}", text(&done));
     ensure!(
         String::from_utf8_lossy(&done.stderr).contains(&format!("{held_cidr} on {}", node.iface)),
@@ -163,7 +127,7 @@ fn cleanup_removes_a_dead_daemons_addresses_and_guard_with_only_the_units_capabi
     );
 
     // Idempotent: nothing there, still success.
-    let again = cleanup_as_unprivileged(&node.netns, &bin, &config, Some(UNIT_CAPS));
+    let again = cleanup_as_unprivileged(&node.netns, &bin, &config, Some(unprivileged::UNIT_CAPS));
     ensure!(
         again.status.success(),
         "second cleanup failed: {}",

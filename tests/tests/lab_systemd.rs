@@ -4,15 +4,16 @@
 //! private mount namespace), and check what the real daemon sends. Run as root.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use clusterd_tests::lab::process::{ProcId, ns_command, spawn_logged};
+use clusterd_tests::lab::process::{ProcId, ns_command, spawn_logged, wait_until};
 use clusterd_tests::lab::testing::TestLab;
-use clusterd_tests::lab::{LabState, clusterd as lab_clusterd};
+use clusterd_tests::lab::{LabState, clusterd as lab_clusterd, unprivileged};
 
 /// Notifications received on a socket, in order, with the time they arrived.
 struct NotifySocket {
@@ -73,10 +74,13 @@ impl Drop for Started {
     }
 }
 
+/// Start `name`'s daemon; with `as_unit`, as the systemd unit runs it: this binary, as an
+/// unprivileged user with only the unit's ambient capabilities.
 fn start_daemon(
     st: &LabState,
     name: &str,
     env: &[(&str, String)],
+    as_unit: Option<&Path>,
 ) -> Result<(ProcId, std::process::Child)> {
     let node = st
         .nodes
@@ -87,7 +91,10 @@ fn start_daemon(
     let config = node.clusterd_config.clone().context("no config")?;
     let log_path = node.dir.join("clusterd.log");
     let log = std::fs::File::create(&log_path)?;
-    let mut cmd = ns_command(&node.netns, bin);
+    let mut cmd = match as_unit {
+        Some(bin) => unprivileged::command(&node.netns, Some(unprivileged::UNIT_CAPS), bin),
+        None => ns_command(&node.netns, bin),
+    };
     cmd.arg("--config").arg(config);
     for (k, v) in env {
         cmd.env(k, v);
@@ -119,6 +126,9 @@ fn nft(st: &LabState, node: &str, script: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// mx1's daemon runs as the unit runs it: an unprivileged user with only the unit's ambient
+/// capabilities, so its readiness (guard and addresses converged) also proves netlink, nftables,
+/// announcements and DNS on port 53 work with them.
 #[test]
 fn notify_ready_only_after_joining_watchdog_only_while_the_daemon_answers_stopping_on_sigterm()
 -> Result<()> {
@@ -127,14 +137,40 @@ fn notify_ready_only_after_joining_watchdog_only_while_the_daemon_answers_stoppi
     st.clusterd_bin = lab_clusterd::built_binary("clusterd");
     st.clusterctl_bin = lab_clusterd::built_binary("clusterctl");
     lab_clusterd::write_configs(&mut st)?;
+    let mx1 = st
+        .nodes
+        .iter()
+        .find(|n| n.name == "mx1")
+        .context("mx1")?
+        .clone();
+    // mx1's state and its own copy of the key belong to the unprivileged user.
+    let keep = tempfile::tempdir()?;
+    let bin = unprivileged::runnable(
+        st.clusterd_bin.as_deref().context("no clusterd")?,
+        keep.path(),
+    )?;
+    let shared_key = lab_clusterd::key_path(&st.run_dir);
+    let own_key = mx1.dir.join("cluster.key");
+    std::fs::copy(&shared_key, &own_key)?;
+    unprivileged::give(&own_key)?;
+    unprivileged::give(&mx1.dir.join("clusterd-data"))?;
+    let config = mx1.clusterd_config.clone().context("no mx1 config")?;
+    let text = std::fs::read_to_string(&config)?;
+    std::fs::write(
+        &config,
+        text.replace(&*shared_key.to_string_lossy(), &own_key.to_string_lossy()),
+    )?;
     let sockdir = tempfile::tempdir()?;
     let path = sockdir.path().join("notify");
     let mut notify = NotifySocket::bind(&path)?;
+    // Reachable by the unprivileged daemon, as systemd's notify socket is.
+    std::fs::set_permissions(sockdir.path(), std::fs::Permissions::from_mode(0o755))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777))?;
     let env = [
         ("NOTIFY_SOCKET", path.to_string_lossy().into_owned()),
         ("WATCHDOG_USEC", "2000000".to_string()),
     ];
-    let mut started = Started(vec![start_daemon(&st, "mx1", &env)?]);
+    let mut started = Started(vec![start_daemon(&st, "mx1", &env, Some(&bin))?]);
 
     // Alone, mx1 cannot have a leader: it says what it waits for and never READY=1.
     let alone = notify.collect(Duration::from_secs(3));
@@ -142,15 +178,16 @@ fn notify_ready_only_after_joining_watchdog_only_while_the_daemon_answers_stoppi
         alone
             .iter()
             .any(|m| m.contains("STATUS=waiting for a leader")),
-        "no waiting status while alone: {alone:?}"
+        "no waiting status while alone: {alone:?}; log:\n{}",
+        std::fs::read_to_string(mx1.dir.join("clusterd.log")).unwrap_or_default()
     );
     ensure!(
         !alone.iter().any(|m| m.contains("READY=1")),
         "ready without a cluster: {alone:?}"
     );
 
-    started.0.push(start_daemon(&st, "mx2", &[])?);
-    started.0.push(start_daemon(&st, "w1", &[])?);
+    started.0.push(start_daemon(&st, "mx2", &[], None)?);
+    started.0.push(start_daemon(&st, "w1", &[], None)?);
     let ready = notify.wait_for(Duration::from_secs(30), |m| m.contains("READY=1"))?;
     // At READY the node follows a leader, its address runtime ran (guard installed) ...
     ensure!(
@@ -162,12 +199,12 @@ fn notify_ready_only_after_joining_watchdog_only_while_the_daemon_answers_stoppi
         tables.contains("clusterd_guard"),
         "ready before the address runtime ran: {tables}"
     );
-    let mx1 = st
-        .nodes
-        .iter()
-        .find(|n| n.name == "mx1")
-        .context("mx1")?
-        .clone();
+    let proc_status = std::fs::read_to_string(format!("/proc/{}/status", started.0[0].0.pid))?;
+    ensure!(
+        proc_status.lines().any(|l| l.starts_with("Uid:")
+            && l.split_whitespace().nth(2) == Some(&*unprivileged::NOBODY.to_string())),
+        "mx1's daemon does not run as the unprivileged user:\n{proc_status}"
+    );
     let status = lab_clusterd::status(&st, &mx1)?;
     ensure!(
         status.leader.is_some(),
@@ -178,6 +215,30 @@ fn notify_ready_only_after_joining_watchdog_only_while_the_daemon_answers_stoppi
     notify.wait_for(Duration::from_secs(15), |m| {
         m.contains("STATUS=") && m.contains(&home)
     })?;
+    // With only the unit's capabilities: the address is configured (netlink), the daemon
+    // answers DNS on port 53 (bound without root), and announcing raised no error (raw socket).
+    let configured = wait_until(Duration::from_secs(5), Duration::from_millis(50), || {
+        lab.ip("mx1", &["-o", "addr", "show", "dev", &mx1.iface])
+            .is_ok_and(|a| a.contains(&home))
+    });
+    ensure!(
+        configured,
+        "{home} never configured on mx1 by the unprivileged daemon"
+    );
+    let answer = ns_command(&lab.netns_of("client")?, "dig")
+        .args(["+short", "+time=1", "+tries=3", &format!("@{}", mx1.ipv4)])
+        .arg(format!("imap.{}", lab_clusterd::LAB_ZONE))
+        .output()?;
+    let answer = String::from_utf8_lossy(&answer.stdout);
+    ensure!(
+        answer.contains("192.0.2.10"),
+        "no DNS answer from mx1 on port 53: {answer:?}"
+    );
+    let log = std::fs::read_to_string(mx1.dir.join("clusterd.log"))?;
+    ensure!(
+        !log.contains("announcement failed") && !log.contains("Operation not permitted"),
+        "the unprivileged daemon met a permission error:\n{log}"
+    );
 
     // Pinged at about a quarter of the interval while everything answers.
     let pings = notify.collect(Duration::from_secs(3));
