@@ -178,14 +178,17 @@ pub async fn run(
     let mut ready = false;
     let mut last_status = String::new();
     let mut next_ping = Instant::now();
+    // Why the watchdog is not pinged; shown as the status instead of the summary meanwhile.
+    let mut unhealthy: Option<String> = None;
+    let mut last_warning: Option<Instant> = None;
+    // One line: a newline would start another assignment in the notification.
+    let one_line = |t: String| t.replace('\n', " ");
     loop {
         let status = if ready {
             Ok(summary(&s))
         } else {
             readiness(&s, holds_addresses).await
         };
-        // One line: a newline would start another assignment in the notification.
-        let one_line = |t: String| t.replace('\n', " ");
         match status.map(one_line).map_err(one_line) {
             Ok(text) if !ready => {
                 ready = true;
@@ -193,7 +196,7 @@ pub async fn run(
                 send(&format!("READY=1\nSTATUS={text}"));
                 last_status = text;
             }
-            Ok(text) | Err(text) if text != last_status => {
+            Ok(text) | Err(text) if text != last_status && unhealthy.is_none() => {
                 send(&format!("STATUS={text}"));
                 last_status = text;
             }
@@ -208,11 +211,22 @@ pub async fn run(
                 Ok(()) => {
                     send("WATCHDOG=1");
                     next_ping = Instant::now() + interval / 4;
+                    if unhealthy.take().is_some() {
+                        info!(node = %s.me, "watchdog checks pass again");
+                        last_status.clear();
+                    }
                 }
                 Err(why) => {
-                    warn!(node = %s.me, "watchdog not pinged: {why}");
-                    send(&format!("STATUS=unhealthy: {}", why.replace('\n', " ")));
-                    last_status.clear();
+                    let why = one_line(why);
+                    // One warning per 10 s at most: the reason's numbers change every check.
+                    if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                        warn!(node = %s.me, "watchdog not pinged: {why}");
+                        last_warning = Some(Instant::now());
+                    }
+                    if unhealthy.is_none() {
+                        send(&format!("STATUS=unhealthy: {why}"));
+                    }
+                    unhealthy = Some(why);
                 }
             }
         }
