@@ -36,6 +36,15 @@ pub enum KeyError {
         /// The IO error.
         source: std::io::Error,
     },
+    /// The file exists but this user may not read it.
+    #[error(
+        "key file {path}: permission denied; it must be owned by the user clusterd runs as \
+         (the Debian package runs it as `clusterd`: `chown clusterd:clusterd {path}`)"
+    )]
+    NotOwner {
+        /// The key file.
+        path: String,
+    },
     /// Group or others may read the file.
     #[error(
         "key file {path} is readable by group or others (mode {mode:o}); run `chmod 600 {path}`"
@@ -112,9 +121,14 @@ impl ClusterKey {
         if mode & 0o077 != 0 {
             return Err(KeyError::TooOpen { path: shown, mode });
         }
-        let text = fs::read_to_string(path).map_err(|source| KeyError::Io {
-            path: shown.clone(),
-            source,
+        let text = fs::read_to_string(path).map_err(|source| match source.kind() {
+            std::io::ErrorKind::PermissionDenied => KeyError::NotOwner {
+                path: shown.clone(),
+            },
+            _ => KeyError::Io {
+                path: shown.clone(),
+                source,
+            },
         })?;
         Self::parse(text.trim()).ok_or(KeyError::Malformed { path: shown })
     }

@@ -31,7 +31,15 @@ pub const EXIT_UNREACHABLE: i32 = 3;
 
 /// Operate a clusterd cluster.
 #[derive(Debug, Parser)]
-#[command(name = "clusterctl", version, about, long_about = None)]
+#[command(
+    name = "clusterctl",
+    version,
+    about = "Operate a clusterd cluster: status, moves, drains, membership, keys, config checks",
+    after_long_help = "FILES:\n  /etc/clusterd/clusterd.toml  the local node's config, read by \
+        default (--config, $CLUSTERD_CONFIG)\n\nEXIT STATUS:\n  0  done\n  1  the cluster \
+        refused or failed the operation\n  2  bad usage or config\n  3  no node or no leader \
+        reachable (retrying later may help)"
+)]
 pub struct Cli {
     /// Config file of the local node: gives the node address and the key file.
     #[arg(long, short, global = true, env = "CLUSTERD_CONFIG", default_value = DEFAULT_CONFIG)]

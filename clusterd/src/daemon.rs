@@ -77,6 +77,8 @@ pub struct Shared {
     leader_contact: Mutex<Option<Instant>>,
     /// Throttle for unauthenticated-request log lines.
     pub unauthorized: Mutex<UnauthorizedLog>,
+    /// Liveness beats of the daemon's loops, for the service manager's watchdog.
+    pub loops: crate::systemd::Loops,
     /// A peer heard from within this long counts as reachable.
     pub reachable_within: Duration,
     /// A leader that no quorum acknowledged for this long refuses writes at once.
@@ -210,6 +212,7 @@ pub async fn run_with<N: crate::vip::NetOps>(
         peers,
         leader_contact: Mutex::new(None),
         unauthorized: Mutex::new(UnauthorizedLog::default()),
+        loops: Default::default(),
         reachable_within,
         quorum_lost_after,
         leases: crate::lease::Leases::new(lease_timings),
@@ -218,8 +221,9 @@ pub async fn run_with<N: crate::vip::NetOps>(
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let addr = listener
-        .local_addr()
+    let local = listener.local_addr();
+    let addr = local
+        .as_ref()
         .map(|a| a.to_string())
         .unwrap_or_else(|_| "?".into());
     let app = api::router(shared.clone());
@@ -246,7 +250,16 @@ pub async fn run_with<N: crate::vip::NetOps>(
         tokio::spawn(crate::dns_feed::run(shared.clone(), stop_rx.clone())),
         tokio::spawn(crate::health::run(shared.clone(), stop_rx.clone())),
     ];
-    if let Some(net) = net.filter(|_| !shared.config.node.dry_run) {
+    let net = net.filter(|_| !shared.config.node.dry_run);
+    if let Ok(local) = local {
+        background.push(tokio::spawn(crate::systemd::run(
+            shared.clone(),
+            crate::systemd::reachable(local),
+            net.is_some(),
+            stop_rx.clone(),
+        )));
+    }
+    if let Some(net) = net {
         // Only a node that can hold addresses takes leases for them.
         background.push(tokio::spawn(crate::lease::renew_loop(
             shared.clone(),
@@ -426,6 +439,7 @@ async fn duties(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut retry_at = Instant::now();
     let declared = declared_addresses(&shared.config);
     loop {
+        shared.loops.beat(crate::systemd::DUTIES);
         let metrics = metrics_rx.borrow_and_update().clone();
         let now = observe(&metrics);
         if last.as_ref() != Some(&now) {

@@ -1,10 +1,12 @@
 pub mod api;
 pub mod auth;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod ctl;
 pub mod daemon;
 pub mod dns_feed;
+pub mod docs;
 pub mod drill;
 pub mod fence;
 pub mod health;
@@ -12,4 +14,5 @@ pub mod lease;
 pub mod model;
 pub mod raft;
 pub mod status;
+pub mod systemd;
 pub mod vip;

@@ -291,8 +291,11 @@ impl NetOps for LinuxNet {
             Some(n) => n,
             None => Nft::start()?,
         };
+        // Adding a table that exists changes nothing, so this works whether or not the tables
+        // are there (`clusterd cleanup` runs it after any kind of stop).
         nft.finish(&format!(
-            "delete table inet {TABLE}; delete table arp {TABLE}"
+            "add table inet {TABLE}; delete table inet {TABLE}; \
+             add table arp {TABLE}; delete table arp {TABLE}"
         ))
     }
 }

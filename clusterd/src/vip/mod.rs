@@ -23,6 +23,7 @@ use crate::config::{AnnounceConfig, IpPrefix};
 use crate::daemon::Shared;
 use crate::model::{Command, State};
 
+pub mod cleanup;
 pub mod linux;
 pub mod mem;
 pub mod packet;
@@ -179,6 +180,9 @@ pub async fn run<N: NetOps>(s: Arc<Shared>, net: Arc<N>, mut stop: watch::Receiv
     let mut effective: Option<crate::lease::HeldLease> = None;
     let mut held_now: BTreeSet<String> = BTreeSet::new();
     loop {
+        s.loops.beat(crate::systemd::ADDRESSES);
+        // Whether this pass met no kernel error (readiness waits for one clean pass).
+        let mut clean = true;
         let now = Instant::now();
         let lease = *lease_rx.borrow_and_update();
         let replica = replica_rx.borrow_and_update().clone();
@@ -204,6 +208,7 @@ pub async fn run<N: NetOps>(s: Arc<Shared>, net: Arc<N>, mut stop: watch::Receiv
         if renewed || hold_set != held_now {
             if let Err(e) = net.guard_allow(&allowed).await {
                 warn!(error = %e, "guard update failed");
+                clean = false;
             }
             last_deadline = deadline;
         }
@@ -220,6 +225,7 @@ pub async fn run<N: NetOps>(s: Arc<Shared>, net: Arc<N>, mut stop: watch::Receiv
                 Ok(list) => list.contains(&f.prefix),
                 Err(e) => {
                     debug!(error = %e, "cannot list addresses");
+                    clean = false;
                     continue;
                 }
             };
@@ -228,6 +234,7 @@ pub async fn run<N: NetOps>(s: Arc<Shared>, net: Arc<N>, mut stop: watch::Receiv
                     && let Err(e) = net.add(&f.interface, f.prefix, lifetime).await
                 {
                     warn!(address = %f.key, error = %e, "cannot add address");
+                    clean = false;
                     continue;
                 }
                 if !configured {
@@ -255,6 +262,7 @@ pub async fn run<N: NetOps>(s: Arc<Shared>, net: Arc<N>, mut stop: watch::Receiv
             } else if configured {
                 if let Err(e) = net.remove(&f.interface, f.prefix).await {
                     warn!(address = %f.key, error = %e, "cannot remove address");
+                    clean = false;
                     continue;
                 }
                 if let Some(task) = announcing.remove(&f.key) {
@@ -281,6 +289,9 @@ pub async fn run<N: NetOps>(s: Arc<Shared>, net: Arc<N>, mut stop: watch::Receiv
             }
         }
         held_now = hold_set;
+        if clean && lease_valid {
+            s.loops.mark_converged();
+        }
 
         // 3. Sleep until something changes, the lease runs out, or the next check.
         let wake = match deadline {

@@ -20,6 +20,7 @@ pub mod process;
 pub mod state;
 pub mod testing;
 pub mod topology;
+pub mod unprivileged;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

@@ -31,6 +31,16 @@ impl TestLab {
         })
     }
 
+    /// A lab with its network only (two mail nodes and the witness, no dovecot or postfix, no
+    /// daemons): for tests that start what they need themselves.
+    pub fn network_only() -> Result<TestLab> {
+        TestLab::up(LabSpec {
+            mail_services: false,
+            run_daemons: false,
+            ..LabSpec::default()
+        })
+    }
+
     /// Tear the lab down now (reporting errors), keeping the lock until this value drops.
     pub fn down(&mut self) -> Result<()> {
         match self.lab.take() {
