@@ -9,7 +9,9 @@
 //!    of clusterd on a mail node with its three probes, next to the witness's clusterd, which
 //!    runs no probes, over the same minute.
 //!
-//! Run as root: `cargo bench -p clusterd-tests --bench health` (`-- --runs N`, default 20).
+//! Run as root, with release binaries of the current tree (the lab runs the clusterd next to the
+//! bench): `cargo build --release -p clusterd && cargo bench -p clusterd-tests --bench health`
+//! (`-- --runs N`, default 20).
 #![allow(clippy::print_stdout)]
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
