@@ -94,10 +94,7 @@ pub fn client(trust: &Trust, timeout: Duration) -> Result<reqwest::Client, Fence
                 .with_safe_default_protocol_versions()
                 .map_err(|e| FenceError::Tls(e.to_string()))?
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(PinnedCertificate {
-                    pin: *pin,
-                    provider,
-                }))
+                .with_custom_certificate_verifier(Arc::new(pinned(*pin, provider)))
                 .with_no_client_auth();
             builder.tls_backend_preconfigured(config)
         }
@@ -110,13 +107,53 @@ pub fn client(trust: &Trust, timeout: Duration) -> Result<reqwest::Client, Fence
 
 /// Accepts exactly one certificate, by fingerprint; still verifies the handshake signatures,
 /// so the peer must hold that certificate's private key.
-#[derive(Debug)]
-struct PinnedCertificate {
-    pin: [u8; 32],
+fn pinned(pin: [u8; 32], provider: Arc<CryptoProvider>) -> LeafVerifier {
+    LeafVerifier::new(provider, move |leaf| {
+        let seen = fingerprint(leaf.as_ref());
+        if seen == pin {
+            Ok(())
+        } else {
+            Err(format!(
+                "the certificate's SHA-256 fingerprint {} is not the pinned {}",
+                hex::encode(seen),
+                hex::encode(pin)
+            ))
+        }
+    })
+}
+
+/// What a [`LeafVerifier`] asks of the leaf certificate.
+type LeafCheck = dyn Fn(&CertificateDer<'_>) -> Result<(), String> + Send + Sync;
+
+/// A certificate verifier that judges only the leaf certificate (no chain, no name), with a
+/// given check, and still verifies the handshake signatures with the provider's algorithms: the
+/// peer must hold the leaf's private key. For pinned BMC certificates, and for health probes
+/// that only prove a service completes a TLS handshake.
+pub struct LeafVerifier {
+    check: Box<LeafCheck>,
     provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for PinnedCertificate {
+impl LeafVerifier {
+    /// Accept a leaf certificate when `check` says so.
+    pub fn new(
+        provider: Arc<CryptoProvider>,
+        check: impl Fn(&CertificateDer<'_>) -> Result<(), String> + Send + Sync + 'static,
+    ) -> Self {
+        LeafVerifier {
+            check: Box::new(check),
+            provider,
+        }
+    }
+}
+
+impl std::fmt::Debug for LeafVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeafVerifier").finish_non_exhaustive()
+    }
+}
+
+impl ServerCertVerifier for LeafVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -125,16 +162,9 @@ impl ServerCertVerifier for PinnedCertificate {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let seen = fingerprint(end_entity.as_ref());
-        if seen == self.pin {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(format!(
-                "the certificate's SHA-256 fingerprint {} is not the pinned {}",
-                hex::encode(seen),
-                hex::encode(self.pin)
-            )))
-        }
+        (self.check)(end_entity)
+            .map(|()| ServerCertVerified::assertion())
+            .map_err(rustls::Error::General)
     }
 
     fn verify_tls12_signature(

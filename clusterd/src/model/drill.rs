@@ -119,26 +119,10 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Command, Member};
+    use crate::model::{Command, test_state};
 
     fn state() -> State {
-        let mut s = State::default();
-        let m = |name: &str, role| {
-            (
-                Member {
-                    name: name.into(),
-                    addr: format!("{name}:7400"),
-                    role,
-                },
-                true,
-            )
-        };
-        s.set_membership([
-            m("mx1", Role::Mail),
-            m("mx2", Role::Mail),
-            m("w1", Role::Witness),
-        ]);
-        s
+        test_state(&["mx1", "mx2"], &["w1"])
     }
 
     fn start(s: &mut State, node: &str, kind: DrillKind) -> Applied {

@@ -175,20 +175,10 @@ fn not_started(node: &str) -> Applied {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Member, Role};
     use super::*;
 
     fn state() -> State {
-        let mut s = State::default();
-        s.set_membership([(
-            Member {
-                name: "mx2".into(),
-                addr: "mx2:7400".into(),
-                role: Role::Mail,
-            },
-            true,
-        )]);
-        s
+        crate::model::test_state(&["mx2"], &[])
     }
 
     fn start(s: &mut State, at_ms: u64) -> Applied {

@@ -26,6 +26,28 @@ pub use drill::{Drill, DrillKind};
 pub use fence::{FenceProgress, FenceRecord};
 pub use health::{Health, HealthReport, ServiceHealth};
 
+/// A state whose members are `mail` mail nodes and `witnesses`, all voters (for unit tests).
+#[cfg(test)]
+pub(crate) fn test_state(mail: &[&str], witnesses: &[&str]) -> State {
+    let member = |name: &&str, role| {
+        (
+            Member {
+                name: name.to_string(),
+                addr: format!("{name}:7400"),
+                role,
+            },
+            true,
+        )
+    };
+    let mut s = State::default();
+    s.set_membership(
+        mail.iter()
+            .map(|n| member(n, Role::Mail))
+            .chain(witnesses.iter().map(|n| member(n, Role::Witness))),
+    );
+    s
+}
+
 /// Raft node id. Operators only ever see names; the id is derived from the name.
 pub type NodeId = u64;
 
