@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The clusterd demo: a lab of two mail nodes (real dovecot and postfix) and a witness, each in
 # its own network namespace with its own clusterd. Shows `clusterctl status`, cuts the Raft
-# leader off the network, shows the new leader and how long the election took, then tears the
-# lab down. Runs as root (network namespaces); installs the Debian packages it needs if missing.
+# leader off the network, shows the new leader and how long the election took, runs a failover
+# drill (`clusterctl drill node mx1`) and shows its result, kills the daemon serving an address
+# and shows what a mail client saw, then tears the lab down. Runs as root (network namespaces); installs the Debian packages it needs if missing.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"

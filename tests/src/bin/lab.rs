@@ -366,6 +366,21 @@ fn demo(
         std::thread::sleep(Duration::from_millis(50));
     }
     let owner = owner.unwrap_or_else(|| "mx1".to_string());
+
+    // A failover drill of the owner, measured as a mail client on another mail node sees it.
+    let other = lab
+        .node_names()
+        .into_iter()
+        .find(|n| n.starts_with("mx") && *n != owner)
+        .unwrap_or_else(|| "mx2".to_string());
+    println!(
+        "\n== clusterctl drill node {owner} (run on {other}): {owner} plays dead for its \
+         addresses, then is restored"
+    );
+    match lab.clusterctl(&other, &["drill", "node", &owner]) {
+        Ok(out) => print!("{out}"),
+        Err(e) => println!("the drill did not pass: {e}"),
+    }
     println!("\n== killing clusterd on {owner}, which serves {floating} (kill -9)");
     let prober = clusterd_tests::ServiceProber::start(
         &lab,
