@@ -334,10 +334,14 @@ pub fn render(report: &StatusReport, now_ms: u64) -> String {
                 vec![
                     h.node.clone(),
                     h.check.clone(),
-                    match h.state {
-                        Health::Critical => "CRITICAL".to_string(),
-                        other => other.to_string(),
-                    },
+                    format!(
+                        "{}{}",
+                        match h.state {
+                            Health::Critical => "CRITICAL".to_string(),
+                            other => other.to_string(),
+                        },
+                        if h.live { "" } else { "*" }
+                    ),
                     age(now_ms.saturating_sub(h.since_ms)),
                     h.latency_ms
                         .map(|ms| format!("{ms} ms"))
@@ -351,6 +355,9 @@ pub fn render(report: &StatusReport, now_ms: u64) -> String {
             &["NODE", "SERVICE", "HEALTH", "SINCE", "LATENCY", "REASON"],
             &rows,
         );
+        if report.health.iter().any(|h| !h.live) {
+            out.push_str("* the node did not answer just now: its last replicated state\n");
+        }
     }
     for n in &report.dns_failing {
         let _ = writeln!(
@@ -607,11 +614,15 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("mx1   imap     CRITICAL  30s    1 ms     connect to 127.0.0.1:143"),
+            text.contains("mx1   imap     CRITICAL*  30s    1 ms     connect to 127.0.0.1:143"),
             "{text}"
         );
         assert!(
-            text.contains("mx1   smtp     passing   1m00s  4 ms"),
+            text.contains("mx1   smtp     passing    1m00s  4 ms"),
+            "{text}"
+        );
+        assert!(
+            text.contains("* the node did not answer just now: its last replicated state"),
             "{text}"
         );
         let v = serde_json::to_value(&r).unwrap();

@@ -397,7 +397,7 @@ fn demo(
     let mut new_owner = None;
     while killed.elapsed() < Duration::from_secs(10) && new_owner.is_none() {
         std::thread::sleep(Duration::from_millis(50));
-        new_owner = floating_owner(&lab, &after, floating).filter(|o| *o != owner);
+        new_owner = floating_owner(&lab, &other, floating).filter(|o| *o != owner);
     }
     std::thread::sleep(Duration::from_millis(500));
     let log = prober.stop();
@@ -421,7 +421,7 @@ fn demo(
         ),
         (None, _) => println!("{floating} did not move within 10 s (see `lab status`)"),
     }
-    let survivor = new_owner.unwrap_or(after.clone());
+    let survivor = new_owner.unwrap_or(other.clone());
     println!("\n== clusterctl status (on {survivor})");
     print!("{}", lab.clusterctl(&survivor, &["status"])?);
     for (name, t) in [
