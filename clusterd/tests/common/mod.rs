@@ -115,18 +115,22 @@ pub fn two_addresses(node: &str) -> String {
 
 /// [`two_addresses`] with the imap check failing on a node while `dir/NODE-imap-down` exists.
 pub fn addresses_with_health(node: &str, dir: Option<&std::path::Path>) -> String {
-    let test = match dir {
-        Some(d) => format!(
-            "test ! -e {}/{node}-imap-down || {{ echo CRITICAL - imap down; exit 2; }}",
-            d.display()
+    // Tests that fail services probe often; the others keep the default pace (fewer processes).
+    let (test, interval) = match dir {
+        Some(d) => (
+            format!(
+                "test ! -e {}/{node}-imap-down || {{ echo CRITICAL - imap down; exit 2; }}",
+                d.display()
+            ),
+            "200ms",
         ),
-        None => "exit 0".to_string(),
+        None => ("exit 0".to_string(), "1s"),
     };
     format!(
         "[[addresses]]\nip = \"192.0.2.101/24\"\ninterface = \"eth0\"\nhome = \"n1\"\nservices = [\"imap\"]\n\n\
          [[addresses]]\nip = \"192.0.2.102/24\"\ninterface = \"eth0\"\nhome = \"n2\"\nservices = [\"imap\"]\n\n\
          [checks.imap]\nkind = \"exec\"\ncommand = [\"/bin/sh\", \"-c\", \"{test}\"]\n\
-         interval = \"200ms\"\ntimeout = \"200ms\"\n"
+         interval = \"{interval}\"\ntimeout = \"{interval}\"\n"
     )
 }
 
