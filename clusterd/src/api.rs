@@ -171,6 +171,10 @@ pub struct MembershipReply {
 pub struct EventsQuery {
     /// How many recent events to include.
     pub limit: Option<usize>,
+    /// `status` only: also ask every mail node for its probes' last latency (`live=1`). Costs
+    /// a request per node; `clusterctl status` asks for it, pollers should not.
+    #[serde(default)]
+    pub live: Option<u8>,
 }
 
 /// Throttle for the log line about unauthenticated requests.
@@ -292,7 +296,9 @@ async fn get_status(
     Query(q): Query<EventsQuery>,
 ) -> Json<StatusReport> {
     let mut report = build_status(&s, q.limit.unwrap_or(20));
-    add_live_probe_latency(&s, &mut report).await;
+    if q.live.unwrap_or(0) != 0 {
+        add_live_probe_latency(&s, &mut report).await;
+    }
     Json(report)
 }
 

@@ -719,7 +719,7 @@ fn local_address(cfg: &Config) -> String {
 }
 
 async fn fetch_status(client: &ApiClient, args: &StatusArgs) -> Result<StatusReport, ClientError> {
-    let path = format!("{}?limit={}", admin_paths::STATUS, args.events);
+    let path = format!("{}?limit={}&live=1", admin_paths::STATUS, args.events);
     let report: StatusReport = client.get(&path).await?;
     if !args.leader {
         return Ok(report);
