@@ -18,6 +18,6 @@ pub mod probe;
 
 pub use lab::clusterd::ClusterStatus;
 pub use lab::testing::TestLab;
-pub use lab::{Fault, Lab, LabError, LabSpec, LabState, NodeRole, NodeState, Service};
-pub use monitor::{AddressSampler, ArpProber, HolderTimeline};
+pub use lab::{Fault, Lab, LabError, LabSpec, LabState, NodeRole, NodeState, Placement, Service};
+pub use monitor::{AddressSampler, ArpProber, HolderTimeline, Monitors, Observed};
 pub use probe::{ProbeLog, ProberSpec, Protocol, ServiceProber};

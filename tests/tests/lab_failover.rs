@@ -4,54 +4,30 @@
 // Failover times on stderr are part of what these tests report.
 #![allow(clippy::print_stderr)]
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use clusterd_tests::lab::testing::TestLab;
-use clusterd_tests::monitor::{AddressSampler, ArpProber};
-use clusterd_tests::{Fault, LabSpec};
+use clusterd_tests::{Fault, LabSpec, Monitors};
 
 const FLOATING_MX1: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 101);
 
-/// Stop both monitors and require that neither ever saw two holders of one address.
-fn assert_never_two_holders(sampler: AddressSampler, arp: ArpProber) -> Result<()> {
-    let addresses = sampler.stop();
-    let arp = arp.stop();
-    addresses
-        .assert_single_holder()
-        .map_err(anyhow::Error::msg)?;
-    arp.timeline
-        .assert_single_holder()
-        .map_err(anyhow::Error::msg)?;
-    ensure!(
-        addresses.samples > 20 && arp.timeline.samples > 20,
-        "monitors barely ran: {} and {} samples",
-        addresses.samples,
-        arp.timeline.samples
-    );
-    Ok(())
-}
-
-/// The node name in the IMAP greeting on `ip`, as the client sees it.
+/// The node named in the IMAP greeting on `ip`, as the client sees it.
 fn imap_greeter(lab: &TestLab, ip: Ipv4Addr) -> Option<String> {
-    let addr = SocketAddr::new(IpAddr::V4(ip), 143);
-    let greeting = lab
-        .greeting_from("client", addr, Duration::from_millis(300))
-        .ok()?
-        .ok()?;
-    clusterd_tests::probe::greeting_node(&greeting)
+    lab.imap_greeter(ip.into())
 }
 
 fn wait_for_greeter(lab: &TestLab, ip: Ipv4Addr, node: &str, within: Duration) -> Result<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < within {
-        if imap_greeter(lab, ip).as_deref() == Some(node) {
-            return Ok(start.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    bail!("{ip} did not greet as {node} within {within:?}")
+    Ok(lab.wait_for_greeter(ip.into(), node, within)?)
+}
+
+/// Stop both monitors and require that neither ever saw two holders of one address.
+fn assert_never_two_holders(monitors: Monitors) -> Result<()> {
+    monitors
+        .stop()
+        .never_two_holders()
+        .map_err(anyhow::Error::msg)
 }
 
 #[test]
@@ -59,8 +35,7 @@ fn killed_owner_is_replaced_and_never_answers_alongside_the_new_owner() -> Resul
     let mut lab = TestLab::up(LabSpec::default())?;
     wait_for_greeter(&lab, FLOATING_MX1, "mx1", Duration::from_secs(15))
         .context("mx1 never served its home address")?;
-    let sampler = AddressSampler::start(&lab)?;
-    let arp = ArpProber::start(&lab)?;
+    let monitors = Monitors::start(&lab)?;
 
     let killed = Instant::now();
     lab.fault("mx1", Fault::Kill)?;
@@ -89,15 +64,14 @@ fn killed_owner_is_replaced_and_never_answers_alongside_the_new_owner() -> Resul
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(500));
-    assert_never_two_holders(sampler, arp)
+    assert_never_two_holders(monitors)
 }
 
 #[test]
 fn frozen_owner_resumed_after_takeover_does_not_answer_again() -> Result<()> {
     let mut lab = TestLab::up(LabSpec::default())?;
     wait_for_greeter(&lab, FLOATING_MX1, "mx1", Duration::from_secs(15))?;
-    let sampler = AddressSampler::start(&lab)?;
-    let arp = ArpProber::start(&lab)?;
+    let monitors = Monitors::start(&lab)?;
     lab.fault("mx1", Fault::Stop)?;
     let took = wait_for_greeter(&lab, FLOATING_MX1, "mx2", Duration::from_secs(10))?;
     eprintln!("mx1 frozen; mx2 greets on {FLOATING_MX1} after {took:?}");
@@ -108,7 +82,7 @@ fn frozen_owner_resumed_after_takeover_does_not_answer_again() -> Result<()> {
         imap_greeter(&lab, FLOATING_MX1).as_deref() == Some("mx2"),
         "{FLOATING_MX1} no longer greets as mx2 after mx1 resumed"
     );
-    assert_never_two_holders(sampler, arp)?;
+    assert_never_two_holders(monitors)?;
     Ok(())
 }
 
@@ -233,8 +207,7 @@ fn dns_on_every_live_node_follows_a_failover_within_a_second() -> Result<()> {
 fn takeover_without_overlap(fault: Fault, undo: Fault) -> Result<()> {
     let mut lab = TestLab::up(LabSpec::default())?;
     wait_for_greeter(&lab, FLOATING_MX1, "mx1", Duration::from_secs(15))?;
-    let sampler = AddressSampler::start(&lab)?;
-    let arp = ArpProber::start(&lab)?;
+    let monitors = Monitors::start(&lab)?;
     let label = format!("{fault:?}");
     lab.fault("mx1", fault)?;
     let took = wait_for_greeter(&lab, FLOATING_MX1, "mx2", Duration::from_secs(10))?;
@@ -246,7 +219,7 @@ fn takeover_without_overlap(fault: Fault, undo: Fault) -> Result<()> {
         imap_greeter(&lab, FLOATING_MX1).as_deref() == Some("mx2"),
         "{FLOATING_MX1} no longer greets as mx2 after mx1 came back"
     );
-    assert_never_two_holders(sampler, arp)?;
+    assert_never_two_holders(monitors)?;
     Ok(())
 }
 
@@ -276,11 +249,10 @@ fn leader_that_owns_an_address_dies_and_its_address_moves() -> Result<()> {
     let other = if leader == "mx1" { "mx2" } else { "mx1" };
     let floating = lab.floating_of(&leader)?;
     wait_for_greeter(&lab, floating, &leader, Duration::from_secs(15))?;
-    let sampler = AddressSampler::start(&lab)?;
-    let arp = ArpProber::start(&lab)?;
+    let monitors = Monitors::start(&lab)?;
     lab.fault(&leader, Fault::Kill)?;
     let took = wait_for_greeter(&lab, floating, other, Duration::from_secs(10))?;
     eprintln!("leader {leader} (owner of {floating}) killed; {other} greets after {took:?}");
-    assert_never_two_holders(sampler, arp)?;
+    assert_never_two_holders(monitors)?;
     Ok(())
 }

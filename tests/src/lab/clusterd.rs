@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{IoContext, LabError, Result};
 use super::process::{ProcId, ns_command, run_timeout, spawn_logged};
-use super::state::{CLUSTERD_PORT, LabState, NodeRole, NodeState};
+use super::state::{CLUSTERD_PORT, LabState, NodeRole, NodeState, Placement};
 
 /// Environment variable naming the clusterd binary to run in the lab.
 pub const CLUSTERD_BIN_ENV: &str = "CLUSTERD_BIN";
@@ -121,6 +121,22 @@ pub fn config_toml(state: &LabState, node: &NodeState) -> String {
         let _ = writeln!(t, "home = {}", q(&addr.home));
         let _ = writeln!(t, "services = [\"imap\", \"pop3\", \"smtp\"]");
     }
+    match state.placement {
+        None => {}
+        Some(Placement::AutoFailback(after)) => {
+            let _ = writeln!(t, "\n[placement]");
+            let _ = writeln!(t, "failback = \"auto\"");
+            let _ = writeln!(
+                t,
+                "failback_after = {}",
+                q(&format!("{}ms", after.as_millis()))
+            );
+        }
+        Some(Placement::ManualFailback) => {
+            let _ = writeln!(t, "\n[placement]");
+            let _ = writeln!(t, "failback = \"manual\"");
+        }
+    }
     for kind in ["imap", "pop3", "smtp"] {
         let _ = writeln!(t, "\n[checks.{kind}]");
         let _ = writeln!(t, "kind = {}", q(kind));
@@ -192,6 +208,32 @@ pub struct ClusterStatus {
     /// Recent events.
     #[serde(default)]
     pub events: serde_json::Value,
+}
+
+/// One floating address as `clusterctl status --json` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressOwner {
+    /// `ip/prefix`.
+    pub ip: String,
+    /// Its owner, if assigned.
+    pub owner: Option<String>,
+    /// Its assignment epoch.
+    pub epoch: u64,
+}
+
+impl ClusterStatus {
+    /// Owner and epoch of every floating address, in the order the status lists them.
+    pub fn owners(&self) -> Vec<AddressOwner> {
+        serde_json::from_value(self.addresses.clone()).unwrap_or_default()
+    }
+
+    /// The owner of the address `ip` (with or without `/prefix`).
+    pub fn owner_of(&self, ip: &str) -> Option<String> {
+        self.owners()
+            .into_iter()
+            .find(|a| a.ip == ip || a.ip.split('/').next() == Some(ip))
+            .and_then(|a| a.owner)
+    }
 }
 
 /// Run `clusterctl --config <node cfg> ARGS...` inside the node's namespace; stdout on success.
@@ -330,5 +372,41 @@ mod tests {
         assert_eq!(mx1["addresses"], w1["addresses"]);
         assert_eq!(mx1["checks"], w1["checks"]);
         assert_eq!(mx1["checks"]["smtp"]["kind"].as_str(), Some("smtp"));
+        assert!(
+            mx1.get("placement").is_none(),
+            "clusterd's defaults unless asked"
+        );
+    }
+
+    #[test]
+    fn lab_configs_pass_clusterds_own_validation_with_every_lab_option() {
+        for placement in [
+            None,
+            Some(Placement::AutoFailback(Duration::from_secs(3))),
+            Some(Placement::ManualFailback),
+        ] {
+            let spec = LabSpec {
+                ipv6_floating: true,
+                placement,
+                ..LabSpec::default()
+            };
+            let st = plan(&spec, "cdl0a1b2", Path::new("/run/x/cdl0a1b2"), None, None);
+            for node in &st.nodes {
+                let text = config_toml(&st, node);
+                let cfg = clusterd::config::parse(&text)
+                    .unwrap_or_else(|e| panic!("{}: {e}\n{text}", node.name));
+                assert_eq!(cfg.addresses.len(), 4);
+                match placement {
+                    Some(Placement::AutoFailback(_)) => {
+                        assert_eq!(cfg.placement.failback_after.get(), Duration::from_secs(3))
+                    }
+                    Some(Placement::ManualFailback) => assert_eq!(
+                        cfg.placement.failback,
+                        clusterd::config::FailbackMode::Manual
+                    ),
+                    None => {}
+                }
+            }
+        }
     }
 }
