@@ -246,6 +246,7 @@ impl ArpProber {
                     .collect();
                 let mut buf = [0u8; 2048];
                 let started = Instant::now();
+                log.timeline.started = Some(started);
                 let mut round_end = started;
                 while !stop2.load(Ordering::Relaxed) && started.elapsed() < max_duration {
                     let at = started.elapsed();
