@@ -7,6 +7,8 @@
 //! - [`monitor`] watches the safety invariant from two sides: addresses configured in every node
 //!   namespace (netlink) and ARP answers seen by the client (raw packets).
 //! - [`probe`] speaks IMAP, POP3 and SMTP from the client namespace like a mail client does.
+//! - [`watch`] measures a failover as a client sees it: many overlapping connection attempts,
+//!   which node greeted and when.
 //!
 //! Everything here is synchronous (threads with deadlines) so a test needs no runtime, and every
 //! wait is bounded. The lab only ever uses documentation address ranges and never touches the
@@ -15,6 +17,7 @@
 pub mod lab;
 pub mod monitor;
 pub mod probe;
+pub mod watch;
 
 pub use lab::clusterd::ClusterStatus;
 pub use lab::testing::TestLab;

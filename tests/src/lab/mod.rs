@@ -13,6 +13,7 @@ pub mod cleanup;
 pub mod clusterd;
 mod error;
 pub mod exclusive;
+pub mod keepalived;
 pub mod mail;
 pub mod netns;
 pub mod prereq;
