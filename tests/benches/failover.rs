@@ -333,9 +333,9 @@ fn keepalived_phase(vrrp: Vrrp, rounds: usize) -> Result<HashMap<Kind, Series>> 
             let t0 = Instant::now();
             match kind {
                 Kind::Kill => running
-                    .get(&owner)
+                    .get_mut(&owner)
                     .context("no keepalived on the owner")?
-                    .signal_all(Signal::SIGKILL)?,
+                    .kill()?,
                 Kind::Stop => running
                     .get(&owner)
                     .context("no keepalived on the owner")?
@@ -345,9 +345,7 @@ fn keepalived_phase(vrrp: Vrrp, rounds: usize) -> Result<HashMap<Kind, Series>> 
             let took = watch.wait_for(other, FAILOVER_BOUND).map(|t| t - t0);
             match kind {
                 Kind::Kill => {
-                    if let Some(mut k) = running.remove(&owner) {
-                        k.reap();
-                    }
+                    running.remove(&owner);
                     running.insert(
                         owner.clone(),
                         Keepalived::start(lab.node(&owner)?, vip, fl.prefix_len, vrrp)?,
@@ -368,6 +366,15 @@ fn keepalived_phase(vrrp: Vrrp, rounds: usize) -> Result<HashMap<Kind, Series>> 
                     ms(d)
                 ))
             );
+            if took.is_none() {
+                for name in ["mx1", "mx2"] {
+                    println!(
+                        "  {name}: keepalived last logged {:?}, addresses {:?}",
+                        keepalived::last_state(lab.node(name)?),
+                        lab.addresses_of(name)?
+                    );
+                }
+            }
             series.took.push(took);
         }
         settle_keepalived(&lab, ip, fl.prefix_len, &mut series)?;
@@ -406,12 +413,17 @@ fn settle_keepalived(lab: &Lab, ip: IpAddr, prefix_len: u8, series: &mut Series)
                 }
                 _ => stable_since = Some((Instant::now(), g)),
             },
-            ([_, _], Some(g)) if start.elapsed() > Duration::from_secs(10) => {
-                let stale = if g == "mx1" { "mx2" } else { "mx1" };
-                let iface = lab.node(stale)?.iface.clone();
-                lab.ip(stale, &["addr", "del", &cidr, "dev", &iface])?;
-                println!("  {stale} kept {cidr} after its keepalived was gone: removed by hand");
-                series.cleanups += 1;
+            ([_, _], _) if start.elapsed() > Duration::from_secs(10) => {
+                // Two holders for 10 s: remove the address where keepalived is not master.
+                for name in ["mx1", "mx2"] {
+                    let state = keepalived::last_state(lab.node(name)?);
+                    if state.as_deref() != Some("MASTER") {
+                        let iface = lab.node(name)?.iface.clone();
+                        lab.ip(name, &["addr", "del", &cidr, "dev", &iface])?;
+                        println!("  {name} ({state:?}) kept {cidr} for 10 s: removed it by hand");
+                        series.cleanups += 1;
+                    }
+                }
                 stable_since = None;
             }
             _ => stable_since = None,

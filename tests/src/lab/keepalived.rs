@@ -125,6 +125,11 @@ impl Keepalived {
         fs::write(&conf, config(node, vip, prefix_len, vrrp)?)
             .ctx(|| format!("writing {}", conf.display()))?;
         let pid = |what: &str| node.dir.join(format!("keepalived-{what}.pid"));
+        // A pid file naming a dead (or recycled) process makes keepalived refuse to start
+        // ("daemon is already running").
+        for what in ["parent", "vrrp", "checkers", "bfd"] {
+            let _ = fs::remove_file(pid(what));
+        }
         let log_path = node.dir.join("keepalived.log");
         let log = fs::OpenOptions::new()
             .create(true)
@@ -159,10 +164,31 @@ impl Keepalived {
         all
     }
 
-    /// Send `sig` to the parent and every child (SIGKILL: a crash; SIGSTOP: a freeze).
+    /// Send `sig` to every child and then the parent (SIGSTOP: a freeze; SIGCONT to resume).
+    /// Children first, so none of them sees its parent go before it is hit itself.
     pub fn signal_all(&self, sig: Signal) -> Result<()> {
-        for p in self.processes() {
+        for p in self.processes().into_iter().rev() {
             p.signal(sig)?;
+        }
+        Ok(())
+    }
+
+    /// Crash it: SIGKILL to every process at once (no graceful shutdown, so the address stays
+    /// configured), then reap the parent and wait until all are gone.
+    pub fn kill(&mut self) -> Result<()> {
+        let all = self.processes();
+        self.signal_all(Signal::SIGKILL)?;
+        let _ = self.child.wait();
+        for p in all {
+            if !p.wait_gone(Duration::from_secs(5)) {
+                return Err(LabError::Timeout {
+                    what: format!(
+                        "keepalived pid {} on {} to exit after SIGKILL",
+                        p.pid, self.node
+                    ),
+                    after: Duration::from_secs(5),
+                });
+            }
         }
         Ok(())
     }
@@ -173,11 +199,22 @@ impl Keepalived {
         let _ = self.child.try_wait();
         r
     }
+}
 
-    /// Reap the parent if it is gone (after [`Self::signal_all`] with SIGKILL).
-    pub fn reap(&mut self) {
-        let _ = self.child.try_wait();
-    }
+/// The VRRP state keepalived on `node` last logged (`MASTER`, `BACKUP`, `FAULT`), if any.
+pub fn last_state(node: &NodeState) -> Option<String> {
+    last_state_in(&fs::read_to_string(node.dir.join("keepalived.log")).ok()?)
+}
+
+/// The last VRRP state in a keepalived log.
+fn last_state_in(log: &str) -> Option<String> {
+    log.lines().rev().find_map(|l| {
+        l.split("Entering ")
+            .nth(1)?
+            .split(" STATE")
+            .next()
+            .map(str::to_owned)
+    })
 }
 
 #[cfg(test)]
@@ -220,6 +257,15 @@ mod tests {
             advert: Duration::from_millis(100),
         };
         assert!(config(&mx1(), Ipv4Addr::new(192, 0, 2, 101), 24, bad).is_err());
+    }
+
+    #[test]
+    fn the_last_state_keepalived_logged_wins() {
+        let log = "Sun Nov 22 11:56:12 2026: (lab) Entering BACKUP STATE (init)\n\
+                   Sun Nov 22 11:56:12 2026: (lab) Entering MASTER STATE\n\
+                   Sun Nov 22 11:56:13 2026: Sending gratuitous ARP on lan for 192.0.2.101\n";
+        assert_eq!(last_state_in(log).as_deref(), Some("MASTER"));
+        assert_eq!(last_state_in("Starting Keepalived v2.2.7\n"), None);
     }
 
     #[test]
