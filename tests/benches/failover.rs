@@ -186,8 +186,10 @@ fn stop_monitors(m: (AddressSampler, ArpProber), series: &mut Series) {
 // clusterd
 // ---------------------------------------------------------------------------------------------
 
-fn clusterd_phase(bin: &std::path::Path, rounds: usize) -> Result<HashMap<Kind, Series>> {
-    let mut lab = TestLab::up(LabSpec {
+/// A fresh clusterd lab with mx1 serving the measured address, and a watch on it. One lab per
+/// fault kind, so the lab lock (which other lab users wait for) is never held for long.
+fn clusterd_lab(bin: &std::path::Path) -> Result<(TestLab, IpAddr, GreetingWatch)> {
+    let lab = TestLab::up(LabSpec {
         clusterd_bin: Some(bin.to_owned()),
         clusterctl_bin: bin.parent().map(|d| d.join("clusterctl")),
         placement: Some(Placement::ManualFailback),
@@ -196,8 +198,13 @@ fn clusterd_phase(bin: &std::path::Path, rounds: usize) -> Result<HashMap<Kind, 
     let ip = IpAddr::V4(lab.floating_of("mx1")?);
     lab.wait_for_greeter(ip, "mx1", Duration::from_secs(20))?;
     let watch = instruments(&lab, ip)?;
+    Ok((lab, ip, watch))
+}
+
+fn clusterd_phase(bin: &std::path::Path, rounds: usize) -> Result<HashMap<Kind, Series>> {
     let mut out = HashMap::new();
     for kind in [Kind::Kill, Kind::Stop, Kind::Partition, Kind::LinkDown] {
+        let (mut lab, ip, watch) = clusterd_lab(bin)?;
         let mut series = Series::default();
         let mon = monitors(&lab)?;
         for round in 0..rounds {
@@ -231,8 +238,11 @@ fn clusterd_phase(bin: &std::path::Path, rounds: usize) -> Result<HashMap<Kind, 
         settle_clusterd(&lab, ip)?;
         stop_monitors(mon, &mut series);
         out.insert(kind, series);
+        watch.stop();
+        lab.down()?;
     }
     // Planned moves.
+    let (mut lab, ip, watch) = clusterd_lab(bin)?;
     let mut series = Series::default();
     let mon = monitors(&lab)?;
     for round in 0..rounds {
@@ -305,25 +315,26 @@ fn settle_clusterd(lab: &Lab, ip: IpAddr) -> Result<String> {
 // ---------------------------------------------------------------------------------------------
 
 fn keepalived_phase(vrrp: Vrrp, rounds: usize) -> Result<HashMap<Kind, Series>> {
-    let mut lab = TestLab::up(LabSpec {
-        run_daemons: false,
-        ..LabSpec::default()
-    })?;
-    let fl = lab.state().floating[0].clone();
-    let IpAddr::V4(vip) = fl.ip else {
-        bail!("the lab's first floating address is not IPv4");
-    };
-    let ip = fl.ip;
-    let mut running: HashMap<String, Keepalived> = HashMap::new();
-    for name in ["mx1", "mx2"] {
-        running.insert(
-            name.into(),
-            Keepalived::start(lab.node(name)?, vip, fl.prefix_len, vrrp)?,
-        );
-    }
-    let watch = instruments(&lab, ip)?;
     let mut out = HashMap::new();
     for kind in [Kind::Kill, Kind::Stop, Kind::LinkDown] {
+        // A fresh lab per fault kind, as for clusterd.
+        let mut lab = TestLab::up(LabSpec {
+            run_daemons: false,
+            ..LabSpec::default()
+        })?;
+        let fl = lab.state().floating[0].clone();
+        let IpAddr::V4(vip) = fl.ip else {
+            bail!("the lab's first floating address is not IPv4");
+        };
+        let ip = fl.ip;
+        let mut running: HashMap<String, Keepalived> = HashMap::new();
+        for name in ["mx1", "mx2"] {
+            running.insert(
+                name.into(),
+                Keepalived::start(lab.node(name)?, vip, fl.prefix_len, vrrp)?,
+            );
+        }
+        let watch = instruments(&lab, ip)?;
         let mut series = Series::default();
         let mon = monitors(&lab)?;
         for round in 0..rounds {
@@ -380,12 +391,12 @@ fn keepalived_phase(vrrp: Vrrp, rounds: usize) -> Result<HashMap<Kind, Series>> 
         settle_keepalived(&lab, ip, fl.prefix_len, &mut series)?;
         stop_monitors(mon, &mut series);
         out.insert(kind, series);
+        watch.stop();
+        for (_, k) in running.drain() {
+            k.stop()?;
+        }
+        lab.down()?;
     }
-    watch.stop();
-    for (_, k) in running.drain() {
-        k.stop()?;
-    }
-    lab.down()?;
     Ok(out)
 }
 

@@ -256,3 +256,39 @@ fn leader_that_owns_an_address_dies_and_its_address_moves() -> Result<()> {
     assert_never_two_holders(monitors)?;
     Ok(())
 }
+
+#[test]
+fn owner_frozen_right_after_taking_an_address_announces_nothing_stale_when_resumed() -> Result<()> {
+    let mut lab = TestLab::up(LabSpec::default())?;
+    wait_for_greeter(&lab, FLOATING_MX1, "mx1", Duration::from_secs(15))?;
+    let monitors = Monitors::start(&lab)?;
+    // mx2 takes the address in a planned move and is frozen at once, with the repeats of its
+    // announcement (1.2 s, 2.2 s, 3.2 s after the add) still due.
+    lab.clusterctl("mx1", &["move", &FLOATING_MX1.to_string(), "mx2"])?;
+    lab.fault("mx2", Fault::Stop)?;
+    let took = wait_for_greeter(&lab, FLOATING_MX1, "mx1", Duration::from_secs(10))?;
+    eprintln!("mx2 frozen right after taking {FLOATING_MX1}; back on mx1 after {took:?}");
+    let resumed = std::time::Instant::now();
+    lab.fault("mx2", Fault::Cont)?;
+    // Its overdue timers fire on resume: a gratuitous ARP now would point the client at a node
+    // that no longer answers for the address.
+    std::thread::sleep(Duration::from_secs(4));
+    ensure!(
+        imap_greeter(&lab, FLOATING_MX1).as_deref() == Some("mx1"),
+        "{FLOATING_MX1} no longer greets as mx1 after mx2 resumed"
+    );
+    let seen = monitors.stop();
+    seen.never_two_holders().map_err(anyhow::Error::msg)?;
+    let since = seen.network.timeline.time_of(resumed);
+    let stale: Vec<_> = seen
+        .network
+        .announcements
+        .iter()
+        .filter(|a| a.node == "mx2" && a.at >= since)
+        .collect();
+    ensure!(
+        stale.is_empty(),
+        "the resumed mx2 announced an address it no longer holds: {stale:?}"
+    );
+    Ok(())
+}
