@@ -236,6 +236,7 @@ pub async fn run_with<N: crate::vip::NetOps>(
             stop_rx.clone(),
         )),
         tokio::spawn(crate::dns_feed::run(shared.clone(), stop_rx.clone())),
+        tokio::spawn(crate::lease::confirm_loop(shared.clone(), stop_rx.clone())),
     ];
     if let Some(net) = net.filter(|_| !shared.config.node.dry_run) {
         // Only a node that can hold addresses takes leases for them.

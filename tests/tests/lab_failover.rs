@@ -234,10 +234,9 @@ fn owner_whose_link_goes_down_is_replaced_and_stays_off_when_it_comes_back() -> 
     takeover_without_overlap(Fault::LinkDown, Fault::LinkUp)
 }
 
-#[test]
-fn leader_that_owns_an_address_dies_and_its_address_moves() -> Result<()> {
-    let mut lab = TestLab::up(LabSpec::default())?;
-    wait_for_greeter(&lab, FLOATING_MX1, "mx1", Duration::from_secs(15))?;
+/// Make a mail node the Raft leader (restarting the witness if it leads) and wait until its
+/// home address greets as it. Returns (leader, the other mail node, the leader's address).
+fn mail_leader_owning_an_address(lab: &mut TestLab) -> Result<(String, String, Ipv4Addr)> {
     let mut leader = lab.wait_for_leader(Duration::from_secs(15))?;
     if leader == "w1" {
         // Move leadership to a mail node: stop the witness, then bring it back.
@@ -248,13 +247,41 @@ fn leader_that_owns_an_address_dies_and_its_address_moves() -> Result<()> {
     }
     let other = if leader == "mx1" { "mx2" } else { "mx1" };
     let floating = lab.floating_of(&leader)?;
-    wait_for_greeter(&lab, floating, &leader, Duration::from_secs(15))?;
+    wait_for_greeter(lab, floating, &leader, Duration::from_secs(15))?;
+    Ok((leader, other.to_string(), floating))
+}
+
+#[test]
+fn leader_that_owns_an_address_dies_and_its_address_moves() -> Result<()> {
+    let mut lab = TestLab::up(LabSpec::default())?;
+    wait_for_greeter(&lab, FLOATING_MX1, "mx1", Duration::from_secs(15))?;
+    let (leader, other, floating) = mail_leader_owning_an_address(&mut lab)?;
     let monitors = Monitors::start(&lab)?;
     lab.fault(&leader, Fault::Kill)?;
-    let took = wait_for_greeter(&lab, floating, other, Duration::from_secs(10))?;
+    let took = wait_for_greeter(&lab, floating, &other, Duration::from_secs(10))?;
     eprintln!("leader {leader} (owner of {floating}) killed; {other} greets after {took:?}");
     assert_never_two_holders(monitors)?;
     Ok(())
+}
+
+#[test]
+fn frozen_leader_owning_an_address_resumed_after_takeover_does_not_take_it_back() -> Result<()> {
+    let mut lab = TestLab::up(LabSpec::default())?;
+    wait_for_greeter(&lab, FLOATING_MX1, "mx1", Duration::from_secs(15))?;
+    let (leader, other, floating) = mail_leader_owning_an_address(&mut lab)?;
+    let monitors = Monitors::start(&lab)?;
+    lab.fault(&leader, Fault::Stop)?;
+    let took = wait_for_greeter(&lab, floating, &other, Duration::from_secs(10))?;
+    eprintln!("leader {leader} (owner of {floating}) frozen; {other} greets after {took:?}");
+    // Resumed, the old leader still believes it leads until it hears the new term: it must not
+    // grant itself a lease on that stale belief and put the address back.
+    lab.fault(&leader, Fault::Cont)?;
+    std::thread::sleep(Duration::from_secs(2));
+    ensure!(
+        imap_greeter(&lab, floating).as_deref() == Some(other.as_str()),
+        "{floating} no longer greets as {other} after {leader} resumed"
+    );
+    assert_never_two_holders(monitors)
 }
 
 #[test]
