@@ -181,14 +181,9 @@ pub fn start(bin: &Path, node: &NodeState) -> Result<(ProcId, Child)> {
         .as_ref()
         .ok_or_else(|| LabError::State(format!("{} has no clusterd config", node.name)))?;
     let log_path = node.dir.join("clusterd.log");
-    let log = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .ctx(|| format!("opening {}", log_path.display()))?;
     let mut cmd = ns_command(&node.netns, bin);
     cmd.arg("--config").arg(config);
-    spawn_logged(cmd, log, &log_path, &format!("clusterd on {}", node.name))
+    spawn_logged(cmd, &log_path, &format!("clusterd on {}", node.name))
 }
 
 /// What `clusterctl status --json` prints (fields the lab relies on; the rest is kept raw).

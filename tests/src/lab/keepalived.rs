@@ -131,11 +131,6 @@ impl Keepalived {
             let _ = fs::remove_file(pid(what));
         }
         let log_path = node.dir.join("keepalived.log");
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .ctx(|| format!("opening {}", log_path.display()))?;
         let mut cmd = ns_command(&node.netns, "keepalived");
         // Foreground, VRRP only, log to the console (our log file), not to syslog.
         cmd.args(["-n", "-P", "-l", "-D", "-G", "-f"])
@@ -148,8 +143,7 @@ impl Keepalived {
             .arg(pid("checkers"))
             .arg("-b")
             .arg(pid("bfd"));
-        let (id, child) =
-            spawn_logged(cmd, log, &log_path, &format!("keepalived on {}", node.name))?;
+        let (id, child) = spawn_logged(cmd, &log_path, &format!("keepalived on {}", node.name))?;
         Ok(Keepalived {
             node: node.name.clone(),
             id,
