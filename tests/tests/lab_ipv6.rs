@@ -70,8 +70,7 @@ fn ipv6_address_of_a_killed_owner_moves_and_its_announcement_updates_the_client(
     );
     let took = lab.wait_for_greeter(addr, "mx2", Duration::from_secs(10))?;
     eprintln!("[{ip}]:143 greets as mx2 {took:?} later");
-    let seen = monitors.stop();
-    seen.never_two_holders().map_err(anyhow::Error::msg)?;
+    let seen = monitors.finish()?;
 
     // The announcement that did it: from mx2, for the address, before the cache changed, in
     // the form RFC 4861 section 7.2.6 gives (all-nodes, hop limit 255, override, not
@@ -183,8 +182,7 @@ fn frozen_owner_whose_lease_ended_answers_no_solicitation_for_addresses_it_still
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let seen = monitors.stop();
-    seen.never_two_holders().map_err(anyhow::Error::msg)?;
+    let seen = monitors.finish()?;
     let net = &seen.network.timeline;
     let since = net.time_of(readded);
     for ip in [v4, v6] {

@@ -44,10 +44,8 @@ fn failed_back_without_overlap(lab: &TestLab, ip: IpAddr, monitors: Monitors) ->
         moved_for(lab, ip, "mx1", MoveReason::Failback)?,
         "the history has no failback of {ip} to mx1"
     );
-    monitors
-        .stop()
-        .never_two_holders()
-        .map_err(anyhow::Error::msg)
+    monitors.finish()?;
+    Ok(())
 }
 
 /// `clusterctl drain NODE` / `undrain NODE` from `via`'s namespace; its output.
@@ -93,10 +91,8 @@ fn operator_moves_an_address_and_the_history_says_why_and_for_how_long_it_was_un
         text.contains("moved by operator"),
         "clusterctl history does not say why: {text}"
     );
-    monitors
-        .stop()
-        .never_two_holders()
-        .map_err(anyhow::Error::msg)
+    monitors.finish()?;
+    Ok(())
 }
 
 #[test]
@@ -154,10 +150,8 @@ fn with_manual_failback_an_undrained_node_gets_its_address_back_only_when_moved(
     // The operator brings it home.
     clusterctl(&lab, "mx1", &["move", &ip.to_string(), "mx1"])?;
     lab.wait_for_greeter(ip, "mx1", Duration::from_secs(10))?;
-    monitors
-        .stop()
-        .never_two_holders()
-        .map_err(anyhow::Error::msg)
+    monitors.finish()?;
+    Ok(())
 }
 
 #[test]

@@ -56,10 +56,8 @@ fn survivor_of_two_mail_nodes_serves_both_addresses_when_the_other_dies() -> Res
             "{ip} no longer greets as mx2"
         );
     }
-    monitors
-        .stop()
-        .never_two_holders()
-        .map_err(anyhow::Error::msg)
+    monitors.finish()?;
+    Ok(())
 }
 
 #[test]
@@ -115,8 +113,6 @@ fn witness_death_moves_nothing() -> Result<()> {
         after == before,
         "owners or epochs changed: {before:?} -> {after:?}"
     );
-    monitors
-        .stop()
-        .never_two_holders()
-        .map_err(anyhow::Error::msg)
+    monitors.finish()?;
+    Ok(())
 }

@@ -38,6 +38,15 @@ impl Monitors {
         })
     }
 
+    /// Stop both and require that neither saw two holders of one address at once (and that
+    /// both ran): what every failover test ends with. The error is the monitors' report.
+    pub fn finish(self) -> Result<Observed> {
+        let seen = self.stop();
+        seen.never_two_holders()
+            .map_err(crate::lab::LabError::State)?;
+        Ok(seen)
+    }
+
     /// Stop both.
     pub fn stop(self) -> Observed {
         Observed {
