@@ -249,6 +249,7 @@ pub async fn run_with<N: crate::vip::NetOps>(
         )),
         tokio::spawn(crate::dns_feed::run(shared.clone(), stop_rx.clone())),
         tokio::spawn(crate::health::run(shared.clone(), stop_rx.clone())),
+        tokio::spawn(crate::lease::confirm_loop(shared.clone(), stop_rx.clone())),
     ];
     let net = net.filter(|_| !shared.config.node.dry_run);
     if let Ok(local) = local {

@@ -141,6 +141,9 @@ pub struct Leases {
     pub table: Mutex<LeaseTable>,
     /// This node's own lease (`None`: no lease).
     pub holder: watch::Sender<Option<HeldLease>>,
+    /// While leading: when the last leadership check that a quorum confirmed *began*, and in
+    /// which term ([`confirm_loop`]).
+    pub confirmed: Mutex<Option<(Instant, u64)>>,
 }
 
 impl Leases {
@@ -150,6 +153,64 @@ impl Leases {
             timings,
             table: Mutex::new(LeaseTable::default()),
             holder: watch::channel(None).0,
+            confirmed: Mutex::new(None),
+        }
+    }
+}
+
+/// How long ago (ms) a quorum last confirmed this node's leadership in `term`, counted from
+/// when that confirmation was asked for; `None` if never in this term.
+///
+/// Why not `RaftMetrics::millis_since_quorum_ack`: it is computed when openraft publishes
+/// metrics, and a daemon resumed after a freeze reads the value published before the freeze
+/// (a few ms) until openraft runs again. A leader deposed while frozen then granted itself a
+/// lease and put its old address back next to the new owner's. An instant taken here before the
+/// confirmation was asked for only grows older, whatever happens to the process.
+pub fn confirmed_age_ms(confirmed: Option<(Instant, u64)>, term: u64, now: Instant) -> Option<u64> {
+    match confirmed {
+        Some((at, t)) if t == term => Some(now.saturating_duration_since(at).as_millis() as u64),
+        _ => None,
+    }
+}
+
+/// The leader's leadership check: every third of `quorum_fresh`, ask a quorum to confirm that
+/// this node still leads (heartbeats through openraft's `get_read_log_id`), and record when the
+/// confirmed check began. [`grant`] grants only while that is fresh.
+pub async fn confirm_loop(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let every = (s.leases.timings.quorum_fresh / 3).max(Duration::from_millis(10));
+    let mut pause = every;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let metrics = s.raft.metrics().borrow().clone();
+        pause = every;
+        if metrics.state != ServerState::Leader || metrics.current_leader != Some(s.id) {
+            *s.leases.confirmed.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            continue;
+        }
+        // A leader without a confirmation in its term grants nothing: check again soon.
+        let current = s
+            .leases
+            .confirmed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|(_, t)| t == metrics.current_term);
+        if !current {
+            pause = Duration::from_millis(5);
+        }
+        let asked = Instant::now();
+        let confirmed =
+            tokio::time::timeout(s.leases.timings.quorum_fresh, s.raft.get_read_log_id())
+                .await
+                .is_ok_and(|r| r.is_ok());
+        let term = s.raft.metrics().borrow().current_term;
+        if confirmed && term == metrics.current_term {
+            let mut c = s.leases.confirmed.lock().unwrap_or_else(|p| p.into_inner());
+            if c.is_none_or(|(at, t)| t != term || at < asked) {
+                *c = Some((asked, term));
+            }
         }
     }
 }
@@ -160,13 +221,15 @@ pub fn grant(s: &Shared, node: &str) -> Result<LeaseGrant, String> {
     if metrics.state != ServerState::Leader || metrics.current_leader != Some(s.id) {
         return Err(format!("{} is not the leader", s.me));
     }
-    if !s.leases.timings.may_grant(metrics.millis_since_quorum_ack) {
+    let now = Instant::now();
+    let confirmed = *s.leases.confirmed.lock().unwrap_or_else(|p| p.into_inner());
+    let age = confirmed_age_ms(confirmed, metrics.current_term, now);
+    if !s.leases.timings.may_grant(age) {
         return Err(format!(
-            "{} has no fresh quorum (last acknowledged {:?} ms ago)",
-            s.me, metrics.millis_since_quorum_ack
+            "{} has no fresh quorum (leadership last confirmed {age:?} ms ago)",
+            s.me
         ));
     }
-    let now = Instant::now();
     let mut table = s.leases.table.lock().unwrap_or_else(|p| p.into_inner());
     table.reset_for(metrics.current_term, now);
     table.grant(node, now, &s.leases.timings);
@@ -386,6 +449,20 @@ mod tests {
         assert!(live.current.is_empty() && live.expired.is_empty());
         let gone = late + t().takeover_delay();
         assert!(table.liveness(&nodes, gone, &t()).expired.contains("mx1"));
+    }
+
+    #[test]
+    fn leadership_confirmed_ages_from_when_it_was_asked_and_counts_only_in_its_term() {
+        let asked = Instant::now();
+        let later = asked + Duration::from_millis(40);
+        assert_eq!(confirmed_age_ms(Some((asked, 3)), 3, later), Some(40));
+        // A daemon frozen for two seconds and resumed: the confirmation is two seconds old.
+        let resumed = asked + Duration::from_secs(2);
+        assert_eq!(confirmed_age_ms(Some((asked, 3)), 3, resumed), Some(2000));
+        assert!(!t().may_grant(confirmed_age_ms(Some((asked, 3)), 3, resumed)));
+        // Another term's confirmation, or none, grants nothing.
+        assert_eq!(confirmed_age_ms(Some((asked, 3)), 4, later), None);
+        assert_eq!(confirmed_age_ms(None, 3, later), None);
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //! - [`probe`] speaks IMAP, POP3 and SMTP from the client namespace like a mail client does.
 //! - [`bmc`] plays the nodes' out-of-band power control: Redfish BMCs and a webhook power API
 //!   over HTTPS with a CA made per run, whose power-off really stops a lab node.
+//! - [`watch`] measures a failover as a client sees it: many overlapping connection attempts,
+//!   which node greeted and when.
 //!
 //! Everything here is synchronous (threads with deadlines) so a test needs no runtime, and every
 //! wait is bounded. The lab only ever uses documentation address ranges and never touches the
@@ -18,9 +20,10 @@ pub mod bmc;
 pub mod lab;
 pub mod monitor;
 pub mod probe;
+pub mod watch;
 
 pub use lab::clusterd::ClusterStatus;
 pub use lab::testing::TestLab;
-pub use lab::{Fault, Lab, LabError, LabSpec, LabState, NodeRole, NodeState, Service};
-pub use monitor::{AddressSampler, ArpProber, HolderTimeline};
+pub use lab::{Fault, Lab, LabError, LabSpec, LabState, NodeRole, NodeState, Placement, Service};
+pub use monitor::{AddressSampler, ArpProber, HolderTimeline, Monitors, Observed};
 pub use probe::{ProbeLog, ProberSpec, Protocol, ServiceProber};

@@ -132,7 +132,8 @@ fn node_and_service_drills_move_the_address_measure_it_and_restore_it() -> Resul
             && history.contains("failover drill of mx1: passed (imap failure)"),
         "history:\n{history}"
     );
-    monitors.finish().map(drop).map_err(anyhow::Error::msg)
+    monitors.finish()?;
+    Ok(())
 }
 
 #[test]

@@ -262,7 +262,7 @@ fn frozen_owner_is_fenced_over_redfish_before_its_address_moves() -> Result<()> 
         .context("mx2's BMC never switched it off")?;
     ensure!(f.bmcs["mx1"].log().is_empty(), "mx1 was powered off too");
     std::thread::sleep(Duration::from_millis(500));
-    let timeline = monitors.finish().map_err(anyhow::Error::msg)?;
+    let timeline = monitors.finish()?.addresses;
     let taken = first_held_by_mx1(&timeline)
         .with_context(|| format!("the sampler never saw mx1 hold .102: {}", timeline.report()))?;
     ensure!(
@@ -381,7 +381,7 @@ fn failed_fence_blocks_the_takeover_until_the_bmc_works_again() -> Result<()> {
     );
     ensure!(!bmc.is_on(), "mx2 is not powered off");
     std::thread::sleep(Duration::from_millis(500));
-    monitors.finish().map_err(anyhow::Error::msg)?;
+    monitors.finish()?;
     let events = history(&f.lab, "mx1")?;
     assert_fenced_before_takeover(&events)?;
     let failures = events
@@ -424,7 +424,7 @@ fn webhook_agent_fences_a_frozen_owner_before_its_address_moves() -> Result<()> 
         "mx2 was not powered off through the webhook: {log:?}"
     );
     std::thread::sleep(Duration::from_millis(500));
-    monitors.finish().map_err(anyhow::Error::msg)?;
+    monitors.finish()?;
     let events = history(&f.lab, "mx1")?;
     assert_fenced_before_takeover(&events)?;
     let reply = events

@@ -209,7 +209,8 @@ fn dovecot_stopped_on_the_owner_moves_its_address_and_it_returns_after_the_hold_
         "failback {} ms after imap passed again on mx1, inside the {HOLD_DOWN_MS} ms hold-down",
         back as i64 - up as i64
     );
-    monitors.finish().map(drop).map_err(anyhow::Error::msg)
+    monitors.finish()?;
+    Ok(())
 }
 
 #[test]
@@ -266,7 +267,8 @@ fn postfix_stopped_moves_the_address_and_mail_sent_to_it_is_read_on_the_new_owne
         health(&r, "mx1", "imap") == Some(Health::Passing),
         "mx1 imap should still pass"
     );
-    monitors.finish().map(drop).map_err(anyhow::Error::msg)
+    monitors.finish()?;
+    Ok(())
 }
 
 #[test]
@@ -303,7 +305,8 @@ fn a_black_holed_imap_port_is_critical_after_fall_times_interval_and_the_address
         "the deciding probe waited {:?}",
         imap.latency_ms
     );
-    monitors.finish().map(drop).map_err(anyhow::Error::msg)
+    monitors.finish()?;
+    Ok(())
 }
 
 #[test]
@@ -373,7 +376,8 @@ fn dovecot_down_on_both_mail_nodes_moves_nothing_and_status_says_so() -> Result<
         lab.greeting_from("client", addr, Duration::from_secs(1))?
             .map_err(|e| anyhow!("SMTP on {ip}: {e}"))?;
     }
-    monitors.finish().map(drop).map_err(anyhow::Error::msg)
+    monitors.finish()?;
+    Ok(())
 }
 
 #[test]
@@ -456,5 +460,6 @@ fn degraded_signals_show_in_status_and_history_but_move_nothing() -> Result<()> 
         (owner(&after, KEY_MX1), owner(&after, "192.0.2.102/24")) == owners,
         "a warning moved an address"
     );
-    monitors.finish().map(drop).map_err(anyhow::Error::msg)
+    monitors.finish()?;
+    Ok(())
 }

@@ -43,7 +43,7 @@ fn monitors_report_one_floating_address_configured_on_two_nodes() -> Result<()> 
         ..LabSpec::default()
     })?;
     let floating = lab.state().floating[0].ip;
-    let ip: IpAddr = floating.into();
+    let ip: IpAddr = floating;
     let cidr = format!("{floating}/24");
     let (if1, if2) = (
         lab.node("mx1")?.iface.clone(),
@@ -134,8 +134,7 @@ fn monitors_accept_a_clean_handover() -> Result<()> {
         }
         let last = t.changes.last().map(|(_, h)| h.clone()).unwrap_or_default();
         ensure!(
-            last.get(&IpAddr::from(floating))
-                .is_some_and(|w| w.contains("mx2")),
+            last.get(&floating).is_some_and(|w| w.contains("mx2")),
             "{} did not see mx2 take over:\n{}",
             t.source,
             t.report()

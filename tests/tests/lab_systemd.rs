@@ -90,7 +90,8 @@ fn start_daemon(
     let bin = st.clusterd_bin.clone().context("clusterd is not built")?;
     let config = node.clusterd_config.clone().context("no config")?;
     let log_path = node.dir.join("clusterd.log");
-    let log = std::fs::File::create(&log_path)?;
+    // A fresh log: the test reads it for this run's lines only.
+    std::fs::File::create(&log_path)?;
     let mut cmd = match as_unit {
         Some(bin) => unprivileged::command(&node.netns, Some(unprivileged::UNIT_CAPS), bin),
         None => ns_command(&node.netns, bin),
@@ -101,7 +102,6 @@ fn start_daemon(
     }
     Ok(spawn_logged(
         cmd,
-        log,
         &log_path,
         &format!("clusterd on {name}"),
     )?)

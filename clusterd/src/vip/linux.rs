@@ -202,87 +202,11 @@ impl NetOps for LinuxNet {
     }
 
     async fn guard_setup(&self, floating: &[IpAddr]) -> Result<(), NetError> {
-        let v4: Vec<String> = floating
-            .iter()
-            .filter(|ip| ip.is_ipv4())
-            .map(|ip| ip.to_string())
-            .collect();
-        let v6: Vec<String> = floating
-            .iter()
-            .filter(|ip| ip.is_ipv6())
-            .map(|ip| ip.to_string())
-            .collect();
-        let mut script = String::new();
-        // Start from a clean slate (a previous run may have left its tables).
-        script.push_str(&format!(
-            "add table inet {TABLE}; delete table inet {TABLE}; \
-             add table arp {TABLE}; delete table arp {TABLE}; "
-        ));
-        script.push_str(&format!(
-            "add table inet {TABLE}; \
-             add set inet {TABLE} floating4 {{ type ipv4_addr; }}; \
-             add set inet {TABLE} floating6 {{ type ipv6_addr; }}; \
-             add set inet {TABLE} held4 {{ type ipv4_addr; flags timeout; }}; \
-             add set inet {TABLE} held6 {{ type ipv6_addr; flags timeout; }}; \
-             add chain inet {TABLE} input {{ type filter hook input priority -200; policy accept; }}; \
-             add chain inet {TABLE} output {{ type filter hook output priority -200; policy accept; }}; \
-             add rule inet {TABLE} input ip daddr @floating4 ip daddr != @held4 drop; \
-             add rule inet {TABLE} input ip6 daddr @floating6 ip6 daddr != @held6 drop; \
-             add rule inet {TABLE} output ip saddr @floating4 ip saddr != @held4 drop; \
-             add rule inet {TABLE} output ip6 saddr @floating6 ip6 saddr != @held6 drop; \
-             add table arp {TABLE}; \
-             add set arp {TABLE} floating {{ type ipv4_addr; }}; \
-             add set arp {TABLE} held {{ type ipv4_addr; flags timeout; }}; \
-             add chain arp {TABLE} input {{ type filter hook input priority 0; policy accept; }}; \
-             add chain arp {TABLE} output {{ type filter hook output priority 0; policy accept; }}; \
-             add rule arp {TABLE} input arp daddr ip @floating arp daddr ip != @held drop; \
-             add rule arp {TABLE} output arp saddr ip @floating arp saddr ip != @held drop; "
-        ));
-        if !v4.is_empty() {
-            let list = v4.join(", ");
-            script.push_str(&format!(
-                "add element inet {TABLE} floating4 {{ {list} }}; \
-                 add element arp {TABLE} floating {{ {list} }}; "
-            ));
-        }
-        if !v6.is_empty() {
-            script.push_str(&format!(
-                "add element inet {TABLE} floating6 {{ {} }}; ",
-                v6.join(", ")
-            ));
-        }
-        self.nft(&script)
+        self.nft(&guard_setup_script(floating))
     }
 
     async fn guard_allow(&self, allowed: &[(IpAddr, Duration)]) -> Result<(), NetError> {
-        let elem = |ip: &IpAddr, d: &Duration| format!("{ip} timeout {}ms", d.as_millis().max(1));
-        let v4: Vec<String> = allowed
-            .iter()
-            .filter(|(ip, _)| ip.is_ipv4())
-            .map(|(ip, d)| elem(ip, d))
-            .collect();
-        let v6: Vec<String> = allowed
-            .iter()
-            .filter(|(ip, _)| ip.is_ipv6())
-            .map(|(ip, d)| elem(ip, d))
-            .collect();
-        // One transaction: re-adding an element does not refresh its timeout, flush + add does.
-        let mut script = format!(
-            "flush set inet {TABLE} held4; flush set inet {TABLE} held6; flush set arp {TABLE} held; "
-        );
-        if !v4.is_empty() {
-            let list = v4.join(", ");
-            script.push_str(&format!(
-                "add element inet {TABLE} held4 {{ {list} }}; add element arp {TABLE} held {{ {list} }}; "
-            ));
-        }
-        if !v6.is_empty() {
-            script.push_str(&format!(
-                "add element inet {TABLE} held6 {{ {} }}; ",
-                v6.join(", ")
-            ));
-        }
-        self.nft(&script)
+        self.nft(&guard_allow_script(allowed))
     }
 
     async fn guard_teardown(&self) -> Result<(), NetError> {
@@ -298,6 +222,122 @@ impl NetOps for LinuxNet {
              add table arp {TABLE}; delete table arp {TABLE}"
         ))
     }
+}
+
+/// The key of an IPv6 address in the sets matched against a neighbour-discovery target field
+/// (`@th,64,128`, bytes 8-23 of the ICMPv6 message): the address as a 128-bit integer, because
+/// nftables 1.0.6 has no `icmpv6 taddr` and will not compare a raw payload with an address set.
+fn nd_key(ip: Ipv6Addr) -> String {
+    format!("0x{:032x}", u128::from(ip))
+}
+
+/// The nftables transaction that installs the guard for `floating` (from a clean slate).
+///
+/// IPv4: IP traffic to and from an address not held is dropped (`inet`), and so is ARP for it
+/// (`arp`), both ways. IPv6: IP traffic likewise, which already stops the kernel's answers to
+/// neighbour solicitations (a neighbour advertisement for a local address has that address as
+/// its source); in addition, solicitations for an address not held are dropped on input (a
+/// multicast solicitation is addressed to the solicited-node group, not to the address) and
+/// advertisements for it on output whatever their source, so a node whose lease ended neither
+/// answers for the address nor announces it, as with ARP.
+pub fn guard_setup_script(floating: &[IpAddr]) -> String {
+    let list = |v6: bool, f: &dyn Fn(&IpAddr) -> String| -> String {
+        floating
+            .iter()
+            .filter(|ip| ip.is_ipv6() == v6)
+            .map(f)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let v4 = list(false, &|ip| ip.to_string());
+    let v6 = list(true, &|ip| ip.to_string());
+    let nd = list(true, &|ip| match ip {
+        IpAddr::V6(v6) => nd_key(*v6),
+        IpAddr::V4(_) => String::new(),
+    });
+    let nd_target = "@th,64,128";
+    let mut script = String::new();
+    // Start from a clean slate (a previous run may have left its tables).
+    script.push_str(&format!(
+        "add table inet {TABLE}; delete table inet {TABLE}; \
+         add table arp {TABLE}; delete table arp {TABLE}; "
+    ));
+    script.push_str(&format!(
+        "add table inet {TABLE}; \
+         add set inet {TABLE} floating4 {{ type ipv4_addr; }}; \
+         add set inet {TABLE} floating6 {{ type ipv6_addr; }}; \
+         add set inet {TABLE} held4 {{ type ipv4_addr; flags timeout; }}; \
+         add set inet {TABLE} held6 {{ type ipv6_addr; flags timeout; }}; \
+         add set inet {TABLE} nd_floating6 {{ typeof {nd_target}; }}; \
+         add set inet {TABLE} nd_held6 {{ typeof {nd_target}; flags timeout; }}; \
+         add chain inet {TABLE} input {{ type filter hook input priority -200; policy accept; }}; \
+         add chain inet {TABLE} output {{ type filter hook output priority -200; policy accept; }}; \
+         add rule inet {TABLE} input ip daddr @floating4 ip daddr != @held4 drop; \
+         add rule inet {TABLE} input ip6 daddr @floating6 ip6 daddr != @held6 drop; \
+         add rule inet {TABLE} input icmpv6 type nd-neighbor-solicit \
+           {nd_target} @nd_floating6 {nd_target} != @nd_held6 drop; \
+         add rule inet {TABLE} output ip saddr @floating4 ip saddr != @held4 drop; \
+         add rule inet {TABLE} output ip6 saddr @floating6 ip6 saddr != @held6 drop; \
+         add rule inet {TABLE} output icmpv6 type nd-neighbor-advert \
+           {nd_target} @nd_floating6 {nd_target} != @nd_held6 drop; \
+         add table arp {TABLE}; \
+         add set arp {TABLE} floating {{ type ipv4_addr; }}; \
+         add set arp {TABLE} held {{ type ipv4_addr; flags timeout; }}; \
+         add chain arp {TABLE} input {{ type filter hook input priority 0; policy accept; }}; \
+         add chain arp {TABLE} output {{ type filter hook output priority 0; policy accept; }}; \
+         add rule arp {TABLE} input arp daddr ip @floating arp daddr ip != @held drop; \
+         add rule arp {TABLE} output arp saddr ip @floating arp saddr ip != @held drop; "
+    ));
+    if !v4.is_empty() {
+        script.push_str(&format!(
+            "add element inet {TABLE} floating4 {{ {v4} }}; \
+             add element arp {TABLE} floating {{ {v4} }}; "
+        ));
+    }
+    if !v6.is_empty() {
+        script.push_str(&format!(
+            "add element inet {TABLE} floating6 {{ {v6} }}; \
+             add element inet {TABLE} nd_floating6 {{ {nd} }}; "
+        ));
+    }
+    script
+}
+
+/// The nftables transaction that replaces the guard's allowed sets: each address allowed for
+/// its duration, after which the kernel closes it. One transaction, because re-adding an
+/// element does not refresh its timeout while flush + add does.
+pub fn guard_allow_script(allowed: &[(IpAddr, Duration)]) -> String {
+    let timeout = |d: &Duration| format!("timeout {}ms", d.as_millis().max(1));
+    let mut v4 = Vec::new();
+    let mut v6 = Vec::new();
+    let mut nd = Vec::new();
+    for (ip, d) in allowed {
+        match ip {
+            IpAddr::V4(a) => v4.push(format!("{a} {}", timeout(d))),
+            IpAddr::V6(a) => {
+                v6.push(format!("{a} {}", timeout(d)));
+                nd.push(format!("{} {}", nd_key(*a), timeout(d)));
+            }
+        }
+    }
+    let mut script = format!(
+        "flush set inet {TABLE} held4; flush set inet {TABLE} held6; \
+         flush set inet {TABLE} nd_held6; flush set arp {TABLE} held; "
+    );
+    if !v4.is_empty() {
+        let list = v4.join(", ");
+        script.push_str(&format!(
+            "add element inet {TABLE} held4 {{ {list} }}; add element arp {TABLE} held {{ {list} }}; "
+        ));
+    }
+    if !v6.is_empty() {
+        script.push_str(&format!(
+            "add element inet {TABLE} held6 {{ {} }}; add element inet {TABLE} nd_held6 {{ {} }}; ",
+            v6.join(", "),
+            nd.join(", ")
+        ));
+    }
+    script
 }
 
 /// A long-lived `nft -i`. Each call writes one line (one transaction) and then a listing of the
@@ -460,4 +500,57 @@ fn send_na(ifindex: u32, mac: [u8; 6], target: Ipv6Addr) -> std::io::Result<()> 
     );
     sock.send_to(&unsolicited_na(mac, target), &to.into())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ips() -> Vec<IpAddr> {
+        vec![
+            "192.0.2.101".parse().unwrap(),
+            "2001:db8::101".parse().unwrap(),
+        ]
+    }
+
+    #[test]
+    fn neighbour_discovery_keys_are_the_address_as_a_128_bit_integer() {
+        assert_eq!(
+            nd_key("2001:db8::101".parse().unwrap()),
+            "0x20010db8000000000000000000000101"
+        );
+    }
+
+    #[test]
+    fn guard_drops_solicitations_and_advertisements_for_ipv6_addresses_not_held() {
+        let s = guard_setup_script(&ips());
+        assert!(s.contains(
+            "input icmpv6 type nd-neighbor-solicit @th,64,128 @nd_floating6 \
+             @th,64,128 != @nd_held6 drop"
+        ));
+        assert!(s.contains(
+            "output icmpv6 type nd-neighbor-advert @th,64,128 @nd_floating6 \
+             @th,64,128 != @nd_held6 drop"
+        ));
+        assert!(s.contains("add element inet clusterd_guard floating6 { 2001:db8::101 }"));
+        assert!(s.contains(
+            "add element inet clusterd_guard nd_floating6 { 0x20010db8000000000000000000000101 }"
+        ));
+        assert!(s.contains("add element arp clusterd_guard floating { 192.0.2.101 }"));
+    }
+
+    #[test]
+    fn allowing_an_ipv6_address_opens_traffic_and_neighbour_discovery_with_one_timeout() {
+        let s = guard_allow_script(&[
+            (ips()[0], Duration::from_millis(700)),
+            (ips()[1], Duration::from_millis(650)),
+        ]);
+        assert!(s.starts_with("flush set inet clusterd_guard held4;"));
+        assert!(s.contains("flush set inet clusterd_guard nd_held6;"));
+        assert!(s.contains("held6 { 2001:db8::101 timeout 650ms }"));
+        assert!(s.contains("nd_held6 { 0x20010db8000000000000000000000101 timeout 650ms }"));
+        assert!(s.contains("held { 192.0.2.101 timeout 700ms }"));
+        // Nothing allowed: every set flushed, nothing added.
+        assert!(!guard_allow_script(&[]).contains("add element"));
+    }
 }

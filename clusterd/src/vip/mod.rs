@@ -137,6 +137,15 @@ pub fn effective_lease(
     }
 }
 
+/// Whether an announcement for `ip` may go out at `now`: only while the address is allowed
+/// by the lease. A daemon resumed after a freeze runs its overdue announcement timers before
+/// its loop notices the lease ended; a gratuitous ARP then would point clients at a node that
+/// no longer answers (ARP sent on a packet socket passes no nftables hook, so the guard cannot
+/// stop it).
+pub fn may_announce(allowed: &BTreeMap<IpAddr, Instant>, ip: IpAddr, now: Instant) -> bool {
+    allowed.get(&ip).is_some_and(|until| *until > now)
+}
+
 /// Announcement schedule after an add: offsets from the add.
 pub fn announce_schedule(cfg: &AnnounceConfig) -> Vec<Duration> {
     let mut at = Vec::new();
@@ -179,6 +188,8 @@ pub async fn run<N: NetOps>(s: Arc<Shared>, net: Arc<N>, mut stop: watch::Receiv
     let mut last_deadline: Option<Instant> = None;
     let mut effective: Option<crate::lease::HeldLease> = None;
     let mut held_now: BTreeSet<String> = BTreeSet::new();
+    // What the guard allows, until when: announcements check it right before sending.
+    let (allowed_tx, allowed_rx) = watch::channel(BTreeMap::<IpAddr, Instant>::new());
     loop {
         s.loops.beat(crate::systemd::ADDRESSES);
         // Whether this pass met no kernel error (readiness waits for one clean pass).
@@ -203,6 +214,12 @@ pub async fn run<N: NetOps>(s: Arc<Shared>, net: Arc<N>, mut stop: watch::Receiv
                 .collect(),
             _ => Vec::new(),
         };
+        allowed_tx.send_replace(
+            allowed
+                .iter()
+                .map(|(ip, left)| (*ip, now + *left))
+                .collect(),
+        );
         let renewed = deadline != last_deadline;
         let hold_set: BTreeSet<String> = want.hold.keys().cloned().collect();
         if renewed || hold_set != held_now {
@@ -248,6 +265,7 @@ pub async fn run<N: NetOps>(s: Arc<Shared>, net: Arc<N>, mut stop: watch::Receiv
                         f.interface.clone(),
                         f.prefix.addr,
                         s.config.announce.clone(),
+                        allowed_rx.clone(),
                     ));
                     if let Some(old) = announcing.insert(f.key.clone(), task) {
                         old.abort();
@@ -259,14 +277,18 @@ pub async fn run<N: NetOps>(s: Arc<Shared>, net: Arc<N>, mut stop: watch::Receiv
                     epoch,
                     at_ms: auth::unix_ms(),
                 });
-            } else if configured {
+            } else {
+                // Not ours (any more): stop announcing it, even if its lifetime already removed
+                // it while this daemon was frozen.
+                if let Some(task) = announcing.remove(&f.key) {
+                    task.abort();
+                }
+            }
+            if configured && !want.hold.contains_key(&f.key) {
                 if let Err(e) = net.remove(&f.interface, f.prefix).await {
                     warn!(address = %f.key, error = %e, "cannot remove address");
                     clean = false;
                     continue;
-                }
-                if let Some(task) = announcing.remove(&f.key) {
-                    task.abort();
                 }
                 let why = if want.release.contains_key(&f.key) {
                     "handed over"
@@ -362,13 +384,26 @@ impl Reports {
     }
 }
 
-async fn announce_task<N: NetOps>(net: Arc<N>, iface: String, ip: IpAddr, cfg: AnnounceConfig) {
-    let start = tokio::time::Instant::now();
-    for at in announce_schedule(&cfg) {
-        tokio::time::sleep_until(start + at).await;
+async fn announce_task<N: NetOps>(
+    net: Arc<N>,
+    iface: String,
+    ip: IpAddr,
+    cfg: AnnounceConfig,
+    allowed: watch::Receiver<BTreeMap<IpAddr, Instant>>,
+) {
+    let announce = || async {
+        if !may_announce(&allowed.borrow(), ip, Instant::now()) {
+            debug!(address = %ip, "announcement skipped: the lease for it is over");
+            return;
+        }
         if let Err(e) = net.announce(&iface, ip).await {
             warn!(address = %ip, error = %e, "announcement failed");
         }
+    };
+    let start = tokio::time::Instant::now();
+    for at in announce_schedule(&cfg) {
+        tokio::time::sleep_until(start + at).await;
+        announce().await;
     }
     let refresh = cfg.refresh.get();
     if refresh.is_zero() {
@@ -376,9 +411,7 @@ async fn announce_task<N: NetOps>(net: Arc<N>, iface: String, ip: IpAddr, cfg: A
     }
     loop {
         tokio::time::sleep(refresh).await;
-        if let Err(e) = net.announce(&iface, ip).await {
-            warn!(address = %ip, error = %e, "periodic announcement failed");
-        }
+        announce().await;
     }
 }
 
@@ -486,6 +519,46 @@ mod tests {
     #[test]
     fn no_lease_means_nothing_to_act_on() {
         assert_eq!(effective_lease(Some(lease(500, 1)), None, 99), None);
+    }
+
+    #[test]
+    fn announcing_needs_the_address_allowed_now() {
+        let ip: IpAddr = "192.0.2.101".parse().unwrap();
+        let now = Instant::now();
+        let until = BTreeMap::from([(ip, now + Duration::from_millis(300))]);
+        assert!(may_announce(&until, ip, now));
+        // A daemon resumed after a freeze: the allowance it last published has run out.
+        assert!(!may_announce(&until, ip, now + Duration::from_millis(300)));
+        assert!(!may_announce(&BTreeMap::new(), ip, now));
+        assert!(!may_announce(&until, "192.0.2.102".parse().unwrap(), now));
+    }
+
+    #[tokio::test]
+    async fn overdue_announcements_of_an_address_no_longer_allowed_are_not_sent() {
+        let world = mem::World::new();
+        let net = Arc::new(world.node("mx1"));
+        let ip: IpAddr = "192.0.2.101".parse().unwrap();
+        let forever = Instant::now() + Duration::from_secs(3600);
+        let (tx, rx) = watch::channel(BTreeMap::from([(ip, forever)]));
+        let cfg = AnnounceConfig {
+            burst: 3,
+            burst_interval: crate::config::Millis::from_millis(10),
+            repeats: 3,
+            repeat_interval: crate::config::Millis::from_millis(2000),
+            refresh: crate::config::Millis::from_millis(0),
+        };
+        let start = Instant::now();
+        let task = tokio::spawn(announce_task(net, "eth0".into(), ip, cfg, rx));
+        // The burst goes out while the address is allowed.
+        while world.announcements("mx1", ip) < 3 {
+            assert!(start.elapsed() < Duration::from_secs(1), "no burst");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Then the lease is over: the repeat due at 2 s is skipped.
+        tx.send_replace(BTreeMap::new());
+        tokio::time::sleep_until((start + Duration::from_millis(2500)).into()).await;
+        assert_eq!(world.announcements("mx1", ip), 3);
+        task.abort();
     }
 
     #[test]

@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{IoContext, LabError, Result};
 use super::process::{ProcId, ns_command, run_timeout, spawn_logged};
-use super::state::{CLUSTERD_PORT, LabState, MAIL_PASSWORD, MAIL_USER, NodeRole, NodeState};
+use super::state::{
+    CLUSTERD_PORT, LabState, MAIL_PASSWORD, MAIL_USER, NodeRole, NodeState, Placement,
+};
 
 /// Environment variable naming the clusterd binary to run in the lab.
 pub const CLUSTERD_BIN_ENV: &str = "CLUSTERD_BIN";
@@ -121,6 +123,22 @@ pub fn config_toml(state: &LabState, node: &NodeState) -> String {
         let _ = writeln!(t, "home = {}", q(&addr.home));
         let _ = writeln!(t, "services = [\"imap\", \"pop3\", \"smtp\"]");
     }
+    match state.placement {
+        None => {}
+        Some(Placement::AutoFailback(after)) => {
+            let _ = writeln!(t, "\n[placement]");
+            let _ = writeln!(t, "failback = \"auto\"");
+            let _ = writeln!(
+                t,
+                "failback_after = {}",
+                q(&format!("{}ms", after.as_millis()))
+            );
+        }
+        Some(Placement::ManualFailback) => {
+            let _ = writeln!(t, "\n[placement]");
+            let _ = writeln!(t, "failback = \"manual\"");
+        }
+    }
     // The probes of every mail node: IMAP logs in with the lab's test account (a failed login is
     // a warning), SMTP watches the postfix queue of the node's own instance.
     let _ = writeln!(t, "\n[checks.imap]\nkind = \"imap\"");
@@ -205,14 +223,9 @@ pub fn start(bin: &Path, node: &NodeState) -> Result<(ProcId, Child)> {
         .as_ref()
         .ok_or_else(|| LabError::State(format!("{} has no clusterd config", node.name)))?;
     let log_path = node.dir.join("clusterd.log");
-    let log = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .ctx(|| format!("opening {}", log_path.display()))?;
     let mut cmd = ns_command(&node.netns, bin);
     cmd.arg("--config").arg(config);
-    spawn_logged(cmd, log, &log_path, &format!("clusterd on {}", node.name))
+    spawn_logged(cmd, &log_path, &format!("clusterd on {}", node.name))
 }
 
 /// What `clusterctl status --json` prints (fields the lab relies on; the rest is kept raw).
@@ -232,6 +245,32 @@ pub struct ClusterStatus {
     /// Recent events.
     #[serde(default)]
     pub events: serde_json::Value,
+}
+
+/// One floating address as `clusterctl status --json` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressOwner {
+    /// `ip/prefix`.
+    pub ip: String,
+    /// Its owner, if assigned.
+    pub owner: Option<String>,
+    /// Its assignment epoch.
+    pub epoch: u64,
+}
+
+impl ClusterStatus {
+    /// Owner and epoch of every floating address, in the order the status lists them.
+    pub fn owners(&self) -> Vec<AddressOwner> {
+        serde_json::from_value(self.addresses.clone()).unwrap_or_default()
+    }
+
+    /// The owner of the address `ip` (with or without `/prefix`).
+    pub fn owner_of(&self, ip: &str) -> Option<String> {
+        self.owners()
+            .into_iter()
+            .find(|a| a.ip == ip || a.ip.split('/').next() == Some(ip))
+            .and_then(|a| a.owner)
+    }
 }
 
 /// Run `clusterctl --config <node cfg> ARGS...` inside the node's namespace; stdout on success.
@@ -383,5 +422,41 @@ mod tests {
             mx1["checks"]["imap"]["password_file"].as_str(),
             Some("/run/clusterd-lab/cdl0a1b2/mx1/probe.pass")
         );
+        assert!(
+            mx1.get("placement").is_none(),
+            "clusterd's defaults unless asked"
+        );
+    }
+
+    #[test]
+    fn lab_configs_pass_clusterds_own_validation_with_every_lab_option() {
+        for placement in [
+            None,
+            Some(Placement::AutoFailback(Duration::from_secs(3))),
+            Some(Placement::ManualFailback),
+        ] {
+            let spec = LabSpec {
+                ipv6_floating: true,
+                placement,
+                ..LabSpec::default()
+            };
+            let st = plan(&spec, "cdl0a1b2", Path::new("/run/x/cdl0a1b2"), None, None);
+            for node in &st.nodes {
+                let text = config_toml(&st, node);
+                let cfg = clusterd::config::parse(&text)
+                    .unwrap_or_else(|e| panic!("{}: {e}\n{text}", node.name));
+                assert_eq!(cfg.addresses.len(), 4);
+                match placement {
+                    Some(Placement::AutoFailback(_)) => {
+                        assert_eq!(cfg.placement.failback_after.get(), Duration::from_secs(3))
+                    }
+                    Some(Placement::ManualFailback) => assert_eq!(
+                        cfg.placement.failback,
+                        clusterd::config::FailbackMode::Manual
+                    ),
+                    None => {}
+                }
+            }
+        }
     }
 }

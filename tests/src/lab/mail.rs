@@ -196,10 +196,9 @@ postlog    unix-dgram n - n - 1 postlogd
 /// Start the node's dovecot in the foreground (so its pid is ours); returns the child.
 pub fn start_dovecot(node: &NodeState) -> Result<(ProcId, Child)> {
     let out = node.dir.join("dovecot.out");
-    let log = fs::File::create(&out).ctx(|| format!("creating {}", out.display()))?;
     let mut cmd = ns_command(&node.netns, "dovecot");
     cmd.arg("-F").arg("-c").arg(node.dovecot_config());
-    spawn_logged(cmd, log, &out, &format!("dovecot on {}", node.name))
+    spawn_logged(cmd, &out, &format!("dovecot on {}", node.name))
 }
 
 /// Stop the node's dovecot: SIGTERM to the master, and after a short grace SIGKILL to whatever

@@ -13,6 +13,7 @@ pub mod cleanup;
 pub mod clusterd;
 mod error;
 pub mod exclusive;
+pub mod keepalived;
 pub mod mail;
 pub mod netns;
 pub mod prereq;
@@ -32,7 +33,7 @@ use nix::sys::signal::Signal;
 
 pub use error::{LabError, Result};
 pub use mail::Service;
-pub use state::{ClientState, FloatingAddr, LabState, NodeRole, NodeState};
+pub use state::{ClientState, FloatingAddr, LabState, NodeRole, NodeState, Placement};
 
 use error::IoContext;
 use process::{ProcId, ns_command, run};
@@ -63,6 +64,12 @@ pub struct LabSpec {
     /// TOML appended to every node's clusterd config (cluster-wide sections such as
     /// `[fencing]`); empty for none.
     pub extra_config: String,
+    /// Also give every mail node an IPv6 floating address (`2001:db8::101`, ... /64) besides
+    /// its IPv4 one.
+    pub ipv6_floating: bool,
+    /// clusterd's `[placement]` (failback) in every node's config; `None`: clusterd's default
+    /// (automatic failback after 60 s).
+    pub placement: Option<Placement>,
 }
 
 impl Default for LabSpec {
@@ -78,6 +85,8 @@ impl Default for LabSpec {
             wait_for_leader: true,
             ready_timeout: Duration::from_secs(30),
             extra_config: String::new(),
+            ipv6_floating: false,
+            placement: None,
         }
     }
 }
@@ -249,6 +258,16 @@ impl Lab {
             .ok_or_else(|| LabError::State(format!("{name} has no floating address (a witness?)")))
     }
 
+    /// The IPv6 floating address whose home is mail node `name`.
+    pub fn floating6_of(&self, name: &str) -> Result<std::net::Ipv6Addr> {
+        self.node(name)?.floating6.ok_or_else(|| {
+            LabError::State(format!(
+                "{name} has no IPv6 floating address (a witness, or a lab without \
+                 LabSpec::ipv6_floating?)"
+            ))
+        })
+    }
+
     /// Whether clusterd runs in this lab.
     pub fn has_clusterd(&self) -> bool {
         self.state.clusterd_bin.is_some()
@@ -328,6 +347,38 @@ impl Lab {
             .ok()
     }
 
+    /// The node named in the IMAP greeting on `ip` port 143, as the client sees it now (`None`:
+    /// no greeting within 300 ms, or one naming no node).
+    pub fn imap_greeter(&self, ip: IpAddr) -> Option<String> {
+        let addr = SocketAddr::new(ip, 143);
+        let greeting = self
+            .greeting_from("client", addr, Duration::from_millis(300))
+            .ok()?
+            .ok()?;
+        crate::probe::greeting_node(&greeting)
+    }
+
+    /// Wait (bounded) until the client gets an IMAP greeting from `node` on `ip`; returns how
+    /// long that took.
+    pub fn wait_for_greeter(&self, ip: IpAddr, node: &str, within: Duration) -> Result<Duration> {
+        let start = Instant::now();
+        let mut last = None;
+        while start.elapsed() < within {
+            last = self.imap_greeter(ip);
+            if last.as_deref() == Some(node) {
+                return Ok(start.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(LabError::Timeout {
+            what: format!(
+                "{node}'s IMAP greeting on {ip} (last greeter: {})",
+                last.as_deref().unwrap_or("none")
+            ),
+            after: within,
+        })
+    }
+
     /// Run `ip ARGS...` inside node `name` (or the client), e.g. to add an address by hand.
     pub fn ip(&self, name: &str, args: &[&str]) -> Result<String> {
         let ns = self.netns_of(name)?;
@@ -359,6 +410,16 @@ impl Lab {
     /// `clusterctl status --json` as node `name` sees it.
     pub fn cluster_status(&self, name: &str) -> Result<clusterd::ClusterStatus> {
         clusterd::status(&self.state, self.node(name)?)
+    }
+
+    /// The cluster's event history (`clusterctl history --json`) as node `name` sees it.
+    pub fn history(&self, name: &str) -> Result<Vec<::clusterd::model::Event>> {
+        let out = self.clusterctl(name, &["history", "--json"])?;
+        serde_json::from_str(&out).map_err(|e| {
+            LabError::State(format!(
+                "clusterctl history --json on {name} printed something unexpected ({e}): {out}"
+            ))
+        })
     }
 
     /// Wait (bounded) until the running daemons agree on a leader; returns its name.
@@ -676,6 +737,7 @@ pub(crate) fn plan(
 ) -> LabState {
     let mut nodes = Vec::new();
     let mut floating = Vec::new();
+    let mut floating6 = Vec::new();
     let mut roles: Vec<(String, NodeRole)> = (1..=spec.mail_nodes)
         .map(|i| (format!("mx{i}"), NodeRole::Mail))
         .collect();
@@ -688,8 +750,17 @@ pub(crate) fn plan(
         let fl = (role == NodeRole::Mail).then(|| topology::floating_ipv4(i));
         if let Some(ip) = fl {
             floating.push(FloatingAddr {
-                ip,
+                ip: ip.into(),
                 prefix_len: 24,
+                home: name.clone(),
+            });
+        }
+        let fl6 =
+            (role == NodeRole::Mail && spec.ipv6_floating).then(|| topology::floating_ipv6(i));
+        if let Some(ip) = fl6 {
+            floating6.push(FloatingAddr {
+                ip: ip.into(),
+                prefix_len: 64,
                 home: name.clone(),
             });
         }
@@ -703,6 +774,7 @@ pub(crate) fn plan(
             ipv6: topology::node_ipv6(i),
             dir: run_dir.join(&name),
             floating: fl,
+            floating6: fl6,
             clusterd_config: None,
             clusterd: None,
             dovecot: None,
@@ -725,7 +797,8 @@ pub(crate) fn plan(
             ipv6: topology::CLIENT_IPV6,
         },
         nodes,
-        floating,
+        floating: floating.into_iter().chain(floating6).collect(),
+        placement: spec.placement,
         netns_inodes: Vec::new(),
         clusterd_bin,
         clusterctl_bin,
@@ -763,6 +836,38 @@ mod tests {
         }
         assert_eq!(st.floating[0].ip.to_string(), "192.0.2.101");
         assert_eq!(st.floating[0].home, "mx1");
+        assert_eq!(
+            st.nodes[0].floating6, None,
+            "IPv6 floating addresses are opt-in"
+        );
         assert_eq!(st.nodes[1].ipv4.to_string(), "192.0.2.12");
+    }
+
+    #[test]
+    fn ipv6_floating_addresses_follow_the_ipv4_ones_with_the_same_homes() {
+        let spec = LabSpec {
+            ipv6_floating: true,
+            ..LabSpec::default()
+        };
+        let st = plan(&spec, "cdl0a1b2", Path::new("/run/x/cdl0a1b2"), None, None);
+        let listed: Vec<(String, u8, &str)> = st
+            .floating
+            .iter()
+            .map(|f| (f.ip.to_string(), f.prefix_len, f.home.as_str()))
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                ("192.0.2.101".to_string(), 24, "mx1"),
+                ("192.0.2.102".to_string(), 24, "mx2"),
+                ("2001:db8::101".to_string(), 64, "mx1"),
+                ("2001:db8::102".to_string(), 64, "mx2"),
+            ]
+        );
+        assert_eq!(
+            st.nodes[1].floating6.map(|a| a.to_string()).as_deref(),
+            Some("2001:db8::102")
+        );
+        assert_eq!(st.nodes[2].floating6, None, "the witness holds nothing");
     }
 }

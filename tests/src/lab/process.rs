@@ -274,14 +274,18 @@ pub fn have_program(name: &str) -> bool {
 }
 
 /// Spawn `cmd` (built with [`ns_command`]) as a daemon of ours in its own process group, with
-/// stdout and stderr written to `log`, and record its identity. `what` names it in errors
-/// ("dovecot on mx1").
+/// stdout and stderr appended to the file `log_path`, and record its identity. `what` names it
+/// in errors ("dovecot on mx1").
 pub fn spawn_logged(
     mut cmd: Command,
-    log: std::fs::File,
     log_path: &Path,
     what: &str,
 ) -> Result<(ProcId, std::process::Child)> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .ctx(|| format!("opening {}", log_path.display()))?;
     let err = log.try_clone().ctx(|| "cloning a log handle".to_owned())?;
     cmd.stdin(Stdio::null()).stdout(log).stderr(err);
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);

@@ -4,7 +4,7 @@
 //! Naming: every namespace and interface starts with the run prefix (`cdl` + 5 hex digits), the
 //! only thing the sweeper ever matches on.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -89,6 +89,10 @@ pub struct NodeState {
     pub dir: PathBuf,
     /// The floating address whose home this node is (mail nodes only).
     pub floating: Option<Ipv4Addr>,
+    /// The IPv6 floating address whose home this node is (mail nodes of a lab with IPv6
+    /// floating addresses only).
+    #[serde(default)]
+    pub floating6: Option<Ipv6Addr>,
     /// clusterd's config file, when clusterd runs in this lab.
     pub clusterd_config: Option<PathBuf>,
     /// The running clusterd process.
@@ -130,11 +134,21 @@ pub struct ClientState {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FloatingAddr {
     /// The address.
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     /// Its prefix length.
     pub prefix_len: u8,
     /// The mail node it belongs to when everything is healthy.
     pub home: String,
+}
+
+/// Where addresses go back to after a failover, as written into every node's clusterd config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Placement {
+    /// `failback = "auto"`: an address returns home once its home node has held a lease for
+    /// this long (`failback_after`).
+    AutoFailback(std::time::Duration),
+    /// `failback = "manual"`: an address stays where it is until an operator moves it.
+    ManualFailback,
 }
 
 /// Everything a running lab consists of.
@@ -155,8 +169,13 @@ pub struct LabState {
     pub client: ClientState,
     /// All nodes, mail nodes first.
     pub nodes: Vec<NodeState>,
-    /// Floating addresses, one per mail node.
+    /// Floating addresses: one IPv4 address per mail node, then one IPv6 address per mail
+    /// node when the lab has IPv6 floating addresses.
     pub floating: Vec<FloatingAddr>,
+    /// The `[placement]` section every node's clusterd config gets (`None`: clusterd's
+    /// defaults).
+    #[serde(default)]
+    pub placement: Option<Placement>,
     /// Inodes of the lab's namespaces, to find processes still inside them after teardown.
     #[serde(default)]
     pub netns_inodes: Vec<u64>,

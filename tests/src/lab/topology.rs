@@ -32,6 +32,18 @@ pub fn floating_ipv4(i: u8) -> Ipv4Addr {
     Ipv4Addr::new(192, 0, 2, 100 + i)
 }
 
+/// IPv6 floating address planned for mail node `i`: `2001:db8::(100+i)` (decimal digits, like
+/// the node addresses), so `192.0.2.101` and `2001:db8::101` belong to the same node.
+pub fn floating_ipv6(i: u8) -> Ipv6Addr {
+    let digits = u16::from_str_radix(&(100 + u16::from(i)).to_string(), 16).unwrap_or(0);
+    Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, digits)
+}
+
+/// The source address of the client-side neighbour-discovery prober: inside the lab's prefix
+/// but configured nowhere, so the answers it provokes never reach (or update) the client's own
+/// neighbour cache.
+pub const ND_PROBE_SOURCE: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 1, 0x200);
+
 /// The client's IPv4 address.
 pub const CLIENT_IPV4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 200);
 /// The client's IPv6 address.
@@ -101,6 +113,9 @@ mod tests {
         assert_eq!(node_ipv6(1).to_string(), "2001:db8::11");
         assert_eq!(node_ipv6(3).to_string(), "2001:db8::13");
         assert_eq!(floating_ipv4(2).to_string(), "192.0.2.102");
+        assert_eq!(floating_ipv6(2).to_string(), "2001:db8::102");
+        assert_eq!(floating_ipv6(16).to_string(), "2001:db8::116");
+        assert_eq!(ND_PROBE_SOURCE.to_string(), "2001:db8::1:200");
         assert_eq!(mac_for(200), "02:cd:00:00:02:c8");
     }
 }

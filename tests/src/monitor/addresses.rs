@@ -368,6 +368,7 @@ impl AddressSampler {
                 }
                 let _ = ready_tx.send(Ok(()));
                 let started = Instant::now();
+                timeline.started = Some(started);
                 let mut next = started;
                 while !stop2.load(Ordering::Relaxed) && started.elapsed() < max_duration {
                     let at = started.elapsed();

@@ -1,12 +1,17 @@
-//! The client-side ARP prober: from the client namespace, ask "who has A?" for every floating
-//! address every few milliseconds on a raw AF_PACKET socket and record which MACs answered,
-//! mapped to node names. Two MACs answering one round for one address is a duplicate as the
-//! network sees it, whatever the daemons believe.
+//! The client-side ARP and neighbour-discovery prober: from the client namespace, ask "who has
+//! A?" for every floating address every few milliseconds on a raw AF_PACKET socket (ARP for
+//! IPv4, a neighbour solicitation for IPv6) and record which MACs answered, mapped to node
+//! names. Two MACs answering one round for one address is a duplicate as the network sees it,
+//! whatever the daemons believe.
 //!
-//! Gratuitous ARP (announcements) seen on the way is recorded separately.
+//! Solicitations go out from [`ND_PROBE_SOURCE`], an address configured nowhere: the answers
+//! reach this socket but not the client's kernel, so probing never touches the client's
+//! neighbour cache (tests check that clusterd's unsolicited advertisements update it).
+//! Announcements seen on the way (gratuitous ARP, unsolicited neighbour advertisements) and the
+//! client kernel's own solicitations are recorded separately.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +27,8 @@ use nix::sys::socket::{
 };
 
 use super::holders::{HolderTimeline, Holders};
+use super::ndp::{self, ALL_NODES, ND_NEIGHBOR_ADVERT, ND_NEIGHBOR_SOLICIT};
+use crate::lab::topology::ND_PROBE_SOURCE;
 use crate::lab::{Lab, LabError, Result, netns};
 use clusterd::vip::linux::link_addr;
 
@@ -29,6 +36,8 @@ use clusterd::vip::linux::link_addr;
 pub const PROBE_EVERY: Duration = Duration::from_millis(10);
 
 const ETH_P_ARP: u16 = 0x0806;
+/// Every protocol: ARP and IPv6 on one socket, including frames the client itself sends.
+const ETH_P_ALL: u16 = 0x0003;
 
 /// Parse "aa:bb:cc:dd:ee:ff".
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
@@ -110,13 +119,55 @@ pub struct Announcement {
     pub op: u16,
 }
 
-/// What the ARP prober saw.
+/// An unsolicited neighbour advertisement seen on the wire, with the fields RFC 4861 and
+/// clusterd's design fix for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Advertisement {
+    /// When, since the prober started.
+    pub at: Duration,
+    /// The advertised address.
+    pub target: Ipv6Addr,
+    /// The advertising node (by Ethernet source; its MAC if unknown).
+    pub node: String,
+    /// Ethernet destination.
+    pub eth_dst: [u8; 6],
+    /// IPv6 destination.
+    pub dst: Ipv6Addr,
+    /// IPv6 hop limit.
+    pub hop_limit: u8,
+    /// Override flag.
+    pub override_flag: bool,
+    /// Solicited flag.
+    pub solicited: bool,
+    /// The target link-layer address option.
+    pub lladdr: Option<[u8; 6]>,
+    /// Whether the ICMPv6 checksum was right.
+    pub checksum_ok: bool,
+}
+
+/// A neighbour solicitation the client's own kernel sent for a probed address (not the
+/// prober's): the client looking the address up by itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Solicitation {
+    /// When, since the prober started.
+    pub at: Duration,
+    /// The address looked up.
+    pub target: Ipv6Addr,
+    /// Multicast (address resolution) or unicast to a cached MAC (reachability probe).
+    pub multicast: bool,
+}
+
+/// What the prober saw.
 #[derive(Debug, Clone, Default)]
 pub struct ArpLog {
-    /// Holders per round, as a timeline.
+    /// Holders per round, as a timeline (IPv4 by ARP, IPv6 by neighbour solicitation).
     pub timeline: HolderTimeline,
     /// Gratuitous ARP packets seen.
     pub announcements: Vec<Announcement>,
+    /// Unsolicited neighbour advertisements (to ff02::1) for probed IPv6 addresses.
+    pub advertisements: Vec<Advertisement>,
+    /// Solicitations the client's kernel sent for probed IPv6 addresses.
+    pub solicitations: Vec<Solicitation>,
 }
 
 /// Asks for every floating address from the client namespace until stopped.
@@ -127,7 +178,8 @@ pub struct ArpProber {
 }
 
 impl ArpProber {
-    /// Probe the lab's floating addresses every [`PROBE_EVERY`], for at most 10 minutes.
+    /// Probe the lab's floating addresses (IPv4 and IPv6) every [`PROBE_EVERY`], for at most
+    /// 10 minutes.
     pub fn start(lab: &Lab) -> Result<ArpProber> {
         let targets = lab.state().floating.iter().map(|f| f.ip).collect();
         Self::start_with(lab, targets, PROBE_EVERY, Duration::from_secs(600))
@@ -136,7 +188,7 @@ impl ArpProber {
     /// Probe `targets` every `every`; stops by itself after `max_duration`.
     pub fn start_with(
         lab: &Lab,
-        targets: Vec<Ipv4Addr>,
+        targets: Vec<IpAddr>,
         every: Duration,
         max_duration: Duration,
     ) -> Result<ArpProber> {
@@ -157,8 +209,8 @@ impl ArpProber {
             .name("arp-prober".into())
             .spawn(move || {
                 let mut log = ArpLog {
-                    timeline: HolderTimeline::new("ARP prober"),
-                    announcements: Vec::new(),
+                    timeline: HolderTimeline::new("ARP/ND prober"),
+                    ..ArpLog::default()
                 };
                 let opened = (|| -> std::result::Result<_, String> {
                     netns::enter(&client.netns).map_err(|e| e.to_string())?;
@@ -171,7 +223,7 @@ impl ArpProber {
                         SockProtocol::EthAll,
                     )
                     .map_err(|e| format!("AF_PACKET socket: {e}"))?;
-                    let addr = link_addr(ifindex, ETH_P_ARP).ok_or("bad sockaddr_ll")?;
+                    let addr = link_addr(ifindex, ETH_P_ALL).ok_or("bad sockaddr_ll")?;
                     bind(fd.as_raw_fd(), &addr).map_err(|e| format!("bind: {e}"))?;
                     Ok(fd)
                 })();
@@ -185,12 +237,16 @@ impl ArpProber {
                         return log;
                     }
                 };
-                let requests: Vec<[u8; 42]> = targets
+                let requests: Vec<Vec<u8>> = targets
                     .iter()
-                    .map(|t| arp_request(my_mac, client.ipv4, *t))
+                    .map(|t| match t {
+                        IpAddr::V4(t) => arp_request(my_mac, client.ipv4, *t).to_vec(),
+                        IpAddr::V6(t) => ndp::neighbour_solicitation(my_mac, ND_PROBE_SOURCE, *t),
+                    })
                     .collect();
                 let mut buf = [0u8; 2048];
                 let started = Instant::now();
+                log.timeline.started = Some(started);
                 let mut round_end = started;
                 while !stop2.load(Ordering::Relaxed) && started.elapsed() < max_duration {
                     let at = started.elapsed();
@@ -225,10 +281,16 @@ impl ArpProber {
                                 break;
                             }
                         };
-                        let Some(p) = parse_arp(&buf[..n]) else {
+                        let frame = &buf[..n];
+                        if let Some(p) = ndp::parse_nd(frame) {
+                            let at = started.elapsed();
+                            record_nd(&p, at, &targets, my_mac, &name_of, &mut holders, &mut log);
+                            continue;
+                        }
+                        let Some(p) = parse_arp(frame) else {
                             continue;
                         };
-                        if !targets.contains(&p.spa) {
+                        if !targets.contains(&IpAddr::V4(p.spa)) {
                             continue;
                         }
                         if p.spa == p.tpa {
@@ -274,6 +336,53 @@ impl ArpProber {
             .take()
             .and_then(|t| t.join().ok())
             .unwrap_or_default()
+    }
+}
+
+/// File one neighbour-discovery packet: an answer to the prober (a holder this round), an
+/// unsolicited advertisement, or the client kernel's own solicitation.
+fn record_nd(
+    p: &ndp::NdPacket,
+    at: Duration,
+    targets: &[IpAddr],
+    my_mac: [u8; 6],
+    name_of: &impl Fn(&[u8; 6]) -> String,
+    holders: &mut Holders,
+    log: &mut ArpLog,
+) {
+    if !targets.contains(&IpAddr::V6(p.target)) {
+        return;
+    }
+    match p.kind {
+        ND_NEIGHBOR_ADVERT if p.dst == ND_PROBE_SOURCE => {
+            let mac = p.lladdr.unwrap_or(p.eth_src);
+            holders
+                .entry(IpAddr::V6(p.target))
+                .or_default()
+                .insert(name_of(&mac));
+        }
+        ND_NEIGHBOR_ADVERT if p.dst == ALL_NODES || !p.solicited => {
+            log.advertisements.push(Advertisement {
+                at,
+                target: p.target,
+                node: name_of(&p.eth_src),
+                eth_dst: p.eth_dst,
+                dst: p.dst,
+                hop_limit: p.hop_limit,
+                override_flag: p.override_flag,
+                solicited: p.solicited,
+                lladdr: p.lladdr,
+                checksum_ok: p.checksum_ok,
+            });
+        }
+        ND_NEIGHBOR_SOLICIT if p.eth_src == my_mac && p.src != ND_PROBE_SOURCE => {
+            log.solicitations.push(Solicitation {
+                at,
+                target: p.target,
+                multicast: p.dst.is_multicast(),
+            });
+        }
+        _ => {}
     }
 }
 

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::IpAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Holders of each address at one instant (addresses with no holder are absent).
 pub type Holders = BTreeMap<IpAddr, BTreeSet<String>>;
@@ -38,6 +38,8 @@ pub struct HolderTimeline {
     pub last_sample: Duration,
     /// Errors while sampling (e.g. a namespace that vanished), with time; kept, not fatal.
     pub errors: Vec<(Duration, String)>,
+    /// When the monitor started: the origin of every time in this timeline.
+    pub started: Option<Instant>,
 }
 
 impl HolderTimeline {
@@ -59,6 +61,18 @@ impl HolderTimeline {
         if self.changes.last().map(|(_, h)| h) != Some(&holders) {
             self.changes.push((at, holders));
         }
+    }
+
+    /// An instant as a time on this timeline (zero for instants before it started).
+    pub fn time_of(&self, instant: Instant) -> Duration {
+        self.started
+            .map_or(Duration::ZERO, |s| instant.saturating_duration_since(s))
+    }
+
+    /// Whether `node` held `ip` at any sample from `from` on.
+    pub fn held_by_since(&self, ip: IpAddr, node: &str, from: Duration) -> bool {
+        let holds = |h: &Holders| h.get(&ip).is_some_and(|w| w.contains(node));
+        holds(&self.holders_at(from)) || self.changes.iter().any(|(at, h)| *at > from && holds(h))
     }
 
     /// Holders at time `t` (the last change at or before `t`).
@@ -186,6 +200,19 @@ mod tests {
         assert!(t.assert_single_holder().is_ok());
         assert_eq!(t.changes.len(), 3);
         assert_eq!(t.max_gap, Duration::from_millis(10));
+    }
+
+    #[test]
+    fn holding_since_a_time_counts_the_state_at_that_time_and_every_later_change() {
+        let mut t = HolderTimeline::new("test");
+        let ip: IpAddr = "2001:db8::101".parse().unwrap();
+        t.record(Duration::from_millis(0), h(&[("2001:db8::101", &["mx1"])]));
+        t.record(Duration::from_millis(10), h(&[("2001:db8::101", &["mx2"])]));
+        t.record(Duration::from_millis(20), h(&[]));
+        assert!(t.held_by_since(ip, "mx1", Duration::from_millis(5)));
+        assert!(!t.held_by_since(ip, "mx1", Duration::from_millis(10)));
+        assert!(t.held_by_since(ip, "mx2", Duration::from_millis(15)));
+        assert!(!t.held_by_since(ip, "mx2", Duration::from_millis(20)));
     }
 
     #[test]

@@ -1,44 +1,73 @@
 //! Invariant monitors: watch the cluster from inside (addresses configured in each node) and
-//! from outside (who answers ARP for a floating address) and report any instant at which an
-//! address had two holders.
+//! from outside (who answers ARP or neighbour solicitations for a floating address) and report
+//! any instant at which an address had two holders.
 
 pub mod addresses;
 pub mod arp;
 pub mod holders;
+pub mod ndp;
 
 pub use addresses::AddressSampler;
-pub use arp::ArpProber;
+pub use arp::{ArpLog, ArpProber};
 pub use holders::{Duplicate, HolderTimeline};
 
-/// Both invariant monitors, started together; [`Monitors::finish`] fails if either saw two
-/// holders of one address at any moment (or barely ran).
+use crate::lab::{Lab, Result};
+
+/// Both monitors, started and stopped together: what every failover test runs throughout.
 #[derive(Debug)]
 pub struct Monitors {
     sampler: AddressSampler,
-    arp: ArpProber,
+    prober: ArpProber,
+}
+
+/// What the two monitors saw.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    /// Addresses configured (and allowed by the guard) in every node namespace.
+    pub addresses: HolderTimeline,
+    /// Who answered ARP and neighbour solicitations, plus announcements, as the client saw it.
+    pub network: ArpLog,
 }
 
 impl Monitors {
-    /// Start the address sampler and the client-side ARP prober on `lab`.
-    pub fn start(lab: &crate::Lab) -> crate::lab::Result<Monitors> {
+    /// Start the address sampler and the client-side ARP/ND prober on every floating address.
+    pub fn start(lab: &Lab) -> Result<Monitors> {
         Ok(Monitors {
             sampler: AddressSampler::start(lab)?,
-            arp: ArpProber::start(lab)?,
+            prober: ArpProber::start(lab)?,
         })
     }
 
-    /// Stop both; the address sampler's timeline if neither saw a duplicate.
-    pub fn finish(self) -> Result<HolderTimeline, String> {
-        let addresses = self.sampler.stop();
-        let arp = self.arp.stop();
-        addresses.assert_single_holder()?;
-        arp.timeline.assert_single_holder()?;
-        if addresses.samples <= 20 || arp.timeline.samples <= 20 {
+    /// Stop both and require that neither saw two holders of one address at once (and that
+    /// both ran): what every failover test ends with. The error is the monitors' report.
+    pub fn finish(self) -> Result<Observed> {
+        let seen = self.stop();
+        seen.never_two_holders()
+            .map_err(crate::lab::LabError::State)?;
+        Ok(seen)
+    }
+
+    /// Stop both.
+    pub fn stop(self) -> Observed {
+        Observed {
+            addresses: self.sampler.stop(),
+            network: self.prober.stop(),
+        }
+    }
+}
+
+impl Observed {
+    /// `Ok` if neither monitor ever saw two holders of one address and both actually ran
+    /// (more than 20 samples each); otherwise a report saying what was seen, when and who.
+    pub fn never_two_holders(&self) -> std::result::Result<(), String> {
+        self.addresses.assert_single_holder()?;
+        self.network.timeline.assert_single_holder()?;
+        if self.addresses.samples <= 20 || self.network.timeline.samples <= 20 {
             return Err(format!(
-                "the monitors barely ran ({} and {} samples)",
-                addresses.samples, arp.timeline.samples
+                "monitors barely ran: {} and {} samples",
+                self.addresses.samples, self.network.timeline.samples
             ));
         }
-        Ok(addresses)
+        Ok(())
     }
 }
