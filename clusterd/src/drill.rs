@@ -54,9 +54,10 @@ pub struct Outcome {
 }
 
 /// Analyse the samples of one address and service. `moved(g)` tells whether a greeting comes
-/// from the new place (e.g. names another node); when greetings cannot tell, the first answer
-/// after a stretch without one counts.
-pub fn analyse(samples: &[Sample], moved: impl Fn(&str) -> bool) -> Outcome {
+/// from the new place (`Some(true)`: it names the node expected now) or not (`Some(false)`);
+/// `None` when the greeting names no node, and then the first answer after a stretch without
+/// one counts.
+pub fn analyse(samples: &[Sample], moved: impl Fn(&str) -> Option<bool>) -> Outcome {
     let mut unserved_ms = 0;
     let mut gap_start: Option<u64> = None;
     let mut had_gap = false;
@@ -71,7 +72,7 @@ pub fn analyse(samples: &[Sample], moved: impl Fn(&str) -> bool) -> Outcome {
                 if let Some(start) = gap_start.take() {
                     unserved_ms = unserved_ms.max(s.at_ms - start);
                 }
-                if served.is_none() && (moved(g) || had_gap) {
+                if served.is_none() && moved(g).unwrap_or(had_gap) {
                     served = Some((s.at_ms, g.clone()));
                 }
             }
@@ -479,7 +480,7 @@ pub async fn run(
 
     // Watch until every target is served again and every DNS serial moved, or the bound.
     let old = plan.node.clone();
-    let moved = |g: &str| greeter(g, names()).is_some_and(|n| n != old);
+    let moved = |g: &str| greeter(g, names()).map(|n| n != old);
     let mut reported = vec![false; wanted.len()];
     let mut dns_changed: Vec<Option<u64>> = vec![None; servers.len()];
     loop {
@@ -692,7 +693,7 @@ async fn restore_phase<'a>(
     }
     // Let the probers see the restored owner answer.
     let node = plan.node.clone();
-    let back = |g: &str| greeter(g, names.clone()).is_some_and(|n| n == node);
+    let back = |g: &str| greeter(g, names.clone()).map(|n| n == node);
     let settle = Instant::now() + Duration::from_secs(3);
     while Instant::now() < settle.min(deadline) {
         let all =
@@ -845,7 +846,7 @@ mod tests {
             s(900, Some("* OK mx2 ready")),
             s(950, Some("* OK mx2 ready")),
         ];
-        let o = analyse(&samples, |g| g.contains("mx2"));
+        let o = analyse(&samples, |g| Some(g.contains("mx2")));
         assert_eq!(o.served_ms, Some(900));
         assert_eq!(o.greeting.as_deref(), Some("* OK mx2 ready"));
         assert_eq!(o.unserved_ms, 800);
@@ -854,15 +855,28 @@ mod tests {
     #[test]
     fn a_move_without_a_visible_gap_counts_when_the_greeting_changes() {
         let samples = [s(0, Some("mx1")), s(50, Some("mx1")), s(100, Some("mx2"))];
-        let o = analyse(&samples, |g| g == "mx2");
+        let o = analyse(&samples, |g| Some(g == "mx2"));
         assert_eq!(o.served_ms, Some(100));
         assert_eq!(o.unserved_ms, 0);
     }
 
     #[test]
+    fn an_answer_from_the_old_place_after_a_gap_is_not_the_move() {
+        let samples = [
+            s(0, Some("mx2")),
+            s(50, None),
+            s(100, Some("mx2")),
+            s(150, Some("mx1")),
+        ];
+        let o = analyse(&samples, |g| Some(g == "mx1"));
+        assert_eq!(o.served_ms, Some(150));
+        assert_eq!(o.unserved_ms, 50);
+    }
+
+    #[test]
     fn never_served_again_reports_the_gap_up_to_the_last_sample() {
         let samples = [s(0, Some("mx1")), s(50, None), s(3050, None)];
-        let o = analyse(&samples, |_| false);
+        let o = analyse(&samples, |_| Some(false));
         assert_eq!(o.served_ms, None);
         assert_eq!(o.unserved_ms, 3000);
     }
@@ -870,7 +884,10 @@ mod tests {
     #[test]
     fn unchanged_greetings_without_a_gap_are_not_a_move() {
         let samples = [s(0, Some("Dovecot ready.")), s(50, Some("Dovecot ready."))];
-        assert_eq!(analyse(&samples, |_| false).served_ms, None);
+        assert_eq!(analyse(&samples, |_| None).served_ms, None);
+        // ... but after a gap, the first answer counts when greetings cannot tell.
+        let samples = [s(0, Some("ready")), s(50, None), s(100, Some("ready"))];
+        assert_eq!(analyse(&samples, |_| None).served_ms, Some(100));
     }
 
     #[test]
