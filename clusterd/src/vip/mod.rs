@@ -235,12 +235,13 @@ pub async fn run<N: NetOps>(s: Arc<Shared>, net: Arc<N>, mut stop: watch::Receiv
                         warn!(address = %f.key, "address was removed behind our back; put it back");
                     } else {
                         info!(address = %f.key, epoch, interface = %f.interface, "address added");
+                        crate::hooks::address_acquired(&s, &f.key, &f.interface, *epoch);
                     }
                     let task = tokio::spawn(announce_task(
                         net.clone(),
-                        f.interface.clone(),
-                        f.prefix.addr,
+                        f.clone(),
                         s.config.announce.clone(),
+                        s.clone(),
                     ));
                     if let Some(old) = announcing.insert(f.key.clone(), task) {
                         old.abort();
@@ -260,16 +261,18 @@ pub async fn run<N: NetOps>(s: Arc<Shared>, net: Arc<N>, mut stop: watch::Receiv
                 if let Some(task) = announcing.remove(&f.key) {
                     task.abort();
                 }
-                let why = if want.release.contains_key(&f.key) {
-                    "handed over"
+                // (log wording, hook reason)
+                let (why, token) = if want.release.contains_key(&f.key) {
+                    ("handed over", "handed_over")
                 } else if !lease_valid {
-                    "lease over"
+                    ("lease over", "lease_over")
                 } else if held_now.contains(&f.key) {
-                    "no longer ours"
+                    ("no longer ours", "no_longer_owner")
                 } else {
-                    "found configured but not held here"
+                    ("found configured but not held here", "stale")
                 };
                 info!(address = %f.key, reason = why, "address removed");
+                crate::hooks::address_released(&s, &f.key, &f.interface, token);
             }
             if let Some(epoch) = want.release.get(&f.key) {
                 released.report(&s, &f.key, *epoch, |ip, node, epoch| Command::Released {
@@ -304,7 +307,10 @@ pub async fn run<N: NetOps>(s: Arc<Shared>, net: Arc<N>, mut stop: watch::Receiv
             && list.contains(&f.prefix)
         {
             match net.remove(&f.interface, f.prefix).await {
-                Ok(()) => info!(address = %f.key, "address removed at shutdown"),
+                Ok(()) => {
+                    info!(address = %f.key, "address removed at shutdown");
+                    crate::hooks::address_released(&s, &f.key, &f.interface, "shutdown");
+                }
                 Err(e) => warn!(address = %f.key, error = %e, "cannot remove address"),
             }
         }
@@ -351,13 +357,22 @@ impl Reports {
     }
 }
 
-async fn announce_task<N: NetOps>(net: Arc<N>, iface: String, ip: IpAddr, cfg: AnnounceConfig) {
+async fn announce_task<N: NetOps>(net: Arc<N>, f: Floating, cfg: AnnounceConfig, s: Arc<Shared>) {
+    let ip = f.prefix.addr;
+    let announce = |what: &'static str| {
+        let (net, s, f) = (&net, &s, &f);
+        async move {
+            let sent = net.announce(&f.interface, ip).await;
+            s.metrics.announced(&f.key, sent.is_ok());
+            if let Err(e) = sent {
+                warn!(address = %ip, error = %e, "{what} failed");
+            }
+        }
+    };
     let start = tokio::time::Instant::now();
     for at in announce_schedule(&cfg) {
         tokio::time::sleep_until(start + at).await;
-        if let Err(e) = net.announce(&iface, ip).await {
-            warn!(address = %ip, error = %e, "announcement failed");
-        }
+        announce("announcement").await;
     }
     let refresh = cfg.refresh.get();
     if refresh.is_zero() {
@@ -365,9 +380,7 @@ async fn announce_task<N: NetOps>(net: Arc<N>, iface: String, ip: IpAddr, cfg: A
     }
     loop {
         tokio::time::sleep(refresh).await;
-        if let Err(e) = net.announce(&iface, ip).await {
-            warn!(address = %ip, error = %e, "periodic announcement failed");
-        }
+        announce("periodic announcement").await;
     }
 }
 
