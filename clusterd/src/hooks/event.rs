@@ -361,6 +361,15 @@ mod tests {
         e.environment("mx3", 7).into_iter().collect()
     }
 
+    /// `e`'s environment on mx3 as delivery 7 has these values.
+    #[track_caller]
+    fn assert_env(e: &HookEvent, expected: &[(&str, &str)]) {
+        let env = env_of(e);
+        for (name, value) in expected {
+            assert_eq!(env[name], *value, "{name}");
+        }
+    }
+
     #[test]
     fn owner_change_runs_on_the_leader_with_address_owners_epoch_and_reason() {
         let (e, runs) = HookEvent::from_history(&event(
@@ -375,21 +384,25 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(runs, Runs::Leader);
-        let env = env_of(&e);
-        assert_eq!(env["CLUSTERD_EVENT"], "owner_changed");
-        assert_eq!(env["CLUSTERD_SELF"], "mx3");
-        assert_eq!(env["CLUSTERD_NODE"], "mx2");
-        assert_eq!(env["CLUSTERD_PREVIOUS"], "mx1");
-        assert_eq!(env["CLUSTERD_ADDRESS"], "192.0.2.101/24");
-        assert_eq!(env["CLUSTERD_IP"], "192.0.2.101");
-        assert_eq!(env["CLUSTERD_EPOCH"], "5");
-        assert_eq!(env["CLUSTERD_REASON"], "lease_expired");
-        assert_eq!(env["CLUSTERD_SEQ"], "42");
-        assert_eq!(env["CLUSTERD_AT_MS"], "1700000000000");
-        assert_eq!(env["CLUSTERD_HOOK_ID"], "7");
-        assert_eq!(
-            env["CLUSTERD_MESSAGE"],
-            "192.0.2.101/24: mx1 -> mx2 (epoch 5, lease expired)"
+        assert_env(
+            &e,
+            &[
+                ("CLUSTERD_EVENT", "owner_changed"),
+                ("CLUSTERD_SELF", "mx3"),
+                ("CLUSTERD_NODE", "mx2"),
+                ("CLUSTERD_PREVIOUS", "mx1"),
+                ("CLUSTERD_ADDRESS", "192.0.2.101/24"),
+                ("CLUSTERD_IP", "192.0.2.101"),
+                ("CLUSTERD_EPOCH", "5"),
+                ("CLUSTERD_REASON", "lease_expired"),
+                ("CLUSTERD_SEQ", "42"),
+                ("CLUSTERD_AT_MS", "1700000000000"),
+                ("CLUSTERD_HOOK_ID", "7"),
+                (
+                    "CLUSTERD_MESSAGE",
+                    "192.0.2.101/24: mx1 -> mx2 (epoch 5, lease expired)",
+                ),
+            ],
         );
     }
 
@@ -406,10 +419,14 @@ mod tests {
             },
         ))
         .unwrap();
-        let env = env_of(&e);
-        assert_eq!(env["CLUSTERD_PREVIOUS"], "");
-        assert_eq!(env["CLUSTERD_IP"], "2001:db8::101");
-        assert_eq!(env["CLUSTERD_REASON"], "initial");
+        assert_env(
+            &e,
+            &[
+                ("CLUSTERD_PREVIOUS", ""),
+                ("CLUSTERD_IP", "2001:db8::101"),
+                ("CLUSTERD_REASON", "initial"),
+            ],
+        );
     }
 
     #[test]
@@ -426,13 +443,17 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(runs, Runs::On("mx2".into()));
-        let env = env_of(&e);
-        assert_eq!(env["CLUSTERD_EVENT"], "service_state");
-        assert_eq!(env["CLUSTERD_SERVICE"], "imap");
-        assert_eq!(env["CLUSTERD_STATE"], "critical");
-        assert_eq!(env["CLUSTERD_PREVIOUS"], "passing");
-        assert_eq!(env["CLUSTERD_REASON"], "connection refused");
-        assert_eq!(env["CLUSTERD_EPOCH"], "");
+        assert_env(
+            &e,
+            &[
+                ("CLUSTERD_EVENT", "service_state"),
+                ("CLUSTERD_SERVICE", "imap"),
+                ("CLUSTERD_STATE", "critical"),
+                ("CLUSTERD_PREVIOUS", "passing"),
+                ("CLUSTERD_REASON", "connection refused"),
+                ("CLUSTERD_EPOCH", ""),
+            ],
+        );
     }
 
     #[test]
@@ -535,19 +556,27 @@ mod tests {
     fn address_events_carry_interface_epoch_and_reason() {
         let a =
             HookEvent::address_acquired("mx2", "192.0.2.101/24", "eth0", 6, "lease_expired", 10);
-        let env = env_of(&a);
-        assert_eq!(env["CLUSTERD_EVENT"], "address_acquired");
-        assert_eq!(env["CLUSTERD_NODE"], "mx2");
-        assert_eq!(env["CLUSTERD_INTERFACE"], "eth0");
-        assert_eq!(env["CLUSTERD_EPOCH"], "6");
-        assert_eq!(env["CLUSTERD_STATE"], "acquired");
-        assert_eq!(env["CLUSTERD_SEQ"], "");
+        assert_env(
+            &a,
+            &[
+                ("CLUSTERD_EVENT", "address_acquired"),
+                ("CLUSTERD_NODE", "mx2"),
+                ("CLUSTERD_INTERFACE", "eth0"),
+                ("CLUSTERD_EPOCH", "6"),
+                ("CLUSTERD_STATE", "acquired"),
+                ("CLUSTERD_SEQ", ""),
+            ],
+        );
         let r =
             HookEvent::address_released("mx2", "192.0.2.101/24", "eth0", None, "lease_over", 11);
-        let env = env_of(&r);
-        assert_eq!(env["CLUSTERD_EVENT"], "address_released");
-        assert_eq!(env["CLUSTERD_REASON"], "lease_over");
-        assert_eq!(env["CLUSTERD_EPOCH"], "");
+        assert_env(
+            &r,
+            &[
+                ("CLUSTERD_EVENT", "address_released"),
+                ("CLUSTERD_REASON", "lease_over"),
+                ("CLUSTERD_EPOCH", ""),
+            ],
+        );
     }
 
     #[test]
