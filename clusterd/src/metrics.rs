@@ -165,6 +165,21 @@ impl Text {
         let _ = writeln!(self.out, " {value}");
     }
 
+    /// A whole family with one label: `name{label="key"} value` per entry.
+    pub fn labelled<K: AsRef<str>>(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        label: &str,
+        values: impl IntoIterator<Item = (K, u64)>,
+    ) {
+        self.family(name, kind, help);
+        for (key, value) in values {
+            self.sample(name, &[(label, key.as_ref())], value);
+        }
+    }
+
     /// The `_bucket`, `_sum` and `_count` lines of one histogram.
     pub fn histogram(&mut self, name: &str, labels: &[(&str, &str)], h: &Histogram) {
         let mut cumulative = 0;
@@ -364,22 +379,20 @@ pub fn render(s: &Shared) -> String {
             n,
         );
     }
-    t.family(
+    t.labelled(
         "clusterd_failovers_total",
         "counter",
         "Addresses moved from one owner to another, by reason, as applied on this node since it started.",
+        "reason",
+        lock(&s.metrics.failovers).clone(),
     );
-    for (reason, n) in lock(&s.metrics.failovers).iter() {
-        t.sample("clusterd_failovers_total", &[("reason", reason)], n);
-    }
-    t.family(
+    t.labelled(
         "clusterd_fence_attempts_total",
         "counter",
         "Fence attempts that ended, by result (fenced, failed), as applied on this node since it started.",
+        "result",
+        lock(&s.metrics.fences).clone(),
     );
-    for (result, n) in lock(&s.metrics.fences).iter() {
-        t.sample("clusterd_fence_attempts_total", &[("result", result)], n);
-    }
 
     // Health.
     t.family(

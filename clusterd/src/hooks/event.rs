@@ -79,31 +79,11 @@ impl HookEvent {
         }
     }
 
-    /// `me` configured `address` on `interface` at `epoch`; `reason` is why it became the
-    /// owner (`lease_expired`, `failback`, ...; empty if unknown).
-    pub fn address_acquired(
-        me: &str,
-        address: &str,
-        interface: &str,
-        epoch: u64,
-        reason: &str,
-        at_ms: u64,
-    ) -> Self {
-        HookEvent {
-            node: me.to_string(),
-            address: address.to_string(),
-            interface: interface.to_string(),
-            state: "acquired".into(),
-            reason: reason.to_string(),
-            epoch: Some(epoch),
-            message: format!("{me} acquired {address} on {interface} (epoch {epoch})"),
-            ..HookEvent::new(HookEventKind::AddressAcquired, at_ms)
-        }
-    }
-
-    /// `me` removed `address` from `interface`, held at `epoch` if known, because of `reason`
-    /// (`handed_over`, `lease_over`, `no_longer_owner`, `stale`, `shutdown`).
-    pub fn address_released(
+    /// `me` configured (`acquired`) or removed `address` on `interface`, at `epoch` if known.
+    /// `reason`: why it became the owner (`lease_expired`, `failback`, ...; empty if unknown),
+    /// or why it let go (`handed_over`, `lease_over`, `no_longer_owner`, `stale`, `shutdown`).
+    pub fn address(
+        acquired: bool,
         me: &str,
         address: &str,
         interface: &str,
@@ -111,15 +91,26 @@ impl HookEvent {
         reason: &str,
         at_ms: u64,
     ) -> Self {
+        let (kind, state) = if acquired {
+            (HookEventKind::AddressAcquired, "acquired")
+        } else {
+            (HookEventKind::AddressReleased, "released")
+        };
+        let why = if reason.is_empty() {
+            String::new()
+        } else {
+            format!(", {reason}")
+        };
+        let at = epoch.map(|e| format!(" (epoch {e}{why})")).unwrap_or(why);
         HookEvent {
             node: me.to_string(),
             address: address.to_string(),
             interface: interface.to_string(),
-            state: "released".into(),
+            state: state.into(),
             reason: reason.to_string(),
             epoch,
-            message: format!("{me} released {address} on {interface} ({reason})"),
-            ..HookEvent::new(HookEventKind::AddressReleased, at_ms)
+            message: format!("{me} {state} {address} on {interface}{at}"),
+            ..HookEvent::new(kind, at_ms)
         }
     }
 
@@ -197,22 +188,22 @@ impl HookEvent {
                 },
                 Runs::Leader,
             ),
-            EventKind::Fenced { node, reply, .. } => (
+            EventKind::Fenced {
+                node, reply: why, ..
+            }
+            | EventKind::FenceFailed {
+                node, error: why, ..
+            } => (
                 HookEvent {
                     node: node.clone(),
-                    state: "fenced".into(),
+                    state: if matches!(e.kind, EventKind::Fenced { .. }) {
+                        "fenced"
+                    } else {
+                        "failed"
+                    }
+                    .into(),
                     previous: "started".into(),
-                    reason: reply.clone(),
-                    ..base(HookEventKind::FenceResult)
-                },
-                Runs::Leader,
-            ),
-            EventKind::FenceFailed { node, error, .. } => (
-                HookEvent {
-                    node: node.clone(),
-                    state: "failed".into(),
-                    previous: "started".into(),
-                    reason: error.clone(),
+                    reason: why.clone(),
                     ..base(HookEventKind::FenceResult)
                 },
                 Runs::Leader,
@@ -554,8 +545,15 @@ mod tests {
 
     #[test]
     fn address_events_carry_interface_epoch_and_reason() {
-        let a =
-            HookEvent::address_acquired("mx2", "192.0.2.101/24", "eth0", 6, "lease_expired", 10);
+        let a = HookEvent::address(
+            true,
+            "mx2",
+            "192.0.2.101/24",
+            "eth0",
+            Some(6),
+            "lease_expired",
+            10,
+        );
         assert_env(
             &a,
             &[
@@ -565,16 +563,31 @@ mod tests {
                 ("CLUSTERD_EPOCH", "6"),
                 ("CLUSTERD_STATE", "acquired"),
                 ("CLUSTERD_SEQ", ""),
+                (
+                    "CLUSTERD_MESSAGE",
+                    "mx2 acquired 192.0.2.101/24 on eth0 (epoch 6, lease_expired)",
+                ),
             ],
         );
-        let r =
-            HookEvent::address_released("mx2", "192.0.2.101/24", "eth0", None, "lease_over", 11);
+        let r = HookEvent::address(
+            false,
+            "mx2",
+            "192.0.2.101/24",
+            "eth0",
+            None,
+            "lease_over",
+            11,
+        );
         assert_env(
             &r,
             &[
                 ("CLUSTERD_EVENT", "address_released"),
                 ("CLUSTERD_REASON", "lease_over"),
                 ("CLUSTERD_EPOCH", ""),
+                (
+                    "CLUSTERD_MESSAGE",
+                    "mx2 released 192.0.2.101/24 on eth0, lease_over",
+                ),
             ],
         );
     }

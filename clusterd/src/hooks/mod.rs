@@ -159,14 +159,13 @@ impl Hooks {
 
     /// Write the hook metric families.
     pub fn render_metrics(&self, t: &mut Text) {
-        t.family(
+        t.labelled(
             "clusterd_hook_runs_total",
             "counter",
             "Hook script runs on this node, by result (ok, failed, timeout, error).",
+            "result",
+            lock(&self.runs).clone(),
         );
-        for (result, n) in lock(&self.runs).iter() {
-            t.sample("clusterd_hook_runs_total", &[("result", result)], n);
-        }
         t.family(
             "clusterd_hook_events_dropped_total",
             "counter",
@@ -345,11 +344,12 @@ pub fn address_acquired(s: &Shared, address: &str, interface: &str, epoch: u64) 
             _ => None,
         })
         .unwrap_or_default();
-    s.hooks.emit(HookEvent::address_acquired(
+    s.hooks.emit(HookEvent::address(
+        true,
         &s.me,
         address,
         interface,
-        epoch,
+        Some(epoch),
         &reason,
         auth::unix_ms(),
     ));
@@ -358,7 +358,8 @@ pub fn address_acquired(s: &Shared, address: &str, interface: &str, epoch: u64) 
 /// This node removed `address` because of `reason`: record it and run `address_released`.
 pub fn address_released(s: &Shared, address: &str, interface: &str, reason: &str) {
     let epoch = s.metrics.released(address);
-    s.hooks.emit(HookEvent::address_released(
+    s.hooks.emit(HookEvent::address(
+        false,
         &s.me,
         address,
         interface,
