@@ -65,6 +65,8 @@ pub mod admin_paths {
     pub const LEASE: &str = "/v1/lease";
     /// `POST`: fence a node now (leader; an operator's `clusterctl fence`).
     pub const FENCE: &str = "/v1/fence";
+    /// `GET`: this node's metrics in the Prometheus text format (not forwarded).
+    pub const METRICS: &str = crate::metrics::PATH;
 }
 
 /// Error body of every non-2xx admin answer.
@@ -199,6 +201,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route(admin_paths::DNS, get(get_dns))
         .route(admin_paths::HEALTH, get(get_health))
         .route(admin_paths::FENCE, post(post_fence))
+        .route(admin_paths::METRICS, crate::metrics::route())
         .route("/v1/members/{name}", delete(delete_member))
         .layer(middleware::from_fn_with_state(shared.clone(), authenticate))
         .with_state(shared)

@@ -22,10 +22,12 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 mod fencing;
+mod observe;
 pub use fencing::{
     DEFAULT_WEBHOOK_BODY, FenceAgentConfig, FenceAgentKind, FencingConfig, OptionsViaKind,
     RedfishAuthKind,
 };
+pub use observe::{HookEventKind, HooksConfig, MetricsConfig};
 
 /// Default for `node.data_dir`.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/clusterd";
@@ -95,6 +97,13 @@ pub struct Config {
     /// before its addresses move. Optional; must be identical on every node.
     #[serde(default)]
     pub fencing: FencingConfig,
+    /// Programs run on transitions (address acquired or released, node down or up, service
+    /// state, fence result, ...). Optional; per node.
+    #[serde(default)]
+    pub hooks: HooksConfig,
+    /// Where Prometheus scrapes this node. Optional; per node.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
 }
 
 /// `[node]`: who this node is.
@@ -1101,6 +1110,8 @@ impl Config {
         self.check_addresses(&mut v);
         self.check_dns(&mut v);
         self.check_fencing(&mut v);
+        self.check_hooks(&mut v);
+        self.check_metrics(&mut v);
         if v.0.is_empty() {
             Ok(())
         } else {

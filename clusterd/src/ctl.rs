@@ -75,6 +75,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the node's metrics in the Prometheus text format (what `[metrics] listen` serves).
+    Metrics,
     /// Write a note into the cluster's history (e.g. "maintenance on mx2 starts").
     Note {
         /// The text.
@@ -352,6 +354,21 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<(), Failure> 
             } else {
                 write!(out, "{}", status::render_dns(&report))?;
             }
+            Ok(())
+        }
+        Command::Metrics => {
+            let client = connect(&cli)?;
+            let (code, body) = client
+                .send_raw("GET", admin_paths::METRICS, Vec::new(), &[])
+                .await?;
+            if !(200..300).contains(&code) {
+                return Err(ClientError::Api {
+                    status: code,
+                    message: String::from_utf8_lossy(&body).into_owned(),
+                }
+                .into());
+            }
+            out.write_all(&body)?;
             Ok(())
         }
         Command::Note { text } => {

@@ -89,6 +89,10 @@ pub struct Shared {
     pub probes: crate::health::LocalView,
     /// Fence agents and, while this node leads, the fence gate.
     pub fencing: crate::fence::Fencing,
+    /// The transition hooks' queue.
+    pub hooks: crate::hooks::Hooks,
+    /// Counters and histograms for `/metrics`.
+    pub metrics: crate::metrics::Registry,
 }
 
 impl std::fmt::Debug for Shared {
@@ -175,6 +179,19 @@ pub async fn run_with<N: crate::vip::NetOps>(
     net: Option<Arc<N>>,
 ) -> Result<(), RunError> {
     let key = ClusterKey::load(&config.node.key_file)?;
+    // Bound before anything starts, so a taken port stops the daemon with a clear error.
+    let metrics_listener = match config.metrics.listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| RunError::Serve {
+                    addr: format!("{addr} (metrics.listen)"),
+                    source,
+                })?,
+        ),
+        None => None,
+    };
+    let mut server_tasks = Vec::new();
     let lease_timings = config.leases.timings();
     let policy = Policy {
         auto_failback: config.placement.failback == FailbackMode::Auto,
@@ -218,6 +235,8 @@ pub async fn run_with<N: crate::vip::NetOps>(
         leases: crate::lease::Leases::new(lease_timings),
         probes: crate::health::LocalView::default(),
         fencing: crate::fence::Fencing::from_config(&config_for_fencing),
+        hooks: crate::hooks::Hooks::new(&me, &config_for_fencing.hooks),
+        metrics: crate::metrics::Registry::default(),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -240,8 +259,26 @@ pub async fn run_with<N: crate::vip::NetOps>(
     });
     info!(node = %me, "listening on {addr}");
 
+    if let Some(listener) = metrics_listener {
+        let addr = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| "?".into());
+        info!(node = %me, "metrics listening on {addr}");
+        server_tasks.push(tokio::spawn(crate::metrics::serve(
+            shared.clone(),
+            listener,
+            stop_rx.clone(),
+        )));
+    }
+    // The hook runner outlives the other duties, so that what they report while stopping (the
+    // addresses released at shutdown) still reaches the scripts.
+    let (hooks_stop, hooks_stop_rx) = watch::channel(false);
+    let hook_runner = tokio::spawn(crate::hooks::run(shared.clone(), hooks_stop_rx));
+
     let duties = tokio::spawn(duties(shared.clone(), stop_rx.clone()));
     let mut background = vec![
+        tokio::spawn(crate::hooks::observe(shared.clone(), stop_rx.clone())),
         tokio::spawn(crate::lease::placement_loop(
             shared.clone(),
             policy,
@@ -280,6 +317,11 @@ pub async fn run_with<N: crate::vip::NetOps>(
     let _ = joiner.await;
     let _ = duties.await;
     for task in background {
+        let _ = task.await;
+    }
+    let _ = hooks_stop.send(true);
+    let _ = hook_runner.await;
+    for task in server_tasks {
         let _ = task.await;
     }
     if let Err(e) = raft.shutdown().await {

@@ -121,11 +121,12 @@ pub async fn run(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         return;
     }
     let mut server_stop = stop.clone();
-    let server = tokio::spawn(clusterd_dns::serve(
+    let server = tokio::spawn(clusterd_dns::serve_counted(
         udp,
         tcp,
         rx,
         ServeOptions::default(),
+        s.metrics.dns.clone(),
         async move {
             let _ = server_stop.wait_for(|s| *s).await;
         },

@@ -1026,3 +1026,391 @@ async fn a_restarted_node_passes_nothing_until_its_checks_rise_again() {
     );
     c.stop_all().await;
 }
+
+/// Write an executable `/bin/sh` script `name` into `dir`.
+fn hook_script(dir: &std::path::Path, name: &str, body: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// A hook that appends one `|`-separated line of facts per transition to `DIR/<node>.log`.
+fn recording_hook(dir: &std::path::Path) -> std::path::PathBuf {
+    hook_script(
+        dir,
+        "record",
+        &format!(
+            "echo \"$CLUSTERD_HOOK_ID|$CLUSTERD_EVENT|$CLUSTERD_NODE|$CLUSTERD_ADDRESS|\
+             $CLUSTERD_PREVIOUS|$CLUSTERD_REASON|$CLUSTERD_EPOCH|$CLUSTERD_SEQ|$CLUSTERD_SERVICE|\
+             $CLUSTERD_STATE\" >> {}/\"$CLUSTERD_SELF\".log",
+            dir.display()
+        ),
+    )
+}
+
+/// One line written by [`recording_hook`].
+#[derive(Debug, Clone)]
+struct HookLine {
+    id: u64,
+    event: String,
+    node: String,
+    address: String,
+    previous: String,
+    reason: String,
+    seq: Option<u64>,
+    service: String,
+    state: String,
+}
+
+fn hook_lines(dir: &std::path::Path, node: &str) -> Vec<HookLine> {
+    std::fs::read_to_string(dir.join(format!("{node}.log")))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split('|').collect();
+            assert_eq!(f.len(), 10, "malformed hook line {l:?}");
+            HookLine {
+                id: f[0].parse().unwrap(),
+                event: f[1].into(),
+                node: f[2].into(),
+                address: f[3].into(),
+                previous: f[4].into(),
+                reason: f[5].into(),
+                seq: f[7].parse().ok(),
+                service: f[8].into(),
+                state: f[9].into(),
+            }
+        })
+        .collect()
+}
+
+/// Hook runs on one node are one at a time and in the order the transitions were observed:
+/// delivery numbers and history sequence numbers only go up.
+#[track_caller]
+fn assert_in_order(node: &str, lines: &[HookLine]) {
+    for pair in lines.windows(2) {
+        assert!(
+            pair[0].id < pair[1].id,
+            "{node} ran hooks out of order: {pair:?}"
+        );
+    }
+    let seqs: Vec<u64> = lines.iter().filter_map(|l| l.seq).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "{node} ran history transitions out of order: {seqs:?}"
+    );
+}
+
+fn hooks_section(scripts: &[&std::path::Path], timeout: &str) -> String {
+    let list: Vec<String> = scripts
+        .iter()
+        .map(|s| format!("\"{}\"", s.display()))
+        .collect();
+    format!(
+        "\n[hooks]\nscripts = [{}]\ntimeout = \"{timeout}\"\n",
+        list.join(", ")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_run_each_transition_once_in_order_on_the_node_it_concerns() {
+    let hooks = tempfile::tempdir().unwrap();
+    let record = recording_hook(hooks.path());
+    let section = hooks_section(&[&record], "5s");
+    let extra = move |n: &str| format!("{}{section}", two_addresses(n));
+    let names = ["n1", "n2", "n3"];
+    let mut c = Cluster::start_with(&names, &names, &extra, &names).await;
+    c.leader().await;
+    let dir = hooks.path();
+    let acquired = |node: &str| {
+        let node = node.to_string();
+        move || {
+            let line = hook_lines(dir, &node).into_iter().find(|l| {
+                l.event == "address_acquired" && l.node == node && l.address == "192.0.2.101/24"
+            });
+            async move { line }
+        }
+    };
+    // Under load the first placement may not be the home node: follow whoever holds it.
+    let first = new_holder(&c, "192.0.2.101", "").await;
+    let acquired_first = eventually(
+        "the holder's hook records acquiring .101",
+        Duration::from_secs(10),
+        acquired(&first),
+    )
+    .await;
+    assert!(
+        !acquired_first.reason.is_empty(),
+        "{:?}",
+        hook_lines(dir, &first)
+    );
+
+    c.crash_node(&first);
+    let owner = new_holder(&c, "192.0.2.101", &first).await;
+    let taken = eventually(
+        "the new owner's hook records acquiring .101",
+        Duration::from_secs(10),
+        acquired(&owner),
+    )
+    .await;
+    assert_eq!(
+        taken.reason,
+        "lease_expired",
+        "{:?}",
+        hook_lines(dir, &owner)
+    );
+    let leader = agreed_leader(&c.addrs_running(), &c.key, Some(&first)).await;
+    eventually(
+        "the leader's hook records the crashed node down",
+        Duration::from_secs(10),
+        || async {
+            hook_lines(dir, &leader)
+                .iter()
+                .any(|l| l.event == "node_down" && l.node == first)
+                .then_some(())
+        },
+    )
+    .await;
+
+    // The takeover ran as one owner_changed hook, on one node only (the leader).
+    let takeovers: Vec<(String, HookLine)> = names
+        .iter()
+        .flat_map(|n| hook_lines(dir, n).into_iter().map(|l| (n.to_string(), l)))
+        .filter(|(_, l)| {
+            l.event == "owner_changed" && l.address == "192.0.2.101/24" && l.previous == first
+        })
+        .collect();
+    assert_eq!(takeovers.len(), 1, "{takeovers:?}");
+    assert_eq!(takeovers[0].0, leader);
+    assert_eq!(
+        (takeovers[0].1.node.as_str(), takeovers[0].1.reason.as_str()),
+        (owner.as_str(), "lease_expired")
+    );
+    for n in names {
+        let lines = hook_lines(dir, n);
+        assert_in_order(n, &lines);
+        // A node runs service_state for its own checks only, and did for its imap check.
+        let services: Vec<&HookLine> = lines
+            .iter()
+            .filter(|l| l.event == "service_state")
+            .collect();
+        assert!(
+            services.iter().all(|l| l.node == n && l.service == "imap"),
+            "{n}: {services:?}"
+        );
+        assert!(
+            services.iter().any(|l| l.state == "passing"),
+            "{n} never ran service_state for its imap check passing: {lines:?}"
+        );
+    }
+    assert_eq!(c.world.violations(), Vec::<String>::new());
+    c.stop_all().await;
+}
+
+/// Wait until `ip` is held by exactly one node other than `old`, and return it.
+async fn new_holder(c: &Cluster, ip_text: &str, old: &str) -> String {
+    eventually(
+        "the address held by one (new) owner",
+        Duration::from_secs(20),
+        || async {
+            match c.world.holders(ip(ip_text)).as_slice() {
+                [one] if one != old => Some(one.clone()),
+                _ => None,
+            }
+        },
+    )
+    .await
+}
+
+/// Whether process `pid` still runs (a zombie does not).
+fn running(pid: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat.rsplit(')').next().unwrap_or("").trim().chars().next();
+    !stat.is_empty() && state != Some('Z')
+}
+
+/// `name{labels} value` lines of a Prometheus text document, comments left out.
+fn samples(text: &str) -> std::collections::BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (key, value) = l.rsplit_once(' ').expect("sample line has a value");
+            let value: f64 = value
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in {l:?}"));
+            (key.to_string(), value)
+        })
+        .collect()
+}
+
+/// This node's metrics through the signed API.
+async fn signed_metrics(client: &ApiClient) -> Option<String> {
+    let (code, body) = client
+        .send_raw("GET", "/metrics", Vec::new(), &[])
+        .await
+        .ok()?;
+    (code == 200).then(|| String::from_utf8(body).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_failing_hooks_are_cut_off_and_counted_while_later_transitions_still_run() {
+    let hooks = tempfile::tempdir().unwrap();
+    let dir = hooks.path();
+    let slow = hook_script(
+        dir,
+        "slow",
+        &format!("sleep 30 & echo $! >> {}/sleepers; wait", dir.display()),
+    );
+    let fail = hook_script(dir, "fail", "echo 'pager unreachable' >&2; exit 1");
+    let record = recording_hook(dir);
+    let section = hooks_section(&[&slow, &fail, &record], "300ms");
+    let extra = move |n: &str| format!("{}{section}", two_addresses(n));
+    let names = ["n1", "n2", "n3"];
+    let mut c = Cluster::start_with(&names, &names, &extra, &names).await;
+    c.leader().await;
+    // Each transition waits for the slow script's timeout, then the failing one, and still
+    // reaches the recording one: the address acquisitions come through.
+    for (node, ip) in [("n1", "192.0.2.101/24"), ("n2", "192.0.2.102/24")] {
+        eventually(
+            "address_acquired recorded behind the slow and failing hooks",
+            Duration::from_secs(30),
+            || async {
+                hook_lines(dir, node)
+                    .iter()
+                    .any(|l| l.event == "address_acquired" && l.address == ip)
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+    for n in names {
+        assert_in_order(n, &hook_lines(dir, n));
+    }
+    let text = eventually("n1's metrics", Duration::from_secs(5), || {
+        signed_metrics_owned(c.client("n1"))
+    })
+    .await;
+    let m = samples(&text);
+    for result in ["ok", "failed", "timeout"] {
+        let key = format!("clusterd_hook_runs_total{{result=\"{result}\"}}");
+        assert!(
+            m.get(&key).copied().unwrap_or(0.0) >= 1.0,
+            "{key} missing or zero in:\n{text}"
+        );
+    }
+    c.stop_all().await;
+    // Every `sleep 30` the slow hook started was killed with its process group.
+    let sleepers = std::fs::read_to_string(dir.join("sleepers")).unwrap();
+    let pids: Vec<i32> = sleepers.lines().map(|l| l.parse().unwrap()).collect();
+    assert!(!pids.is_empty());
+    for pid in pids {
+        assert!(!running(pid), "the slow hook's child {pid} still runs");
+    }
+}
+
+async fn signed_metrics_owned(client: ApiClient) -> Option<String> {
+    signed_metrics(&client).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_after_a_failover_show_owners_reasons_probes_and_dns_queries() {
+    let names = ["n1", "n2", "n3"];
+    let ports: std::collections::BTreeMap<String, (u16, u16)> = names
+        .iter()
+        .map(|n| (n.to_string(), (common::free_port(), common::free_port())))
+        .collect();
+    let cfg_ports = ports.clone();
+    let extra = move |n: &str| {
+        let (metrics, dns) = cfg_ports[n];
+        format!(
+            "{}\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n\n[dns]\nlisten = [\"127.0.0.1:{dns}\"]\n\n\
+             [[dns.zones]]\nname = \"mail.example.com.\"\nnames = {{ imap = [\"imap\"] }}\n",
+            two_addresses(n),
+        )
+    };
+    let mut c = Cluster::start_with(&names, &names, &extra, &names).await;
+    c.leader().await;
+    let first = new_holder(&c, "192.0.2.101", "").await;
+    c.crash_node(&first);
+    let owner = new_holder(&c, "192.0.2.101", &first).await;
+    let survivors: Vec<&str> = names.iter().copied().filter(|n| *n != first).collect();
+    let asked = survivors[0];
+    let dns_port = ports[asked].1;
+    let answer =
+        tokio::task::spawn_blocking(move || dig(dns_port, &["imap.mail.example.com", "A"]))
+            .await
+            .unwrap();
+    assert!(!answer.is_empty(), "no DNS answer from {asked}");
+
+    let http = reqwest::Client::new();
+    let scrape = |node: &str| {
+        let url = format!("http://127.0.0.1:{}/metrics", ports[node].0);
+        let http = http.clone();
+        async move {
+            let resp = http.get(&url).send().await.ok()?;
+            assert_eq!(resp.status(), 200);
+            let ctype = resp.headers()["content-type"].to_str().unwrap().to_string();
+            assert!(ctype.starts_with("text/plain; version=0.0.4"), "{ctype}");
+            resp.text().await.ok()
+        }
+    };
+    // Every survivor applied the takeover: a failover for lease_expired, n3 the owner.
+    let mut leaders = 0.0;
+    for node in survivors.iter().copied() {
+        let text = eventually("metrics after the takeover", Duration::from_secs(5), || {
+            let s = scrape(node);
+            async move {
+                let text = s.await?;
+                samples(&text)
+                    .contains_key("clusterd_failovers_total{reason=\"lease_expired\"}")
+                    .then_some(text)
+            }
+        })
+        .await;
+        let m = samples(&text);
+        let get = |k: &str| {
+            *m.get(k)
+                .unwrap_or_else(|| panic!("{node}: no sample {k} in:\n{text}"))
+        };
+        assert!(get("clusterd_failovers_total{reason=\"lease_expired\"}") >= 1.0);
+        assert_eq!(
+            get(&format!(
+                "clusterd_address_owner{{address=\"192.0.2.101/24\",owner=\"{owner}\"}}"
+            )),
+            1.0
+        );
+        assert!(get("clusterd_address_epoch{address=\"192.0.2.101/24\"}") >= 2.0);
+        let configured = get("clusterd_address_configured{address=\"192.0.2.101/24\"}");
+        assert_eq!(configured, if node == owner { 1.0 } else { 0.0 });
+        assert!(get("clusterd_raft_term") >= 1.0);
+        assert!(get("clusterd_raft_commit_index") >= 1.0);
+        assert_eq!(get("clusterd_raft_has_leader"), 1.0);
+        leaders += get("clusterd_raft_leader");
+        assert!(get("clusterd_lease_remaining_seconds") > 0.0);
+        assert_eq!(get("clusterd_check_state{check=\"imap\"}"), 0.0);
+        assert!(get("clusterd_probe_duration_seconds_count{check=\"imap\"}") >= 1.0);
+        assert!(get("clusterd_probe_duration_seconds_bucket{check=\"imap\",le=\"+Inf\"}") >= 1.0);
+        if node == owner {
+            assert!(
+                get("clusterd_announcements_total{address=\"192.0.2.101/24\",result=\"sent\"}")
+                    >= 1.0
+            );
+        }
+        if node == asked {
+            assert!(get("clusterd_dns_queries_total{qtype=\"A\",rcode=\"NOERROR\"}") >= 1.0);
+        }
+    }
+    assert_eq!(leaders, 1.0, "exactly one survivor leads");
+
+    // The same metrics on the API need the cluster signature.
+    let api = format!("http://{}/metrics", c.specs[c.index(asked)].addr);
+    let unsigned = http.get(&api).send().await.unwrap();
+    assert_eq!(unsigned.status(), 401);
+    let signed = signed_metrics(&c.client(asked))
+        .await
+        .expect("signed scrape");
+    assert!(samples(&signed).contains_key("clusterd_failovers_total{reason=\"lease_expired\"}"));
+    c.stop_all().await;
+}

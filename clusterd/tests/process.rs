@@ -60,6 +60,11 @@ struct Lab {
 
 impl Lab {
     fn start() -> Lab {
+        Self::start_with(&common::two_addresses)
+    }
+
+    /// Three daemons whose configs end with `extra(node)`.
+    fn start_with(extra: &dyn Fn(&str) -> String) -> Lab {
         let dir = tempfile::tempdir().unwrap();
         let key_path = write_key(dir.path());
         let specs = write_configs(
@@ -67,7 +72,7 @@ impl Lab {
             &key_path,
             &["n1", "n2", "n3"],
             &["n1", "n2", "n3"],
-            &common::two_addresses,
+            extra,
         );
         let children = specs
             .iter()
@@ -379,4 +384,85 @@ fn keygen_writes_a_private_key_and_refuses_to_overwrite() {
     let out = ctl(&["keygen", path_str(&path)]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_hooks_are_logged_and_metrics_are_served_plain_and_signed() {
+    use std::os::unix::fs::PermissionsExt;
+    let hooks = tempfile::tempdir().unwrap();
+    let script = hooks.path().join("notify");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\necho \"pager unreachable for $CLUSTERD_EVENT\" >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ports: std::collections::BTreeMap<String, u16> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| (n.to_string(), common::free_port()))
+        .collect();
+    let cfg_ports = ports.clone();
+    let extra = move |n: &str| {
+        format!(
+            "{}\n[hooks]\nscripts = [\"{}\"]\n\n[metrics]\nlisten = \"127.0.0.1:{}\"\n",
+            common::two_addresses(n),
+            script.display(),
+            cfg_ports[n]
+        )
+    };
+    let lab = Lab::start_with(&extra);
+    // Every node runs service_state for its own imap check once it rises: the failure is
+    // logged with the exit status and the first line the script wrote to stderr.
+    for name in ["n1", "n2", "n3"] {
+        eventually("a logged hook failure", Duration::from_secs(15), || async {
+            let log = lab.log(name);
+            log.lines()
+                .any(|l| {
+                    l.contains("hook failed")
+                        && l.contains("exit code 1")
+                        && l.contains("pager unreachable for service_state")
+                })
+                .then_some(())
+        })
+        .await;
+        let port = ports[name];
+        assert!(
+            lab.log(name)
+                .contains(&format!("metrics listening on 127.0.0.1:{port}")),
+            "{}",
+            lab.log(name)
+        );
+    }
+
+    // Prometheus scrapes the plain listener without credentials.
+    let http = reqwest::Client::new();
+    let resp = http
+        .get(format!("http://127.0.0.1:{}/metrics", ports["n1"]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("# TYPE clusterd_raft_term gauge"), "{text}");
+    assert!(
+        text.contains("clusterd_hook_runs_total{result=\"failed\"}"),
+        "{text}"
+    );
+
+    // On the API, /metrics is signed like every route: 401 without, clusterctl prints it.
+    let api = lab.specs[0].addr;
+    let resp = http
+        .get(format!("http://{api}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    let out = ctl(&["--config", path_str(&lab.specs[0].config_path), "metrics"]);
+    assert!(out.status.success(), "{out:?}");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains("clusterd_build_info{version=") && printed.contains("node=\"n1\""),
+        "{printed}"
+    );
+    drop(lab.daemons);
 }

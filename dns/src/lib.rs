@@ -13,6 +13,7 @@
 //! - [`zones`]: a snapshot compiled into records; the answer to one question (NXDOMAIN vs NODATA,
 //!   REFUSED, SOA in negative answers, glue, rotation).
 //! - [`ratelimit`]: per-source token buckets.
+//! - [`stats`]: query counters by type and response code (a shard per UDP loop, no locks).
 //! - [`server`]: the hickory-server handler (EDNS, TC, FORMERR, rate limit) and [`serve`].
 //! - `wire` (one message in, one encoded response out), `udp` (`recvmmsg`/`sendmmsg` batches)
 //!   and `tcp` (framing, idle timeout, connection cap): the transports in front of the handler.
@@ -54,6 +55,7 @@ pub mod example;
 pub mod ratelimit;
 pub mod server;
 pub mod snapshot;
+pub mod stats;
 mod tcp;
 mod udp;
 mod wire;
@@ -62,8 +64,9 @@ pub mod zones;
 pub use answers::{FailTransition, NameAnswer, NameState, fail_transitions, name_answers};
 pub use bind::{bind_tcp, bind_udp};
 pub use ratelimit::RateLimit;
-pub use server::{ServeError, ServeOptions, serve};
+pub use server::{ServeError, ServeOptions, serve, serve_counted};
 pub use snapshot::{Address, NameServer, Snapshot, SnapshotError, Srv, Zone};
+pub use stats::{QueryCount, QueryStats};
 pub use zones::{Answer, Outcome, SOA_MINIMUM, Zones};
 
 /// The hickory types that appear in this crate's API (`RecordType`, `Record`, `LowerName`, ...).

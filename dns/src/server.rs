@@ -31,6 +31,7 @@ use tracing::{debug, error, info, warn};
 use crate::answers::{NameState, fail_transitions};
 use crate::ratelimit::{Limiter, RateLimit};
 use crate::snapshot::Snapshot;
+use crate::stats::{Counted, QueryStats, Shard};
 use crate::zones::{Answer, Zones};
 
 /// How the server runs. `Default` is what the daemon should use unless configured otherwise.
@@ -79,8 +80,21 @@ pub enum ServeError {
 pub async fn serve(
     udp: Vec<UdpSocket>,
     tcp: Vec<TcpListener>,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    serve_counted(udp, tcp, snapshots, options, QueryStats::new(), shutdown).await
+}
+
+/// [`serve`], counting every query by question type and response code into `stats`, which the
+/// caller reads (e.g. for metrics) while the server runs.
+pub async fn serve_counted(
+    udp: Vec<UdpSocket>,
+    tcp: Vec<TcpListener>,
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
     options: ServeOptions,
+    stats: QueryStats,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let current = Arc::new(ArcSwap::from_pointee(Zones::empty()));
@@ -91,6 +105,8 @@ pub async fn serve(
         zones: current.clone(),
         limiter: options.rate_limit.map(|l| Arc::new(Limiter::new(l))),
         max_udp_payload: options.max_udp_payload.max(512),
+        // TCP connections share one shard; each UDP loop gets its own below.
+        stats: stats.shard(),
     };
     // UDP: one receive loop per socket answering inline (no task or channel per query); give it
     // several SO_REUSEPORT sockets (`bind_udp`) to use several cores.
@@ -100,7 +116,10 @@ pub async fn serve(
         let addr = socket.local_addr()?;
         info!(%addr, "dns listening on udp {addr}");
         let socket = Arc::new(socket);
-        let task = udp_loops.spawn(crate::udp::udp_loop(socket.clone(), handler.clone()));
+        let task = udp_loops.spawn(crate::udp::udp_loop(
+            socket.clone(),
+            handler.counting_into(stats.shard()),
+        ));
         udp_sockets.insert(task.id(), socket);
     }
     let udp_handler = handler.clone();
@@ -131,7 +150,10 @@ pub async fn serve(
                     && let Some(socket) = udp_sockets.remove(&e.id())
                 {
                     error!("dns udp loop panicked, restarting it: {e}");
-                    let task = udp_loops.spawn(crate::udp::udp_loop(socket.clone(), udp_handler.clone()));
+                    let task = udp_loops.spawn(crate::udp::udp_loop(
+                        socket.clone(),
+                        udp_handler.counting_into(stats.shard()),
+                    ));
                     udp_sockets.insert(task.id(), socket);
                 }
             }
@@ -204,6 +226,7 @@ pub(crate) struct Handler {
     zones: Arc<ArcSwap<Zones>>,
     limiter: Option<Arc<Limiter>>,
     max_udp_payload: u16,
+    stats: Arc<Shard>,
 }
 
 /// What fits into a UDP response.
@@ -220,6 +243,20 @@ const HEADER_LEN: usize = 12;
 const OPT_LEN: usize = 11;
 
 impl Handler {
+    /// This handler counting its queries into `shard` (one per UDP loop).
+    fn counting_into(&self, shard: Arc<Shard>) -> Handler {
+        Handler {
+            stats: shard,
+            ..self.clone()
+        }
+    }
+
+    /// Count a message that was answered FORMERR before it reached the handler.
+    pub(crate) fn count_malformed(&self) {
+        self.stats
+            .count(None, Counted::Answered(ResponseCode::FormErr));
+    }
+
     fn response_edns(&self, request: &Request) -> Option<Edns> {
         request.edns.as_ref().map(|theirs| {
             let mut edns = Edns::new();
@@ -286,19 +323,38 @@ impl RequestHandler for Handler {
     async fn handle_request<R: ResponseHandler, T: Time>(
         &self,
         request: &Request,
-        mut response_handle: R,
+        response_handle: R,
     ) -> ResponseInfo {
-        let udp = request.protocol() == Protocol::Udp;
-        let mut meta = Metadata::response_from_request(&request.metadata);
-
-        if udp
+        let qtype = match request.queries.queries() {
+            [q] => Some(q.query_type()),
+            _ => None,
+        };
+        if request.protocol() == Protocol::Udp
             && let Some(limiter) = &self.limiter
             && !limiter.allow(request.src().ip(), Instant::now())
         {
             debug!(src = %request.src(), "dns query over the rate limit dropped");
+            self.stats.count(qtype, Counted::Dropped);
+            let mut meta = Metadata::response_from_request(&request.metadata);
             meta.response_code = ResponseCode::Refused;
             return info_only(meta);
         }
+        let info = self.respond(request, response_handle).await;
+        self.stats
+            .count(qtype, Counted::Answered(info.response_code));
+        info
+    }
+}
+
+impl Handler {
+    /// Answer one query that passed the rate limit.
+    async fn respond<R: ResponseHandler>(
+        &self,
+        request: &Request,
+        mut response_handle: R,
+    ) -> ResponseInfo {
+        let udp = request.protocol() == Protocol::Udp;
+        let mut meta = Metadata::response_from_request(&request.metadata);
 
         let edns = self.response_edns(request);
         let mut builder = MessageResponseBuilder::new(&request.queries, None);

@@ -76,6 +76,7 @@ pub(crate) async fn answer_message(
                 return;
             }
             debug!(%src, "dns malformed query: {e}");
+            handler.count_malformed();
             let reply = Message::error_msg(
                 header.metadata.id,
                 header.metadata.op_code,

@@ -155,12 +155,13 @@ async fn check_loop(
         let Some(entry) = view.get_mut(&name) else {
             return;
         };
-        entry.last_result = match result.outcome {
+        let label = match result.outcome {
             Outcome::Ok => "ok",
             Outcome::Warning(_) => "warning",
             Outcome::Critical(_) => "critical",
-        }
-        .to_string();
+        };
+        s.metrics.probe(&name, result.latency, label);
+        entry.last_result = label.to_string();
         entry.last_reason = result.outcome.reason().to_string();
         entry.last_latency_ms = Some(latency_ms);
         entry.last_at_ms = Some(now);

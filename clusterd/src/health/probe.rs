@@ -619,8 +619,9 @@ async fn run_bounded(cmd: &[String]) -> Result<Output, String> {
     Ok(Output { status, stdout })
 }
 
-/// Kills a process group when dropped before the child was reaped.
-struct GroupKill(Option<u32>);
+/// Kills a process group when dropped before the child was reaped (set the id to `None` once
+/// it was).
+pub(crate) struct GroupKill(pub(crate) Option<u32>);
 
 impl Drop for GroupKill {
     fn drop(&mut self) {

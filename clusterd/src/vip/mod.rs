@@ -259,13 +259,17 @@ pub async fn run<N: NetOps>(s: Arc<Shared>, net: Arc<N>, mut stop: watch::Receiv
                         warn!(address = %f.key, "address was removed behind our back; put it back");
                     } else {
                         info!(address = %f.key, epoch, interface = %f.interface, "address added");
+                        crate::hooks::address_acquired(&s, &f.key, &f.interface, *epoch);
                     }
+                    let counter = s.clone();
+                    let key = f.key.clone();
                     let task = tokio::spawn(announce_task(
                         net.clone(),
                         f.interface.clone(),
                         f.prefix.addr,
                         s.config.announce.clone(),
                         allowed_rx.clone(),
+                        move |sent| counter.metrics.announced(&key, sent),
                     ));
                     if let Some(old) = announcing.insert(f.key.clone(), task) {
                         old.abort();
@@ -290,16 +294,18 @@ pub async fn run<N: NetOps>(s: Arc<Shared>, net: Arc<N>, mut stop: watch::Receiv
                     clean = false;
                     continue;
                 }
-                let why = if want.release.contains_key(&f.key) {
-                    "handed over"
+                // (log wording, hook reason)
+                let (why, token) = if want.release.contains_key(&f.key) {
+                    ("handed over", "handed_over")
                 } else if !lease_valid {
-                    "lease over"
+                    ("lease over", "lease_over")
                 } else if held_now.contains(&f.key) {
-                    "no longer ours"
+                    ("no longer ours", "no_longer_owner")
                 } else {
-                    "found configured but not held here"
+                    ("found configured but not held here", "stale")
                 };
                 info!(address = %f.key, reason = why, "address removed");
+                crate::hooks::address_released(&s, &f.key, &f.interface, token);
             }
             if let Some(epoch) = want.release.get(&f.key) {
                 released.report(&s, &f.key, *epoch, |ip, node, epoch| Command::Released {
@@ -337,7 +343,10 @@ pub async fn run<N: NetOps>(s: Arc<Shared>, net: Arc<N>, mut stop: watch::Receiv
             && list.contains(&f.prefix)
         {
             match net.remove(&f.interface, f.prefix).await {
-                Ok(()) => info!(address = %f.key, "address removed at shutdown"),
+                Ok(()) => {
+                    info!(address = %f.key, "address removed at shutdown");
+                    crate::hooks::address_released(&s, &f.key, &f.interface, "shutdown");
+                }
                 Err(e) => warn!(address = %f.key, error = %e, "cannot remove address"),
             }
         }
@@ -390,20 +399,26 @@ async fn announce_task<N: NetOps>(
     ip: IpAddr,
     cfg: AnnounceConfig,
     allowed: watch::Receiver<BTreeMap<IpAddr, Instant>>,
+    counted: impl Fn(bool) + Send + Sync + 'static,
 ) {
-    let announce = || async {
-        if !may_announce(&allowed.borrow(), ip, Instant::now()) {
-            debug!(address = %ip, "announcement skipped: the lease for it is over");
-            return;
-        }
-        if let Err(e) = net.announce(&iface, ip).await {
-            warn!(address = %ip, error = %e, "announcement failed");
+    let announce = |what: &'static str| {
+        let (net, iface, allowed, counted) = (&net, &iface, &allowed, &counted);
+        async move {
+            if !may_announce(&allowed.borrow(), ip, Instant::now()) {
+                debug!(address = %ip, "{what} skipped: the lease for it is over");
+                return;
+            }
+            let sent = net.announce(iface, ip).await;
+            counted(sent.is_ok());
+            if let Err(e) = sent {
+                warn!(address = %ip, error = %e, "{what} failed");
+            }
         }
     };
     let start = tokio::time::Instant::now();
     for at in announce_schedule(&cfg) {
         tokio::time::sleep_until(start + at).await;
-        announce().await;
+        announce("announcement").await;
     }
     let refresh = cfg.refresh.get();
     if refresh.is_zero() {
@@ -411,7 +426,7 @@ async fn announce_task<N: NetOps>(
     }
     loop {
         tokio::time::sleep(refresh).await;
-        announce().await;
+        announce("periodic announcement").await;
     }
 }
 
@@ -548,7 +563,7 @@ mod tests {
             refresh: crate::config::Millis::from_millis(0),
         };
         let start = Instant::now();
-        let task = tokio::spawn(announce_task(net, "eth0".into(), ip, cfg, rx));
+        let task = tokio::spawn(announce_task(net, "eth0".into(), ip, cfg, rx, |_| {}));
         // The burst goes out while the address is allowed.
         while world.announcements("mx1", ip) < 3 {
             assert!(start.elapsed() < Duration::from_secs(1), "no burst");
