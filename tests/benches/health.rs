@@ -14,12 +14,11 @@
 //! (`-- --runs N`, default 20).
 #![allow(clippy::print_stdout)]
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clusterd_tests::lab::testing::TestLab;
-use clusterd_tests::probe::greeting_node;
 use clusterd_tests::{Fault, LabSpec, Service};
 
 const FLOATING: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 101);
@@ -40,7 +39,8 @@ fn main() -> Result<()> {
         ),
         ..LabSpec::default()
     })?;
-    wait_greeter(&lab, "mx1", Duration::from_secs(30)).context("mx1 never served .101")?;
+    lab.wait_for_greeter(IpAddr::V4(FLOATING), "mx1", Duration::from_secs(30))
+        .context("mx1 never served .101")?;
     // Let every check rise before measuring.
     std::thread::sleep(Duration::from_secs(3));
 
@@ -52,7 +52,7 @@ fn main() -> Result<()> {
         let other = if owner == "mx1" { "mx2" } else { "mx1" };
         let stopped = Instant::now();
         lab.fault(owner, Fault::ServiceStop(Service::Dovecot))?;
-        wait_greeter(&lab, other, Duration::from_secs(20))
+        lab.wait_for_greeter(IpAddr::V4(FLOATING), other, Duration::from_secs(20))
             .with_context(|| format!("run {run}: {other} never greeted on {FLOATING}"))?;
         let took = stopped.elapsed();
         times.push(took);
@@ -103,23 +103,6 @@ fn main() -> Result<()> {
         }
     );
     Ok(())
-}
-
-/// Poll the IMAP greeting on the floating address from the client until `node` greets.
-fn wait_greeter(lab: &TestLab, node: &str, within: Duration) -> Result<()> {
-    let start = Instant::now();
-    let addr = SocketAddr::new(IpAddr::V4(FLOATING), 143);
-    while start.elapsed() < within {
-        let g = lab
-            .greeting_from("client", addr, Duration::from_millis(200))?
-            .ok()
-            .and_then(|g| greeting_node(&g));
-        if g.as_deref() == Some(node) {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    bail!("{node} did not greet on {FLOATING} within {within:?}")
 }
 
 struct Cpu {

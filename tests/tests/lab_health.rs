@@ -13,7 +13,7 @@ use clusterd::model::{EventKind, Health, MoveReason};
 use clusterd::status::StatusReport;
 use clusterd_tests::lab::testing::TestLab;
 use clusterd_tests::monitor::Monitors;
-use clusterd_tests::probe::{greeting_node, imap_session, pop3_session, smtp_send};
+use clusterd_tests::probe::{imap_session, pop3_session, smtp_send};
 use clusterd_tests::{Fault, LabSpec, Service};
 
 const FLOATING_MX1: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 101);
@@ -68,16 +68,6 @@ fn owner(r: &StatusReport, key: &str) -> Option<(String, u64)> {
         .and_then(|a| Some((a.owner.clone()?, a.epoch)))
 }
 
-/// The node named in the IMAP greeting on `ip:143` from the client namespace.
-fn imap_greeter(lab: &TestLab, ip: Ipv4Addr) -> Option<String> {
-    let addr = SocketAddr::new(IpAddr::V4(ip), 143);
-    let g = lab
-        .greeting_from("client", addr, Duration::from_millis(500))
-        .ok()?
-        .ok()?;
-    greeting_node(&g)
-}
-
 fn wait_all_passing(lab: &TestLab) -> Result<()> {
     wait(
         "every service passing and each address at home",
@@ -89,7 +79,8 @@ fn wait_all_passing(lab: &TestLab) -> Result<()> {
                     .iter()
                     .all(|c| health(&r, n, c) == Some(Health::Passing))
             });
-            (passing && imap_greeter(lab, FLOATING_MX1).as_deref() == Some("mx1")).then_some(())
+            (passing && lab.imap_greeter(IpAddr::V4(FLOATING_MX1)).as_deref() == Some("mx1"))
+                .then_some(())
         },
     )
 }
@@ -186,7 +177,7 @@ fn dovecot_stopped_on_the_owner_moves_its_address_and_it_returns_after_the_hold_
     // dovecot comes back: the address returns home, but only after the hold-down.
     lab.fault("mx1", Fault::ServiceStart(Service::Dovecot))?;
     wait("mx1 greets on .101 again", Duration::from_secs(30), || {
-        (imap_greeter(&lab, FLOATING_MX1).as_deref() == Some("mx1")).then_some(())
+        (lab.imap_greeter(IpAddr::V4(FLOATING_MX1)).as_deref() == Some("mx1")).then_some(())
     })?;
     let r = status(&lab, "mx2")?;
     let up = last_passing(&r, "mx1", "imap").context("mx1 imap passing again in history")?;
@@ -280,7 +271,7 @@ fn a_black_holed_imap_port_is_critical_after_fall_times_interval_and_the_address
     let blocked = Instant::now();
     lab.fault("mx1", Fault::BlockPort(143))?;
     wait("mx2 greets on .101", Duration::from_secs(15), || {
-        (imap_greeter(&lab, FLOATING_MX1).as_deref() == Some("mx2")).then_some(())
+        (lab.imap_greeter(IpAddr::V4(FLOATING_MX1)).as_deref() == Some("mx2")).then_some(())
     })?;
     eprintln!(
         "IMAP port of mx1 black-holed; mx2 greets on {FLOATING_MX1} after {:?}",

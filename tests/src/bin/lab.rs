@@ -350,12 +350,7 @@ fn demo(
     // The address failover a mail client sees: kill the daemon holding mx1's home address.
     let floating = lab.floating_of("mx1")?;
     let imap = std::net::SocketAddr::new(std::net::IpAddr::V4(floating), 143);
-    let greeter = |lab: &Lab| {
-        lab.greeting_from("client", imap, Duration::from_millis(300))
-            .ok()
-            .and_then(|g| g.ok())
-            .and_then(|g| clusterd_tests::probe::greeting_node(&g))
-    };
+    let greeter = |lab: &Lab| lab.imap_greeter(imap.ip());
     let waiting = Instant::now();
     let mut owner = None;
     while waiting.elapsed() < timeout {
