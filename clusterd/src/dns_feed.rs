@@ -34,7 +34,7 @@ pub fn snapshot(dns: &DnsConfig, state: &State) -> Snapshot {
                     .spec
                     .services
                     .iter()
-                    .filter(|c| state.health_of(owner, c).is_some_and(|h| h.health.is_up()))
+                    .filter(|c| state.check_up(owner, c))
                     .cloned()
                     .collect(),
                 _ => BTreeSet::new(),

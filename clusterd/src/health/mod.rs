@@ -166,15 +166,12 @@ async fn check_loop(
         entry.last_latency_ms = Some(latency_ms);
         entry.last_at_ms = Some(now);
         if let Some(health) = transition {
-            let log = |msg: &str| {
-                let reason = result.outcome.reason();
-                match health {
-                    Health::Critical => warn!(check = %name, %health, reason, latency_ms, "{msg}"),
-                    Health::Warning => warn!(check = %name, %health, reason, latency_ms, "{msg}"),
-                    _ => info!(check = %name, %health, reason, latency_ms, "{msg}"),
-                }
-            };
-            log("service health changed");
+            let reason = result.outcome.reason();
+            if matches!(health, Health::Critical | Health::Warning) {
+                warn!(check = %name, %health, reason, latency_ms, "service health changed");
+            } else {
+                info!(check = %name, %health, reason, latency_ms, "service health changed");
+            }
             entry.health = health;
             entry.since_ms = now;
             entry.reason = result.outcome.reason().to_string();

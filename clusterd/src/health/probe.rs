@@ -182,7 +182,12 @@ impl Probe {
             *step = "TLS handshake";
             conn = self.upgrade(conn).await?;
         }
-        let keep_open = self.login.is_some();
+        // A test login follows on the same session (IMAP and POP3 only).
+        let keep_open = self.login.is_some()
+            && matches!(
+                self.kind,
+                CheckKind::Imap | CheckKind::Imaps | CheckKind::Pop3 | CheckKind::Pop3s
+            );
         match self.kind {
             CheckKind::Smtp | CheckKind::Submission | CheckKind::Smtps | CheckKind::Lmtp => {
                 self.smtp(&mut conn, step).await?;
@@ -204,14 +209,9 @@ impl Probe {
             }
             CheckKind::Tcp | CheckKind::Exec => {}
         }
-        let not_after = conn.not_after;
-        let session = matches!(
-            self.kind,
-            CheckKind::Imap | CheckKind::Imaps | CheckKind::Pop3 | CheckKind::Pop3s
-        ) && keep_open;
         Ok(Core {
-            not_after,
-            session: session.then_some(conn),
+            not_after: conn.not_after,
+            session: keep_open.then_some(conn),
             warning: None,
         })
     }

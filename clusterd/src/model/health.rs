@@ -86,11 +86,10 @@ impl State {
         self.health.get(node).and_then(|m| m.get(check))
     }
 
-    /// Whether every service in `services` is up on `node` (true for none).
-    pub fn passes(&self, node: &str, services: &[String]) -> bool {
-        services
-            .iter()
-            .all(|c| self.health_of(node, c).is_some_and(|h| h.health.is_up()))
+    /// Whether `check` is up (passing or warning) on `node`.
+    pub fn check_up(&self, node: &str, check: &str) -> bool {
+        self.health_of(node, check)
+            .is_some_and(|h| h.health.is_up())
     }
 
     /// The services of `services` that are critical on `node`.
@@ -259,8 +258,7 @@ mod tests {
     #[test]
     fn a_node_that_never_reported_passes_nothing_but_an_address_without_services() {
         let s = state();
-        assert!(!s.passes("mx1", &svc(&["imap"])));
-        assert!(s.passes("mx1", &[]));
+        assert!(!s.check_up("mx1", "imap"));
         assert!(s.eligible("mx1", &[], 0, 1000));
         assert!(s.failing("mx1", &svc(&["imap"])).is_empty());
     }
@@ -270,8 +268,8 @@ mod tests {
         let mut s = state();
         report(&mut s, "mx1", "imap", Health::Warning, 10);
         report(&mut s, "mx1", "smtp", Health::Critical, 10);
-        assert!(s.passes("mx1", &svc(&["imap"])));
-        assert!(!s.passes("mx1", &svc(&["imap", "smtp"])));
+        assert!(s.check_up("mx1", "imap"));
+        assert!(!s.check_up("mx1", "smtp"));
         assert_eq!(s.failing("mx1", &svc(&["imap", "smtp"])), vec!["smtp"]);
     }
 
@@ -284,7 +282,7 @@ mod tests {
             at_ms: 5,
         });
         assert_eq!(s.health_of("mx1", "imap").unwrap().health, Health::Pending);
-        assert!(!s.passes("mx1", &svc(&["imap"])));
+        assert!(!s.check_up("mx1", "imap"));
         assert!(s.failing("mx1", &svc(&["imap"])).is_empty());
     }
 
