@@ -168,6 +168,27 @@ impl Cluster {
         }
     }
 
+    /// A planned move of `ip` to `to` through n2's propose API; waits until `to` holds it.
+    async fn move_and_wait(&self, ip_key: &str, to: &str) {
+        let client = self.client("n2");
+        let cmd = clusterd::model::Command::RequestMove {
+            ip: ip_key.into(),
+            to: to.into(),
+            by: "test".into(),
+            at_ms: clusterd::auth::unix_ms(),
+        };
+        let _: Applied = with_retries(|| client.post("/v1/propose", &cmd))
+            .await
+            .unwrap();
+        let addr = ip(ip_key.split('/').next().unwrap());
+        eventually(
+            "the moved address served by its target",
+            Duration::from_secs(5),
+            || async { (self.world.holders(addr) == [to]).then_some(()) },
+        )
+        .await;
+    }
+
     async fn stop_all(&mut self) {
         for n in self.nodes.iter_mut() {
             if let Some(n) = n.take() {
@@ -670,20 +691,7 @@ async fn address_removed_by_hand_is_put_back_and_planned_move_hands_over() {
     .await;
 
     // A planned move through the propose API: the old owner releases, the new owner adds.
-    let client = c.client("n2");
-    let cmd = clusterd::model::Command::RequestMove {
-        ip: "192.0.2.101/24".into(),
-        to: "n3".into(),
-        by: "test".into(),
-        at_ms: clusterd::auth::unix_ms(),
-    };
-    let _: Applied = with_retries(|| client.post("/v1/propose", &cmd))
-        .await
-        .unwrap();
-    eventually("n3 serves .101", Duration::from_secs(5), || async {
-        (c.world.holders(ip("192.0.2.101")) == ["n3"]).then_some(())
-    })
-    .await;
+    c.move_and_wait("192.0.2.101/24", "n3").await;
     let unserved = eventually(
         "the move's unserved time",
         Duration::from_secs(5),
@@ -797,20 +805,7 @@ async fn dns_on_every_node_answers_what_is_served_and_its_serial_follows_moves()
     assert_eq!(srv, "0 1 143 imap.mail.example.com.");
     let before = serials[0].unwrap();
 
-    let client = c.client("n2");
-    let cmd = clusterd::model::Command::RequestMove {
-        ip: "192.0.2.101/24".into(),
-        to: "n3".into(),
-        by: "test".into(),
-        at_ms: clusterd::auth::unix_ms(),
-    };
-    let _: Applied = with_retries(|| client.post("/v1/propose", &cmd))
-        .await
-        .unwrap();
-    eventually("n3 serves .101", Duration::from_secs(5), || async {
-        (c.world.holders(ip("192.0.2.101")) == ["n3"]).then_some(())
-    })
-    .await;
+    c.move_and_wait("192.0.2.101/24", "n3").await;
     let moved = std::time::Instant::now();
     for port in ports.values() {
         let port = *port;

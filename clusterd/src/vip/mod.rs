@@ -438,20 +438,10 @@ pub fn parse_key(key: &str) -> Option<IpPrefix> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{AddressSpec, Member, MoveReason, Role};
+    use crate::model::{AddressSpec, MoveReason};
 
     fn state() -> State {
-        let mut s = State::default();
-        s.set_membership(["mx1", "mx2"].map(|n| {
-            (
-                Member {
-                    name: n.into(),
-                    addr: String::new(),
-                    role: Role::Mail,
-                },
-                true,
-            )
-        }));
+        let mut s = crate::model::test_state(&["mx1", "mx2"], &[]);
         s.apply(&Command::SetAddresses {
             by: "mx1".into(),
             addresses: vec![AddressSpec {
