@@ -243,17 +243,10 @@ fn port_of(config: Option<&Config>, service: &str) -> Option<u16> {
     if let Some(c) = config.and_then(|c| c.checks.get(service)) {
         return c.effective_port();
     }
-    let kind = match service {
-        "smtp" => CheckKind::Smtp,
-        "submission" => CheckKind::Submission,
-        "smtps" => CheckKind::Smtps,
-        "imap" => CheckKind::Imap,
-        "imaps" => CheckKind::Imaps,
-        "pop3" => CheckKind::Pop3,
-        "pop3s" => CheckKind::Pop3s,
-        "lmtp" => CheckKind::Lmtp,
-        _ => return None,
-    };
+    // A service named like a check kind (imap, smtp, ...) is on that kind's port.
+    let kind = CheckKind::ALL
+        .into_iter()
+        .find(|k| k.to_string() == service)?;
     kind.default_port()
 }
 

@@ -333,6 +333,20 @@ fn pick(bmcs: &Bmcs, node: Option<&str>) -> Option<Arc<Bmc>> {
 }
 
 /// Common checks: fault mode and authentication.
+/// The BMC a request is for, if it exists and lets the request in (else the error answer).
+fn admitted(
+    bmcs: &Bmcs,
+    node: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Arc<Bmc>, Box<Response>> {
+    let bmc =
+        pick(bmcs, node).ok_or_else(|| redfish_error(StatusCode::NOT_FOUND, "no such BMC"))?;
+    match gate(&bmc, headers) {
+        Some(refused) => Err(Box::new(refused)),
+        None => Ok(bmc),
+    }
+}
+
 fn gate(bmc: &Bmc, headers: &HeaderMap) -> Option<Response> {
     *lock(&bmc.requests) += 1;
     if bmc.mode() == BmcMode::Failing {
@@ -393,12 +407,10 @@ async fn logout(
     headers: HeaderMap,
     UrlPath(_id): UrlPath<String>,
 ) -> Response {
-    let Some(bmc) = pick(&bmcs, node.as_deref()) else {
-        return redfish_error(StatusCode::NOT_FOUND, "no such BMC");
+    let bmc = match admitted(&bmcs, node.as_deref(), &headers) {
+        Ok(b) => b,
+        Err(r) => return *r,
     };
-    if let Some(r) = gate(&bmc, &headers) {
-        return r;
-    }
     if let Some(t) = headers.get("x-auth-token").and_then(|v| v.to_str().ok()) {
         lock(&bmc.sessions).remove(t);
     }
@@ -409,11 +421,8 @@ async fn systems(
     State((bmcs, node)): State<(Bmcs, Option<String>)>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(bmc) = pick(&bmcs, node.as_deref()) else {
-        return redfish_error(StatusCode::NOT_FOUND, "no such BMC");
-    };
-    if let Some(r) = gate(&bmc, &headers) {
-        return r;
+    if let Err(r) = admitted(&bmcs, node.as_deref(), &headers) {
+        return *r;
     }
     axum::Json(json!({
         "@odata.id": "/redfish/v1/Systems",
@@ -427,12 +436,10 @@ async fn system(
     State((bmcs, node)): State<(Bmcs, Option<String>)>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(bmc) = pick(&bmcs, node.as_deref()) else {
-        return redfish_error(StatusCode::NOT_FOUND, "no such BMC");
+    let bmc = match admitted(&bmcs, node.as_deref(), &headers) {
+        Ok(b) => b,
+        Err(r) => return *r,
     };
-    if let Some(r) = gate(&bmc, &headers) {
-        return r;
-    }
     axum::Json(json!({
         "@odata.id": "/redfish/v1/Systems/1",
         "Id": "1",
@@ -453,12 +460,10 @@ async fn reset(
     headers: HeaderMap,
     axum::Json(body): axum::Json<Value>,
 ) -> Response {
-    let Some(bmc) = pick(&bmcs, node.as_deref()) else {
-        return redfish_error(StatusCode::NOT_FOUND, "no such BMC");
+    let bmc = match admitted(&bmcs, node.as_deref(), &headers) {
+        Ok(b) => b,
+        Err(r) => return *r,
     };
-    if let Some(r) = gate(&bmc, &headers) {
-        return r;
-    }
     let on = match body["ResetType"].as_str() {
         Some("On") => true,
         Some("ForceOff") => false,
