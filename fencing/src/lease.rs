@@ -6,8 +6,11 @@
 //!
 //! - A holder measures its lease from when it *sent* the renewal, on its monotonic clock, and
 //!   acts on it for `lease * (1 - drift) - margin` at most ([`LeaseTimings::holder_deadline`]).
-//!   Its kernel guard (nftables set element) is given the time left until that deadline, so the
-//!   kernel closes even if the daemon freezes.
+//!   Its kernel guard (nftables set element) is given the time left until that deadline, less
+//!   [`GUARD_WRITE_WINDOW`], so the kernel closes even if the daemon freezes. A guard write is
+//!   only accepted by the kernel within that window of the moment its timeout was computed
+//!   ([`guard_kernel_timeout`]), so a write delayed by a freeze or CPU starvation can never
+//!   keep the guard open past the deadline.
 //! - The leader grants only while a quorum acknowledged it within `quorum_fresh`
 //!   ([`LeaseTimings::may_grant`]), so a cut-off leader stops granting.
 //! - The leader treats a holder's lease as over `lease * (1 + drift) + margin` after its last
@@ -27,6 +30,23 @@ use std::time::{Duration, Instant};
 /// How late the kernel removes an address whose `valid_lft` ran out (its address-expiry work
 /// runs about once a second).
 pub const KERNEL_LIFETIME_LATENESS: Duration = Duration::from_secs(2);
+
+/// How long after computing a guard timeout its write may still reach the kernel. The daemon
+/// first places a token in the guard that expires after this window, reads the clock, and then
+/// sends the timeout in one transaction with the token's removal: a transaction arriving later
+/// finds no token and is refused as a whole. The timeout given is the time left less this
+/// window, so whenever the kernel accepts it the guard closes by the holder's deadline.
+pub const GUARD_WRITE_WINDOW: Duration = Duration::from_millis(100);
+
+/// The timeout to write into the kernel guard at `now` for an allowance that must end by
+/// `until`: the time left less [`GUARD_WRITE_WINDOW`]. `None` when nothing is left, and the
+/// guard must close.
+pub fn guard_kernel_timeout(until: Instant, now: Instant) -> Option<Duration> {
+    let left = until
+        .checked_duration_since(now)?
+        .checked_sub(GUARD_WRITE_WINDOW)?;
+    (!left.is_zero()).then_some(left)
+}
 
 /// What enforces a lease in the kernel when the daemon cannot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -214,6 +234,22 @@ impl LeaseTimings {
                 ),
             );
         }
+        if self.guard == Guard::Nftables
+            && self.renew_every * 2 + GUARD_WRITE_WINDOW > self.holder_validity()
+        {
+            push(
+                "renew_every",
+                format!(
+                    "the kernel guard opens for the usable lease ({} ms) less its {} ms write \
+                     window, which must outlast two renewal periods of {} ms so one lost \
+                     renewal does not close it; renew at most every {} ms or lengthen the lease",
+                    ms(self.holder_validity()),
+                    ms(GUARD_WRITE_WINDOW),
+                    ms(self.renew_every),
+                    ms(self.holder_validity().saturating_sub(GUARD_WRITE_WINDOW) / 2)
+                ),
+            );
+        }
         if self.quorum_fresh.is_zero() || self.quorum_fresh * 2 > self.lease {
             push(
                 "quorum_fresh",
@@ -290,6 +326,43 @@ mod tests {
         assert_eq!(t().guard_timeout(sent, sent + ms(100)), Some(ms(642)));
         assert_eq!(t().guard_timeout(sent, sent + ms(742)), None);
         assert_eq!(t().guard_timeout(sent, sent + ms(5000)), None);
+    }
+
+    #[test]
+    fn kernel_guard_timeout_leaves_the_write_window_before_the_deadline() {
+        let now = Instant::now();
+        let until = now + ms(742);
+        assert_eq!(guard_kernel_timeout(until, now), Some(ms(642)));
+        // A write that reaches the kernel as late as it may (the window after `now`) still
+        // closes by the deadline.
+        let latest_accepted = now + GUARD_WRITE_WINDOW;
+        assert!(latest_accepted + guard_kernel_timeout(until, now).unwrap() <= until);
+        assert_eq!(guard_kernel_timeout(until, until - ms(100)), None);
+        assert_eq!(guard_kernel_timeout(until, until - ms(101)), Some(ms(1)));
+        assert_eq!(guard_kernel_timeout(until, until), None);
+        assert_eq!(guard_kernel_timeout(until, until + ms(1)), None);
+    }
+
+    #[test]
+    fn the_guard_must_outlast_two_renewal_periods() {
+        // A 300 ms lease is usable for 247 ms; less the 100 ms window, renewals every 73 ms
+        // fit twice, every 74 ms do not (while three tries per lease would still fit).
+        let at = |renew| LeaseTimings {
+            lease: ms(300),
+            renew_every: ms(renew),
+            ..t()
+        };
+        assert_eq!(at(73).problems(), vec![]);
+        let problems = at(74).problems();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].field, "renew_every");
+        assert!(problems[0].message.contains("write window"), "{problems:?}");
+        // Only the address lifetime guards: no write window to leave.
+        let lifetime_only = LeaseTimings {
+            guard: Guard::LifetimeOnly,
+            ..at(74)
+        };
+        assert_eq!(lifetime_only.problems(), vec![]);
     }
 
     #[test]

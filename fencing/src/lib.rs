@@ -16,5 +16,5 @@ pub mod webhook;
 
 pub use agent::{FenceError, FenceOptions, Fencer, PowerAction, Secret, fence};
 pub use gate::{Backoff, FenceGate, GateDecision};
-pub use lease::{Guard, LeaseTimings, TimingProblem};
+pub use lease::{GUARD_WRITE_WINDOW, Guard, LeaseTimings, TimingProblem, guard_kernel_timeout};
 pub use tls::Trust;

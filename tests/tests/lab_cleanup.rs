@@ -7,7 +7,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Output;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use clusterd::config::IpPrefix;
@@ -62,18 +62,13 @@ fn cleanup_removes_a_dead_daemons_addresses_and_guard_with_only_the_units_capabi
         floating.iter().map(|p| p.addr).collect::<Vec<_>>(),
         floating[0],
     );
-    netns::run_in(&node.netns, move || -> Result<()> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(async {
-            let net = LinuxNet::new()?;
-            net.guard_setup(&ips).await?;
-            net.guard_allow(&[(held.addr, Duration::from_secs(600))])
-                .await?;
-            net.add(&iface, held, 600).await?;
-            Ok::<(), anyhow::Error>(())
-        })
+    netns::block_on_in(&node.netns, move || async move {
+        let net = LinuxNet::new()?;
+        net.guard_setup(&ips).await?;
+        net.guard_allow(&[held.addr], Instant::now() + Duration::from_secs(600))
+            .await?;
+        net.add(&iface, held, 600).await?;
+        Ok::<(), anyhow::Error>(())
     })??;
     let addresses = || lab.ip("mx1", &["-o", "addr", "show", "dev", &node.iface]);
     let tables = || -> Result<String> {

@@ -92,10 +92,10 @@ mod tests {
         net.guard_setup(&[addr("192.0.2.101/24").addr])
             .await
             .unwrap();
-        net.guard_allow(&[(
-            addr("192.0.2.101/24").addr,
-            std::time::Duration::from_secs(60),
-        )])
+        net.guard_allow(
+            &[addr("192.0.2.101/24").addr],
+            std::time::Instant::now() + std::time::Duration::from_secs(60),
+        )
         .await
         .unwrap();
         net.add("eth0", addr("192.0.2.101/24"), 5).await.unwrap();

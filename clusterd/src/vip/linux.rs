@@ -5,6 +5,13 @@
 //! unless it is in the `held4`/`held6` sets, and table `arp clusterd_guard` drops ARP for it
 //! unless it is in `held`. Set elements carry the time left on the lease as their timeout, so
 //! the kernel closes the guard when the lease ends even if this daemon is frozen or dead.
+//!
+//! A timeout is a duration, counted from when the kernel applies it, so a write delayed after
+//! its timeout was computed would stretch the allowance. Every opening write therefore comes in
+//! two steps ([`LinuxNet::guard_arm`], [`LinuxNet::guard_commit`]): a token that expires after
+//! [`GUARD_WRITE_WINDOW`] goes into the `fresh` set; then the clock is read, and the timeout
+//! (time left less the window) is written in one transaction with the token's deletion. A
+//! transaction that arrives after the token expired fails as a whole and changes nothing.
 
 #![allow(unsafe_code)]
 
@@ -14,8 +21,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV6};
 use std::os::fd::AsRawFd;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use clusterd_fencing::{GUARD_WRITE_WINDOW, guard_kernel_timeout};
 
 use futures_util::TryStreamExt;
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, CacheInfo};
@@ -37,7 +47,13 @@ pub struct LinuxNet {
     handle: rtnetlink::Handle,
     links: Mutex<HashMap<String, (u32, [u8; 6])>>,
     nft: Mutex<Option<Nft>>,
+    tokens: AtomicU32,
 }
+
+/// Proof that a guard write was armed: the token placed in the guard's `fresh` set, valid
+/// in the kernel for [`GUARD_WRITE_WINDOW`] after it was acknowledged.
+#[derive(Debug)]
+pub struct GuardToken(u32);
 
 impl std::fmt::Debug for LinuxNet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -55,7 +71,50 @@ impl LinuxNet {
             handle,
             links: Mutex::new(HashMap::new()),
             nft: Mutex::new(None),
+            tokens: AtomicU32::new(1),
         })
+    }
+
+    /// First step of opening the guard: place a fresh token that the kernel forgets after
+    /// [`GUARD_WRITE_WINDOW`].
+    pub fn guard_arm(&self) -> Result<GuardToken, NetError> {
+        let token = self.tokens.fetch_add(1, Ordering::Relaxed);
+        self.nft(&format!(
+            "add element inet {TABLE} fresh {{ {token} timeout {}ms }}",
+            GUARD_WRITE_WINDOW.as_millis()
+        ))?;
+        Ok(GuardToken(token))
+    }
+
+    /// Second step: allow `allowed` until `until` at the latest. The kernel applies it only
+    /// while `token` is still there; otherwise the write fails and the guard keeps its
+    /// earlier allowance, which ends sooner.
+    pub fn guard_commit(
+        &self,
+        token: GuardToken,
+        allowed: &[IpAddr],
+        until: Instant,
+    ) -> Result<(), NetError> {
+        let Some(timeout) = guard_kernel_timeout(until, Instant::now()) else {
+            return self.nft(&guard_allow_script(&[], Duration::ZERO, None));
+        };
+        self.nft(&guard_allow_script(allowed, timeout, Some(token.0)))
+            .map_err(|e| {
+                if e.reason.contains("No such file or directory") {
+                    NetError::new(
+                        "apply",
+                        "nftables guard",
+                        format!(
+                            "the write reached the kernel more than {} ms after its timeout \
+                             was computed, so it was refused and the guard keeps its earlier \
+                             allowance",
+                            GUARD_WRITE_WINDOW.as_millis()
+                        ),
+                    )
+                } else {
+                    e
+                }
+            })
     }
 
     async fn link(&self, iface: &str) -> Result<(u32, [u8; 6]), NetError> {
@@ -99,8 +158,9 @@ impl LinuxNet {
             *guard = Some(Nft::start()?);
         }
         let result = guard.as_mut().map(|n| n.run(commands)).unwrap_or(Ok(()));
-        if result.is_err() {
-            // A broken pipe or a stuck process: start afresh next time.
+        if result.as_ref().is_err_and(|e| e.op != "apply") {
+            // A broken pipe or a stuck process: start afresh next time. (A transaction the
+            // kernel refused leaves the process working.)
             if let Some(mut n) = guard.take() {
                 n.stop();
             }
@@ -205,8 +265,13 @@ impl NetOps for LinuxNet {
         self.nft(&guard_setup_script(floating))
     }
 
-    async fn guard_allow(&self, allowed: &[(IpAddr, Duration)]) -> Result<(), NetError> {
-        self.nft(&guard_allow_script(allowed))
+    async fn guard_allow(&self, allowed: &[IpAddr], until: Instant) -> Result<(), NetError> {
+        if allowed.is_empty() {
+            // Closing needs no token: no delay can make it unsafe.
+            return self.nft(&guard_allow_script(&[], Duration::ZERO, None));
+        }
+        let token = self.guard_arm()?;
+        self.guard_commit(token, allowed, until)
     }
 
     async fn guard_teardown(&self) -> Result<(), NetError> {
@@ -270,6 +335,7 @@ pub fn guard_setup_script(floating: &[IpAddr]) -> String {
          add set inet {TABLE} held6 {{ type ipv6_addr; flags timeout; }}; \
          add set inet {TABLE} nd_floating6 {{ typeof {nd_target}; }}; \
          add set inet {TABLE} nd_held6 {{ typeof {nd_target}; flags timeout; }}; \
+         add set inet {TABLE} fresh {{ type mark; flags timeout; }}; \
          add chain inet {TABLE} input {{ type filter hook input priority -200; policy accept; }}; \
          add chain inet {TABLE} output {{ type filter hook output priority -200; policy accept; }}; \
          add rule inet {TABLE} input ip daddr @floating4 ip daddr != @held4 drop; \
@@ -304,26 +370,33 @@ pub fn guard_setup_script(floating: &[IpAddr]) -> String {
 }
 
 /// The nftables transaction that replaces the guard's allowed sets: each address allowed for
-/// its duration, after which the kernel closes it. One transaction, because re-adding an
-/// element does not refresh its timeout while flush + add does.
-pub fn guard_allow_script(allowed: &[(IpAddr, Duration)]) -> String {
-    let timeout = |d: &Duration| format!("timeout {}ms", d.as_millis().max(1));
+/// `timeout`, after which the kernel closes it. One transaction, because re-adding an element
+/// does not refresh its timeout while flush + add does. With a `token`, the transaction first
+/// deletes it from the `fresh` set, so it fails as a whole once the token expired.
+pub fn guard_allow_script(allowed: &[IpAddr], timeout: Duration, token: Option<u32>) -> String {
+    let timeout = format!("timeout {}ms", timeout.as_millis().max(1));
     let mut v4 = Vec::new();
     let mut v6 = Vec::new();
     let mut nd = Vec::new();
-    for (ip, d) in allowed {
+    for ip in allowed {
         match ip {
-            IpAddr::V4(a) => v4.push(format!("{a} {}", timeout(d))),
+            IpAddr::V4(a) => v4.push(format!("{a} {timeout}")),
             IpAddr::V6(a) => {
-                v6.push(format!("{a} {}", timeout(d)));
-                nd.push(format!("{} {}", nd_key(*a), timeout(d)));
+                v6.push(format!("{a} {timeout}"));
+                nd.push(format!("{} {timeout}", nd_key(*a)));
             }
         }
     }
-    let mut script = format!(
+    let mut script = String::new();
+    if let Some(token) = token {
+        script.push_str(&format!(
+            "delete element inet {TABLE} fresh {{ {token} }}; "
+        ));
+    }
+    script.push_str(&format!(
         "flush set inet {TABLE} held4; flush set inet {TABLE} held6; \
          flush set inet {TABLE} nd_held6; flush set arp {TABLE} held; "
-    );
+    ));
     if !v4.is_empty() {
         let list = v4.join(", ");
         script.push_str(&format!(
@@ -541,16 +614,17 @@ mod tests {
 
     #[test]
     fn allowing_an_ipv6_address_opens_traffic_and_neighbour_discovery_with_one_timeout() {
-        let s = guard_allow_script(&[
-            (ips()[0], Duration::from_millis(700)),
-            (ips()[1], Duration::from_millis(650)),
-        ]);
-        assert!(s.starts_with("flush set inet clusterd_guard held4;"));
+        let s = guard_allow_script(&ips(), Duration::from_millis(650), Some(7));
+        // The token goes first: without it the whole transaction fails.
+        assert!(s.starts_with(
+            "delete element inet clusterd_guard fresh { 7 }; flush set inet clusterd_guard held4;"
+        ));
         assert!(s.contains("flush set inet clusterd_guard nd_held6;"));
         assert!(s.contains("held6 { 2001:db8::101 timeout 650ms }"));
         assert!(s.contains("nd_held6 { 0x20010db8000000000000000000000101 timeout 650ms }"));
-        assert!(s.contains("held { 192.0.2.101 timeout 700ms }"));
-        // Nothing allowed: every set flushed, nothing added.
-        assert!(!guard_allow_script(&[]).contains("add element"));
+        assert!(s.contains("held { 192.0.2.101 timeout 650ms }"));
+        // Nothing allowed: every set flushed, nothing added, no token needed.
+        let closed = guard_allow_script(&[], Duration::ZERO, None);
+        assert!(!closed.contains("add element") && !closed.contains("fresh"));
     }
 }

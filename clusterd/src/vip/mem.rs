@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::{NetError, NetOps};
 use crate::config::IpPrefix;
@@ -170,13 +170,12 @@ impl NetOps for MemNet {
         Ok(())
     }
 
-    async fn guard_allow(&self, allowed: &[(IpAddr, Duration)]) -> Result<(), NetError> {
-        let now = Instant::now();
+    async fn guard_allow(&self, allowed: &[IpAddr], until: Instant) -> Result<(), NetError> {
         self.with_host(|h, world, others| {
-            h.allowed = allowed.iter().map(|(ip, d)| (*ip, now + *d)).collect();
+            h.allowed = allowed.iter().map(|ip| (*ip, until)).collect();
             let me = std::mem::take(h);
             others.insert(self.node.clone(), me);
-            for (ip, _) in allowed {
+            for ip in allowed {
                 world.check(others, *ip);
             }
             *h = others.remove(&self.node).unwrap_or_default();

@@ -4,8 +4,9 @@
 //! Every kernel effect goes through [`NetOps`]: [`linux::LinuxNet`] (rtnetlink, AF_PACKET,
 //! nftables) on real nodes and [`mem::MemNet`] in tests. The runtime decides; `NetOps` acts.
 //! Safety order: when letting go, the guard closes before the address is removed; the guard's
-//! elements always expire at the lease deadline, so a frozen daemon's node stops answering by
-//! itself. Only this module touches netlink and raw sockets.
+//! elements always expire by the lease deadline, however late a write reaches the kernel, so a
+//! frozen daemon's node stops answering by itself. Only this module touches netlink and raw
+//! sockets.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -79,11 +80,15 @@ pub trait NetOps: Send + Sync + 'static {
     /// Install the guard: traffic and ARP for any of `floating` are dropped unless allowed.
     fn guard_setup(&self, floating: &[IpAddr])
     -> impl Future<Output = Result<(), NetError>> + Send;
-    /// Replace the guard's allowed set: each address allowed for its duration, then closed
-    /// by the kernel.
+    /// Replace the guard's allowed set: `allowed` may pass until `until` at the latest, then
+    /// the kernel closes it by itself. A deadline, not a duration: however late the write
+    /// reaches the kernel (a freeze, CPU starvation), it never allows anything past `until`;
+    /// a write that cannot promise that fails and leaves the earlier, shorter allowance.
+    /// With `allowed` empty the guard closes for every address.
     fn guard_allow(
         &self,
-        allowed: &[(IpAddr, Duration)],
+        allowed: &[IpAddr],
+        until: Instant,
     ) -> impl Future<Output = Result<(), NetError>> + Send;
     /// Remove the guard entirely (clean shutdown, after the addresses are gone).
     fn guard_teardown(&self) -> impl Future<Output = Result<(), NetError>> + Send;
@@ -206,28 +211,29 @@ pub async fn run<N: NetOps>(s: Arc<Shared>, net: Arc<N>, mut stop: watch::Receiv
         let want = desired(&replica.state, &s.me, lease_valid);
 
         // 1. Guard first: it closes for everything not wanted, and is refreshed to the lease.
-        let allowed: Vec<(IpAddr, Duration)> = match deadline {
-            Some(d) if d > now => floating
-                .iter()
-                .filter(|f| want.hold.contains_key(&f.key))
-                .map(|f| (f.prefix.addr, d - now))
-                .collect(),
-            _ => Vec::new(),
+        let (allowed, until): (Vec<IpAddr>, Instant) = match deadline {
+            Some(d) if d > now => (
+                floating
+                    .iter()
+                    .filter(|f| want.hold.contains_key(&f.key))
+                    .map(|f| f.prefix.addr)
+                    .collect(),
+                d,
+            ),
+            _ => (Vec::new(), now),
         };
-        allowed_tx.send_replace(
-            allowed
-                .iter()
-                .map(|(ip, left)| (*ip, now + *left))
-                .collect(),
-        );
+        allowed_tx.send_replace(allowed.iter().map(|ip| (*ip, until)).collect());
         let renewed = deadline != last_deadline;
         let hold_set: BTreeSet<String> = want.hold.keys().cloned().collect();
         if renewed || hold_set != held_now {
-            if let Err(e) = net.guard_allow(&allowed).await {
-                warn!(error = %e, "guard update failed");
-                clean = false;
+            match net.guard_allow(&allowed, until).await {
+                // Retried on the next pass until it lands.
+                Ok(()) => last_deadline = deadline,
+                Err(e) => {
+                    warn!(error = %e, "guard update failed");
+                    clean = false;
+                }
             }
-            last_deadline = deadline;
         }
         if !lease_valid && !held_now.is_empty() {
             warn!(
@@ -337,7 +343,7 @@ pub async fn run<N: NetOps>(s: Arc<Shared>, net: Arc<N>, mut stop: watch::Receiv
     for task in announcing.into_values() {
         task.abort();
     }
-    let _ = net.guard_allow(&[]).await;
+    let _ = net.guard_allow(&[], Instant::now()).await;
     for f in &floating {
         if let Ok(list) = net.list(&f.interface).await
             && list.contains(&f.prefix)

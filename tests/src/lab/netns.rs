@@ -85,3 +85,21 @@ where
         .join()
         .map_err(|_| LabError::State("a thread inside a lab namespace panicked".into()))?
 }
+
+/// [`run_in`] for async work: the future `f` makes runs to completion on a current-thread
+/// tokio runtime inside the namespace (netlink sockets and child processes opened there
+/// belong to it).
+pub fn block_on_in<R, F, Fut>(name: &str, f: F) -> Result<R>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = R>,
+    R: Send + 'static,
+{
+    run_in(name, move || -> Result<R> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ctx(|| "building a runtime inside a lab namespace".to_owned())?;
+        Ok(rt.block_on(f()))
+    })?
+}
