@@ -9,6 +9,11 @@
 //! servers so that background load hits all of them alike; the median round is reported.
 //! Processes are stopped by pid at the end.
 //!
+//! Besides qps, each round reads how much CPU the server's processes used (`/proc`, the
+//! server and its children): CPU microseconds per answered query, and how busy its CPUs were.
+//! When dnsperf saturates its own CPU first, every server shows the same qps and only the CPU
+//! per query tells them apart.
+//!
 //! Environment: `QPS_SECONDS` per run (default 5), `QPS_ROUNDS` (default 3), `QPS_SERVER_CPUS`
 //! (default `1`), `QPS_CLIENT_CPUS` (default `0`), as taskset CPU lists.
 //!
@@ -230,6 +235,56 @@ fn start_knot(cpus: &str, dir: &Path, zone_file: &Path, port: u16) -> Proc {
     }
 }
 
+/// CPU time (user + system) used so far by process `root` and all its descendants.
+fn cpu_of_tree(root: u32) -> Duration {
+    // Clock ticks per second: 100 on every Linux that dnsperf runs on.
+    const TICKS: u64 = 100;
+    let mut parent: Vec<(u32, u32, u64)> = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // Fields after the command name (which may hold spaces): state ppid ... utime stime.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        parent.push((pid, num(1) as u32, num(11) + num(12)));
+    }
+    let mut tree = vec![root];
+    let mut grew = true;
+    while grew {
+        grew = false;
+        for (pid, ppid, _) in &parent {
+            if tree.contains(ppid) && !tree.contains(pid) {
+                tree.push(*pid);
+                grew = true;
+            }
+        }
+    }
+    let ticks: u64 = parent
+        .iter()
+        .filter(|(pid, _, _)| tree.contains(pid))
+        .map(|(_, _, t)| t)
+        .sum();
+    Duration::from_millis(ticks * 1000 / TICKS)
+}
+
+/// One dnsperf run against one server.
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    qps: f64,
+    lost: f64,
+    /// Server CPU microseconds per answered query.
+    cpu_us_per_query: f64,
+    /// Share of the server's CPUs it kept busy (100 = all of them, all the time).
+    busy: f64,
+}
+
 /// Runs dnsperf and returns its queries per second and the share of queries lost (%).
 fn dnsperf(cpus: &str, addr: SocketAddr, queries: &Path, mode: &str, seconds: u64) -> (f64, f64) {
     let threads = cpu_count(cpus).to_string();
@@ -341,21 +396,34 @@ fn main() {
     );
     let mut results: Vec<(&str, &str, f64, f64)> = Vec::new();
     for mode in ["udp", "tcp"] {
-        let mut samples: Vec<Vec<(f64, f64)>> = vec![Vec::new(); servers.len()];
+        let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); servers.len()];
         for _ in 0..rounds {
             for (i, (_, addr)) in servers.iter().enumerate() {
-                samples[i].push(dnsperf(&client_cpus, *addr, &queries, mode, seconds));
+                let pid = procs[i].child.id();
+                let (cpu_before, started) = (cpu_of_tree(pid), Instant::now());
+                let (qps, lost) = dnsperf(&client_cpus, *addr, &queries, mode, seconds);
+                let (cpu, wall) = (cpu_of_tree(pid) - cpu_before, started.elapsed());
+                samples[i].push(Sample {
+                    qps,
+                    lost,
+                    cpu_us_per_query: cpu.as_secs_f64() * 1e6 / (qps * seconds as f64).max(1.0),
+                    busy: 100.0 * cpu.as_secs_f64()
+                        / (wall.as_secs_f64() * cpu_count(&server_cpus) as f64),
+                });
             }
         }
         for (i, (name, _)) in servers.iter().enumerate() {
-            let qps = median(samples[i].iter().map(|s| s.0).collect());
-            let lost = samples[i].iter().map(|s| s.1).fold(0.0, f64::max);
-            let all: Vec<String> = samples[i].iter().map(|s| format!("{:.0}", s.0)).collect();
+            let qps = median(samples[i].iter().map(|s| s.qps).collect());
+            let cpu = median(samples[i].iter().map(|s| s.cpu_us_per_query).collect());
+            let busy = median(samples[i].iter().map(|s| s.busy).collect());
+            let lost = samples[i].iter().map(|s| s.lost).fold(0.0, f64::max);
+            let all: Vec<String> = samples[i].iter().map(|s| format!("{:.0}", s.qps)).collect();
             println!(
-                "{name:>13} {mode}: {qps:>9.0} qps (rounds: {}; max lost {lost:.2}%)",
+                "{name:>13} {mode}: {qps:>9.0} qps, {cpu:>5.2} CPU µs/query, CPUs {busy:>3.0}% busy \
+                 (rounds: {}; max lost {lost:.2}%)",
                 all.join(", ")
             );
-            results.push((name, mode, qps, lost));
+            results.push((name, mode, qps, cpu));
         }
     }
     println!();
@@ -364,13 +432,16 @@ fn main() {
             results
                 .iter()
                 .find(|r| r.0 == n && r.1 == mode)
-                .map_or(0.0, |r| r.2)
+                .map_or((0.0, 0.0), |r| (r.2, r.3))
         };
-        let ours = of("clusterd-dns");
+        let (ours, nsd, knot) = (of("clusterd-dns"), of("nsd"), of("knot"));
         println!(
-            "{mode}: clusterd-dns/nsd = {:.2}, clusterd-dns/knot = {:.2}",
-            ours / of("nsd"),
-            ours / of("knot")
+            "{mode}: qps clusterd-dns/nsd = {:.2}, clusterd-dns/knot = {:.2}; \
+             CPU per query clusterd-dns/nsd = {:.2}, clusterd-dns/knot = {:.2}",
+            ours.0 / nsd.0,
+            ours.0 / knot.0,
+            ours.1 / nsd.1,
+            ours.1 / knot.1
         );
     }
     drop(procs);

@@ -51,6 +51,7 @@
 
 pub mod answers;
 pub mod bind;
+mod cache;
 pub mod example;
 pub mod ratelimit;
 pub mod server;

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,7 @@ use arc_swap::ArcSwap;
 use hickory_net::runtime::Time;
 use hickory_net::xfer::Protocol;
 use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
-use hickory_proto::rr::{DNSClass, Record};
+use hickory_proto::rr::{DNSClass, Record, RecordType};
 use hickory_proto::serialize::binary::BinEncoder;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder};
@@ -32,7 +32,7 @@ use crate::answers::{NameState, fail_transitions};
 use crate::ratelimit::{Limiter, RateLimit};
 use crate::snapshot::Snapshot;
 use crate::stats::{Counted, QueryStats, Shard};
-use crate::zones::{Answer, Zones};
+use crate::zones::{Answer, Rotor, Zones};
 
 /// How the server runs. `Default` is what the daemon should use unless configured otherwise.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -329,30 +329,62 @@ impl RequestHandler for Handler {
             [q] => Some(q.query_type()),
             _ => None,
         };
-        if request.protocol() == Protocol::Udp
-            && let Some(limiter) = &self.limiter
-            && !limiter.allow(request.src().ip(), Instant::now())
-        {
-            debug!(src = %request.src(), "dns query over the rate limit dropped");
-            self.stats.count(qtype, Counted::Dropped);
+        if request.protocol() == Protocol::Udp && !self.admit(request.src().ip(), qtype) {
             let mut meta = Metadata::response_from_request(&request.metadata);
             meta.response_code = ResponseCode::Refused;
             return info_only(meta);
         }
-        let info = self.respond(request, response_handle).await;
-        self.stats
-            .count(qtype, Counted::Answered(info.response_code));
-        info
+        let zones = self.zones.load_full();
+        let responded = self.respond(request, response_handle, &zones, None).await;
+        self.count(qtype, responded.info.response_code);
+        responded.info
     }
 }
 
+/// What answering one query produced: what was sent, and the rotation it used.
+pub(crate) struct Responded {
+    /// The response's header information.
+    pub(crate) info: ResponseInfo,
+    /// The answer's round-robin position, when its records rotate.
+    pub(crate) rotor: Option<Rotor>,
+    /// The rotation used (0 when the answer does not rotate).
+    pub(crate) rotation: usize,
+}
+
 impl Handler {
-    /// Answer one query that passed the rate limit.
-    async fn respond<R: ResponseHandler>(
+    /// The snapshot answered from now.
+    pub(crate) fn zones(&self) -> arc_swap::Guard<Arc<Zones>> {
+        self.zones.load()
+    }
+
+    /// Whether a UDP query from `src` passes the rate limit; one that does not is counted as
+    /// dropped.
+    pub(crate) fn admit(&self, src: IpAddr, qtype: Option<RecordType>) -> bool {
+        let Some(limiter) = &self.limiter else {
+            return true;
+        };
+        if limiter.allow(src, Instant::now()) {
+            return true;
+        }
+        debug!(%src, "dns query over the rate limit dropped");
+        self.stats.count(qtype, Counted::Dropped);
+        false
+    }
+
+    /// Count one answered query.
+    pub(crate) fn count(&self, qtype: Option<RecordType>, rcode: ResponseCode) {
+        self.stats.count(qtype, Counted::Answered(rcode));
+    }
+
+    /// Answer one query that passed the rate limit from `zones`, with the answer rotated by
+    /// `rotation`, or by the next round-robin position when `None`.
+    pub(crate) async fn respond<R: ResponseHandler>(
         &self,
         request: &Request,
         mut response_handle: R,
-    ) -> ResponseInfo {
+        zones: &Zones,
+        rotation: Option<usize>,
+    ) -> Responded {
         let udp = request.protocol() == Protocol::Udp;
         let mut meta = Metadata::response_from_request(&request.metadata);
 
@@ -375,12 +407,18 @@ impl Handler {
         };
         if let Some(code) = error {
             let response = builder.error_msg(&request.metadata, code);
-            return send(&mut response_handle, response, request.src(), meta).await;
+            return Responded {
+                info: send(&mut response_handle, response, request.src(), meta).await,
+                rotor: None,
+                rotation: 0,
+            };
         }
 
         let query = &request.queries.queries()[0];
-        let zones = self.zones.load_full();
-        let answer = zones.answer(query.name(), query.query_type());
+        let answer = match rotation {
+            Some(r) => zones.answer_rotated(query.name(), query.query_type(), r),
+            None => zones.answer(query.name(), query.query_type()),
+        };
         meta.response_code = answer.response_code();
         meta.authoritative = answer.authoritative();
 
@@ -390,7 +428,7 @@ impl Handler {
         } else {
             Fit::All
         };
-        match fit {
+        let info = match fit {
             Fit::All => {
                 let response = builder.build(
                     meta,
@@ -410,6 +448,11 @@ impl Handler {
                 let response = builder.build_no_records(meta);
                 send(&mut response_handle, response, request.src(), meta).await
             }
+        };
+        Responded {
+            info,
+            rotor: answer.rotor(),
+            rotation: answer.rotation(),
         }
     }
 }

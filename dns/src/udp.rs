@@ -1,16 +1,16 @@
 //! The UDP side of the server: receive a batch of datagrams, answer each, send the batch.
 //!
 //! Owns the socket I/O of UDP: `recvmmsg`/`sendmmsg` batches of up to [`BATCH`] datagrams per
-//! system call (as NSD and Knot do), answered inline in between (no task or channel per query).
-//! Parsing and encoding are `wire`'s, answers the shared [`Handler`]'s; this module must not
-//! decide answers, truncation or rate limits.
+//! system call (as NSD and Knot do), answered inline in between (no task or channel per query),
+//! from the loop's own answer cache (`cache`) when the same query was answered before. Parsing
+//! and encoding are `wire`'s, answers the shared [`Handler`]'s; this module must not decide
+//! answers, truncation or rate limits.
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
-use hickory_net::xfer::Protocol;
 use nix::sys::socket::{
     ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg,
 };
@@ -18,8 +18,9 @@ use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tracing::{debug, error};
 
+use crate::cache::{AnswerCache, answer_udp};
 use crate::server::Handler;
-use crate::wire::{Outbox, answer_message};
+use crate::wire::Outbox;
 
 /// Datagrams per system call.
 pub(crate) const BATCH: usize = 32;
@@ -30,6 +31,7 @@ const MAX_QUERY: usize = 4096;
 pub(crate) async fn udp_loop(socket: Arc<UdpSocket>, handler: Handler) {
     let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; MAX_QUERY]).collect();
     let outbox = Outbox::default();
+    let mut cache = AnswerCache::default();
     let fd = socket.as_raw_fd();
     loop {
         if let Err(e) = socket.readable().await {
@@ -56,7 +58,7 @@ pub(crate) async fn udp_loop(socket: Arc<UdpSocket>, handler: Handler) {
         };
         for (i, datagram) in received.iter().enumerate() {
             if let Some((len, src)) = datagram {
-                answer_message(&handler, &bufs[i][..*len], *src, Protocol::Udp, &outbox).await;
+                answer_udp(&handler, &mut cache, &bufs[i][..*len], *src, &outbox).await;
             }
         }
         let replies = outbox.take();

@@ -31,12 +31,23 @@ pub(crate) type Reply = (Vec<u8>, SocketAddr);
 pub(crate) struct Outbox(Arc<Mutex<Vec<Reply>>>);
 
 impl Outbox {
-    fn push(&self, wire: Vec<u8>, dst: SocketAddr) {
+    pub(crate) fn push(&self, wire: Vec<u8>, dst: SocketAddr) {
         // A poisoned lock only means a panic elsewhere mid-push; the list is still usable.
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push((wire, dst));
+    }
+
+    /// How many responses are queued.
+    pub(crate) fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// A copy of the response queued after the first `before`, if exactly one was.
+    pub(crate) fn only_since(&self, before: usize) -> Option<Vec<u8>> {
+        let queued = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        (queued.len() == before + 1).then(|| queued[before].0.clone())
     }
 
     /// Everything queued so far, leaving the outbox empty.
@@ -53,27 +64,30 @@ pub(crate) async fn answer_message(
     protocol: Protocol,
     outbox: &Outbox,
 ) {
+    if let Some(request) = parse_query(handler, bytes, src, protocol, outbox) {
+        handler
+            .handle_request::<_, TokioTime>(&request, collector(outbox, src, protocol))
+            .await;
+    }
+}
+
+/// Parses one message from `src` into a request for the handler. A message whose header is
+/// readable but whose body is not gets FORMERR (queued into `outbox`); a response, or a message
+/// without a readable header, gets nothing. `None` unless there is a query to answer.
+pub(crate) fn parse_query(
+    handler: &Handler,
+    bytes: &[u8],
+    src: SocketAddr,
+    protocol: Protocol,
+    outbox: &Outbox,
+) -> Option<Request> {
     match Request::from_bytes(bytes.to_vec(), src, protocol) {
-        Ok(request) => {
-            if request.metadata.message_type == MessageType::Response {
-                return;
-            }
-            let collector = Collector {
-                outbox: outbox.clone(),
-                dst: src,
-                protocol,
-            };
-            handler
-                .handle_request::<_, TokioTime>(&request, collector)
-                .await;
-        }
+        Ok(request) => (request.metadata.message_type != MessageType::Response).then_some(request),
         Err(e) => {
             let mut decoder = BinDecoder::new(bytes);
-            let Ok(header) = Header::read(&mut decoder) else {
-                return;
-            };
+            let header = Header::read(&mut decoder).ok()?;
             if header.metadata.message_type == MessageType::Response {
-                return;
+                return None;
             }
             debug!(%src, "dns malformed query: {e}");
             handler.count_malformed();
@@ -85,7 +99,21 @@ pub(crate) async fn answer_message(
             if let Ok(wire) = reply.to_vec() {
                 outbox.push(wire, src);
             }
+            None
         }
+    }
+}
+
+/// A response handler that encodes into `outbox` for `dst`.
+pub(crate) fn collector(
+    outbox: &Outbox,
+    dst: SocketAddr,
+    protocol: Protocol,
+) -> impl ResponseHandler {
+    Collector {
+        outbox: outbox.clone(),
+        dst,
+        protocol,
     }
 }
 

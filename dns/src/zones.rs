@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use hickory_proto::op::ResponseCode;
@@ -40,6 +41,27 @@ pub enum Outcome {
     Refused,
 }
 
+/// The round-robin position of one RRset with several records, shared by everything that
+/// answers it (each UDP loop's answer cache included), so rotation advances by one per query
+/// whichever path answers.
+#[derive(Debug, Clone)]
+pub struct Rotor {
+    next: Arc<AtomicUsize>,
+    period: usize,
+}
+
+impl Rotor {
+    /// The rotation for the next query (in `0..period`), advancing the position by one.
+    pub fn advance(&self) -> usize {
+        self.next.fetch_add(1, Ordering::Relaxed) % self.period
+    }
+
+    /// How many different rotations there are: the RRset's record count.
+    pub fn period(&self) -> usize {
+        self.period
+    }
+}
+
 /// The answer to one question, borrowing the compiled records.
 #[derive(Debug, Clone, Copy)]
 pub struct Answer<'z> {
@@ -47,6 +69,8 @@ pub struct Answer<'z> {
     pub outcome: Outcome,
     records: &'z [Record],
     rotation: usize,
+    /// The RRset's round-robin position, for answers of more than one record.
+    next: Option<&'z Arc<AtomicUsize>>,
     authority: &'z [Record],
     additional: &'z [Record],
     /// Upper bound of the encoded size of answer + authority records (no name compression).
@@ -61,11 +85,31 @@ impl<'z> Answer<'z> {
             outcome: Outcome::Refused,
             records: &[],
             rotation: 0,
+            next: None,
             authority: &[],
             additional: &[],
             bound: 0,
             additional_bound: 0,
         }
+    }
+
+    /// The rotation of this answer's records, in `0..answer_count()` (0 for fewer than two).
+    pub fn rotation(&self) -> usize {
+        if self.records.is_empty() {
+            0
+        } else {
+            self.rotation % self.records.len()
+        }
+    }
+
+    /// The round-robin position this answer's rotation was taken from; `None` when the answer
+    /// does not rotate (fewer than two records, negative answers, ANY).
+    pub fn rotor(&self) -> Option<Rotor> {
+        let next = self.next?;
+        (self.records.len() > 1).then(|| Rotor {
+            next: next.clone(),
+            period: self.records.len(),
+        })
     }
 
     /// Upper bound in bytes of the answer and authority records on the wire (each record encoded
@@ -96,11 +140,7 @@ impl<'z> Answer<'z> {
 
     /// The answer section, rotated.
     pub fn answers(&self) -> impl Iterator<Item = &'z Record> + Clone + Send + 'z {
-        let k = if self.records.is_empty() {
-            0
-        } else {
-            self.rotation % self.records.len()
-        };
+        let k = self.rotation();
         self.records[k..].iter().chain(self.records[..k].iter())
     }
 
@@ -126,7 +166,7 @@ struct RRset {
     rtype: RecordType,
     records: Vec<Record>,
     additional: Vec<Record>,
-    next: AtomicUsize,
+    next: Arc<AtomicUsize>,
     bound: usize,
     additional_bound: usize,
 }
@@ -174,7 +214,7 @@ impl Node {
                 rtype,
                 records: vec![record],
                 additional: additional.to_vec(),
-                next: AtomicUsize::new(0),
+                next: Arc::new(AtomicUsize::new(0)),
                 bound: 0,
                 additional_bound: 0,
             }),
@@ -478,7 +518,8 @@ impl Zones {
     }
 
     /// The answer to `qname`/`qtype` with the answer section rotated left by `rotation`, without
-    /// touching the round-robin position. Pure; for tests and for showing answers.
+    /// touching the round-robin position. Pure; for tests, for showing answers, and for the
+    /// answer cache, which advances the position itself ([`Rotor::advance`]).
     pub fn answer_rotated(
         &self,
         qname: &LowerName,
@@ -505,6 +546,7 @@ impl Zones {
             outcome,
             records: &[],
             rotation: 0,
+            next: None,
             authority: &zone.soa,
             additional: &[],
             bound: zone.soa_bound,
@@ -521,6 +563,7 @@ impl Zones {
                 outcome: Outcome::Answer,
                 records: &node.any,
                 rotation: 0,
+                next: None,
                 authority: &[],
                 additional: &[],
                 bound: node.any_bound,
@@ -535,6 +578,7 @@ impl Zones {
                     outcome: Outcome::Answer,
                     records: &set.records,
                     rotation,
+                    next: Some(&set.next),
                     authority: &[],
                     additional: &set.additional,
                     bound: set.bound,

@@ -340,6 +340,11 @@ async fn a_new_snapshot_changes_serial_and_answers_within_a_second() {
         soa_serial(&query(&mut c, ZONE, RecordType::SOA).await.answers),
         Some(100)
     );
+    // Answered (and so cached) before the change: the new snapshot must replace it.
+    for _ in 0..3 {
+        let m = query(&mut c, &fqdn("imap"), RecordType::A).await;
+        assert_eq!(a_ips(&m).len(), 2, "{m:?}");
+    }
 
     // The owner of 192.0.2.101 fails imap: the next serial drops it from imap.
     let mut next = example_snapshot(101);
@@ -385,6 +390,65 @@ async fn an_invalid_snapshot_is_ignored_and_the_previous_one_served() {
         soa_serial(&query(&mut c, ZONE, RecordType::SOA).await.answers),
         Some(3)
     );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_udp_queries_get_their_own_id_and_name_case_back() {
+    use clusterd_dns::proto::op::{Edns, Query};
+    use clusterd_dns::proto::rr::Name;
+    let server = TestServer::start(snapshot_with_many_imap_addresses(1)).await;
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let ask = async |id: u16, name: &str, edns: bool| -> (Vec<u8>, Vec<u8>) {
+        let mut m = Message::query();
+        m.metadata.id = id;
+        m.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+        if edns {
+            m.edns = Some(Edns::new());
+        }
+        let bytes = m.to_vec().unwrap();
+        sock.send_to(&bytes, server.addr).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(DEADLINE, sock.recv(&mut buf))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        (bytes, buf[..n].to_vec())
+    };
+    let names = [
+        "imap.mail.example.com.",
+        "IMAP.MAIL.EXAMPLE.COM.",
+        "iMaP.mAiL.eXaMpLe.CoM.",
+    ];
+    let mut leaders = Vec::new();
+    for (i, name) in names.iter().cycle().take(6).enumerate() {
+        let id = 0x1000 + i as u16 * 0x0101;
+        let (q, wire) = ask(id, name, false).await;
+        let question = 12..12 + name.len() + 1 + 4;
+        assert_eq!(&wire[..2], &id.to_be_bytes(), "query {i}: the ID echoed");
+        assert_eq!(
+            &wire[question.clone()],
+            &q[question],
+            "query {i}: the question as the client wrote it"
+        );
+        let m = Message::from_vec(&wire).unwrap();
+        assert!(m.edns.is_none(), "query {i}: no EDNS asked, none answered");
+        let ips = a_ips(&m);
+        assert_eq!(ips.len(), 3, "query {i}: {m:?}");
+        leaders.push(ips[0]);
+    }
+    // The three addresses take turns leading, as uncached answers do.
+    assert_eq!(
+        leaders[..3].iter().collect::<BTreeSet<_>>().len(),
+        3,
+        "{leaders:?}"
+    );
+    assert_eq!(leaders[..3], leaders[3..], "{leaders:?}");
+    // The same name with EDNS is another query: its answer carries an OPT record.
+    let (_, wire) = ask(9, names[0], true).await;
+    assert!(Message::from_vec(&wire).unwrap().edns.is_some());
+    let (_, wire) = ask(10, names[0], false).await;
+    assert!(Message::from_vec(&wire).unwrap().edns.is_none());
     server.stop().await;
 }
 
