@@ -149,11 +149,16 @@ pub struct AddressState {
     /// Placed by an operator away from home: automatic failback leaves it alone.
     #[serde(default)]
     pub pinned: bool,
+    /// When the address was first declared (unix ms): a new address waits a little for its
+    /// home before going elsewhere.
+    #[serde(default)]
+    pub declared_ms: Option<u64>,
 }
 
 impl AddressState {
-    fn new(spec: AddressSpec) -> Self {
+    fn new(spec: AddressSpec, at_ms: u64) -> Self {
         AddressState {
+            declared_ms: Some(at_ms),
             spec,
             owner: None,
             epoch: 0,
@@ -1145,7 +1150,7 @@ impl State {
                 None => {
                     added.push(ip.to_string());
                     self.addresses
-                        .insert(ip.to_string(), AddressState::new((*spec).clone()));
+                        .insert(ip.to_string(), AddressState::new((*spec).clone(), at_ms));
                 }
                 Some(existing) if existing.spec != **spec => {
                     changed.push(ip.to_string());

@@ -5,7 +5,10 @@
 //! arithmetic, passes the time, and proposes the returned commands. The rules, in order of
 //! precedence for each address:
 //!
-//! 1. Nobody owns it: give it to the best candidate (below).
+//! 1. Nobody owns it: give it to the best candidate (below). A new address whose home may hold
+//!    addresses but is not healthy yet (no lease, or a failing first probe) waits
+//!    [`HOME_WAIT_MS`] from its declaration for the home: nodes of a new cluster come up seconds
+//!    apart, and an address placed elsewhere would only return after the failback period.
 //! 2. Its owner's lease has surely ended (and this leader's quiet period after election is over),
 //!    or the owner left the cluster: give it to the handoff target if that is still a good
 //!    choice, else the best candidate. With no live node it stays where it is.
@@ -30,6 +33,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{AddressState, Command, MoveReason, State};
+
+/// How long a new address waits for its home to become healthy before it goes elsewhere (ms).
+pub const HOME_WAIT_MS: u64 = 5_000;
 
 /// What the leader knows of each node's lease, as of the planning instant.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -183,6 +189,14 @@ pub fn plan(state: &State, live: &Liveness, policy: &Policy, now_ms: u64) -> Vec
             at_ms: now_ms,
         };
         let Some(owner) = a.owner.as_deref() else {
+            let waiting_for_home = state.can_hold(home)
+                && !c.healthy(home, a)
+                && a
+                    .declared_ms
+                    .is_some_and(|d| now_ms < d.saturating_add(HOME_WAIT_MS));
+            if waiting_for_home {
+                continue;
+            }
             if let Some(t) = c.choose(a, None, None, false) {
                 c.took(&t, None);
                 out.push(assign(t, MoveReason::Initial));
@@ -710,6 +724,16 @@ mod tests {
         s
     }
 
+    /// (address, new owner) of every assignment in `cmds`.
+    fn assigned(cmds: &[Command]) -> Vec<(String, String)> {
+        cmds.iter()
+            .filter_map(|c| match c {
+                Command::Assign { ip, to, .. } => Some((ip.clone(), to.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn handoff_to(cmds: &[Command]) -> Vec<(String, MoveReason)> {
         cmds.iter()
             .filter_map(|c| match c {
@@ -839,6 +863,38 @@ mod tests {
         run(&mut s, &all_live(), &Policy::default());
         assert_eq!(owner(&s, "192.0.2.101/24").as_deref(), Some("mx1"));
         assert_eq!(owner(&s, "192.0.2.102/24").as_deref(), Some("mx2"));
+    }
+
+    #[test]
+    fn a_new_address_waits_for_its_home_then_goes_elsewhere() {
+        // Declared at 0; mx1 (home of .101) has no lease yet.
+        let s = state();
+        let without_mx1 = live(&[("mx2", 10), ("mx3", 10)], &[]);
+        let cmds = plan(&s, &without_mx1, &Policy::default(), HOME_WAIT_MS - 1);
+        assert_eq!(
+            assigned(&cmds),
+            vec![("192.0.2.102/24".to_string(), "mx2".to_string())],
+            "only .102, whose home is there, is placed: {cmds:?}"
+        );
+        // The home arrives in time: it gets its address.
+        let cmds = plan(&s, &all_live(), &Policy::default(), HOME_WAIT_MS - 1);
+        assert!(assigned(&cmds).contains(&("192.0.2.101/24".into(), "mx1".into())));
+        // It does not: after the wait the address goes to the least loaded live node.
+        let cmds = plan(&s, &without_mx1, &Policy::default(), HOME_WAIT_MS);
+        assert!(assigned(&cmds).contains(&("192.0.2.101/24".into(), "mx3".into())));
+    }
+
+    #[test]
+    fn a_new_address_does_not_wait_for_a_drained_home() {
+        let mut s = state();
+        s.apply(&Command::SetAdmin {
+            node: "mx1".into(),
+            state: AdminState::Drained,
+            by: "op".into(),
+            at_ms: 1,
+        });
+        let cmds = plan(&s, &all_live(), &Policy::default(), 2);
+        assert!(assigned(&cmds).contains(&("192.0.2.101/24".into(), "mx3".into())));
     }
 
     #[test]
