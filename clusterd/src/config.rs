@@ -179,10 +179,13 @@ pub struct ClusterConfig {
 pub struct RaftConfig {
     /// How often the leader sends heartbeats. Well below `election_timeout_min`. Default "50ms".
     pub heartbeat_interval: Millis,
-    /// Shortest time a follower waits without hearing a leader before starting an election.
-    /// Default "150ms".
+    /// Shortest election timeout. A follower that hears no leader starts an election after
+    /// `election_timeout_max` (the old leader's lease, during which voters refuse other
+    /// candidates) plus a timeout picked at random between min and max: 300-400 ms of silence
+    /// with the defaults, which is what a leader's death costs before a new one is elected.
+    /// Default "100ms".
     pub election_timeout_min: Millis,
-    /// Longest such wait; each follower picks at random between min and max. Default "300ms".
+    /// Longest election timeout (see `election_timeout_min`). Default "200ms".
     pub election_timeout_max: Millis,
     /// Log entries since the last snapshot before a new snapshot is taken. At least 10.
     /// Default 1000.
@@ -196,8 +199,8 @@ impl Default for RaftConfig {
     fn default() -> Self {
         RaftConfig {
             heartbeat_interval: Millis::from_millis(50),
-            election_timeout_min: Millis::from_millis(150),
-            election_timeout_max: Millis::from_millis(300),
+            election_timeout_min: Millis::from_millis(100),
+            election_timeout_max: Millis::from_millis(200),
             snapshot_after: 1000,
             history_limit: 500,
         }
@@ -1381,8 +1384,8 @@ impl Config {
                         "{d} is not a usable duration; write a positive one, e.g. \"{}\"",
                         match name {
                             "heartbeat_interval" => "50ms",
-                            "election_timeout_min" => "150ms",
-                            _ => "300ms",
+                            "election_timeout_min" => "100ms",
+                            _ => "200ms",
                         }
                     ),
                 );
@@ -2179,8 +2182,8 @@ names = { imap = ["imap"], smtp = ["smtp"], mail = ["imap", "smtp"] }
         assert_eq!(c.node.key_file, Path::new("/etc/clusterd/cluster.key"));
         assert_eq!(c.cluster, ClusterConfig::default());
         assert_eq!(c.raft.heartbeat_interval, Millis::from_millis(50));
-        assert_eq!(c.raft.election_timeout_min, Millis::from_millis(150));
-        assert_eq!(c.raft.election_timeout_max, Millis::from_millis(300));
+        assert_eq!(c.raft.election_timeout_min, Millis::from_millis(100));
+        assert_eq!(c.raft.election_timeout_max, Millis::from_millis(200));
         assert_eq!(c.raft.snapshot_after, 1000);
         assert_eq!(c.raft.history_limit, 500);
         let imap = &c.checks["imap"];
@@ -2736,7 +2739,7 @@ names = { imap = ["imap"], smtp = ["smtp"], mail = ["imap", "smtp"] }
     #[test]
     fn election_timeout_min_must_be_below_max() {
         let mut c = base();
-        c.raft.election_timeout_max = Millis::from_millis(150);
+        c.raft.election_timeout_max = Millis::from_millis(100);
         assert_refused(
             &c,
             "raft.election_timeout_min",

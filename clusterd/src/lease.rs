@@ -96,6 +96,11 @@ impl LeaseTable {
             .is_none_or(|e| now < timings.new_leader_quiet_until(e))
     }
 
+    /// When this leader's quiet period after election ends (`None` before an election).
+    pub fn quiet_until(&self, timings: &LeaseTimings) -> Option<Instant> {
+        self.elected_at.map(|e| timings.new_leader_quiet_until(e))
+    }
+
     /// This leader's last grant to `node` in the current term.
     pub fn last_grant(&self, node: &str) -> Option<Instant> {
         self.grants.get(node).map(|g| g.last)
@@ -307,14 +312,38 @@ pub async fn renew_loop(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
 /// commands.
 pub async fn placement_loop(s: Arc<Shared>, policy: Policy, mut stop: watch::Receiver<bool>) {
     let tick = Duration::from_millis(50);
+    let mut metrics_rx = s.raft.metrics();
+    // The term this node last saw itself elected in, and when its quiet period ends: the loop
+    // notices an election as it happens and wakes when the quiet period ends, rather than on
+    // the next tick, so a new leader's first takeover is not up to two ticks late.
+    let mut led_term: Option<u64> = None;
+    let mut quiet_until: Option<Instant> = None;
     loop {
+        let next = match quiet_until {
+            Some(q) if q > Instant::now() => q.min(Instant::now() + tick),
+            _ => Instant::now() + tick,
+        };
+        let me = s.id;
         tokio::select! {
-            _ = tokio::time::sleep(tick) => {}
+            _ = tokio::time::sleep_until(next.into()) => {}
+            _ = metrics_rx.wait_for(|m| {
+                m.state == ServerState::Leader
+                    && m.current_leader == Some(me)
+                    && Some(m.current_term) != led_term
+            }) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
         let metrics = s.raft.metrics().borrow().clone();
         if metrics.state != ServerState::Leader || metrics.current_leader != Some(s.id) {
             continue;
+        }
+        if led_term != Some(metrics.current_term) {
+            // Elected: the quiet period counts from now (or from the first lease request this
+            // leader answered, if that came first).
+            led_term = Some(metrics.current_term);
+            let mut table = s.leases.table.lock().unwrap_or_else(|p| p.into_inner());
+            table.reset_for(metrics.current_term, Instant::now());
+            quiet_until = table.quiet_until(&s.leases.timings);
         }
         if !s.leases.timings.may_grant(metrics.millis_since_quorum_ack) {
             continue;

@@ -9,8 +9,9 @@
 //!
 //! - clusterd: kill -9 of the owner's daemon, SIGSTOP of it, a partition of the owner from the
 //!   other nodes (nftables in its namespace; the client still reaches it), its link down at the
-//!   switch; and planned moves (`clusterctl move`), with the unserved time as the client saw it
-//!   and as clusterd reported it.
+//!   switch; the owner being the Raft leader and its daemon killed (each round first moves the
+//!   address to the leader); and planned moves (`clusterctl move`), with the unserved time as
+//!   the client saw it and as clusterd reported it.
 //! - keepalived (the same address, VRRP between mx1 and mx2, equal priority, nopreempt), with
 //!   its default timing (VRRPv2, advert 1 s) and a fast one (VRRPv3, advert 0.1 s): kill -9 of
 //!   all its processes on the master, SIGSTOP of them, link down. (A partition that leaves the
@@ -21,7 +22,8 @@
 //!
 //! Run as root: `cargo build --release -p clusterd --bins && cargo bench -p clusterd-tests
 //! --bench failover`. `FAILOVER_ROUNDS` (default 20) sets the rounds per fault;
-//! `FAILOVER_ANCHOR=none` skips keepalived (`apt-get install -y keepalived` to have it).
+//! `FAILOVER_ANCHOR=none` skips keepalived (`apt-get install -y keepalived` to have it);
+//! `FAILOVER_FAULTS` (default `kill,stop,partition,link,leader,move`) picks the fault kinds.
 //! Every process and namespace is the lab's and goes with it; every wait is bounded.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -59,19 +61,62 @@ enum Kind {
     Stop,
     Partition,
     LinkDown,
+    LeaderKill,
     Move,
 }
 
 impl Kind {
+    const ALL: [Kind; 6] = [
+        Kind::Kill,
+        Kind::Stop,
+        Kind::Partition,
+        Kind::LinkDown,
+        Kind::LeaderKill,
+        Kind::Move,
+    ];
+
     fn label(self) -> &'static str {
         match self {
             Kind::Kill => "kill -9 of the owner's daemon",
             Kind::Stop => "SIGSTOP of the owner's daemon",
             Kind::Partition => "owner partitioned from the other nodes",
             Kind::LinkDown => "owner's link down",
+            Kind::LeaderKill => "kill -9 of the owner, the Raft leader",
             Kind::Move => "planned move (clusterctl move)",
         }
     }
+
+    /// The name `FAILOVER_FAULTS` uses.
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Kill => "kill",
+            Kind::Stop => "stop",
+            Kind::Partition => "partition",
+            Kind::LinkDown => "link",
+            Kind::LeaderKill => "leader",
+            Kind::Move => "move",
+        }
+    }
+}
+
+/// The fault kinds `FAILOVER_FAULTS` names (all by default).
+fn chosen_kinds() -> Result<Vec<Kind>> {
+    let Ok(list) = std::env::var("FAILOVER_FAULTS") else {
+        return Ok(Kind::ALL.to_vec());
+    };
+    list.split(',')
+        .map(|name| {
+            Kind::ALL
+                .into_iter()
+                .find(|k| k.name() == name.trim())
+                .with_context(|| {
+                    format!(
+                        "FAILOVER_FAULTS: unknown fault {name:?}; use a comma-separated list of \
+                         kill, stop, partition, link, leader, move"
+                    )
+                })
+        })
+        .collect()
 }
 
 /// The measurements of one fault kind under one mechanism.
@@ -130,14 +175,15 @@ fn run() -> Result<()> {
         println!("anchor: {v}");
     }
 
+    let kinds = chosen_kinds()?;
     let started = Instant::now();
     println!("\n## clusterd (load {})", loadavg());
-    let clusterd = clusterd_phase(&clusterd_bin, rounds)?;
+    let clusterd = clusterd_phase(&clusterd_bin, rounds, &kinds)?;
     let mut anchors = Vec::new();
     if keepalived_version.is_some() {
         for vrrp in [Vrrp::DEFAULT, VRRP_FAST] {
             println!("\n## keepalived, {} (load {})", vrrp.label(), loadavg());
-            anchors.push((vrrp, keepalived_phase(vrrp, rounds)?));
+            anchors.push((vrrp, keepalived_phase(vrrp, rounds, &kinds)?));
         }
     }
     println!(
@@ -201,18 +247,34 @@ fn clusterd_lab(bin: &std::path::Path) -> Result<(TestLab, IpAddr, GreetingWatch
     Ok((lab, ip, watch))
 }
 
-fn clusterd_phase(bin: &std::path::Path, rounds: usize) -> Result<HashMap<Kind, Series>> {
+fn clusterd_phase(
+    bin: &std::path::Path,
+    rounds: usize,
+    kinds: &[Kind],
+) -> Result<HashMap<Kind, Series>> {
     let mut out = HashMap::new();
-    for kind in [Kind::Kill, Kind::Stop, Kind::Partition, Kind::LinkDown] {
+    for kind in [
+        Kind::Kill,
+        Kind::Stop,
+        Kind::Partition,
+        Kind::LinkDown,
+        Kind::LeaderKill,
+    ] {
+        if !kinds.contains(&kind) {
+            continue;
+        }
         let (mut lab, ip, watch) = clusterd_lab(bin)?;
         let mut series = Series::default();
         let mon = monitors(&lab)?;
         for round in 0..rounds {
-            let owner = settle_clusterd(&lab, ip)?;
+            let mut owner = settle_clusterd(&lab, ip)?;
+            let mut leader = lab.wait_for_leader(Duration::from_secs(20))?;
+            if kind == Kind::LeaderKill {
+                (owner, leader) = owner_leads(&mut lab, ip)?;
+            }
             let other = if owner == "mx1" { "mx2" } else { "mx1" };
-            let leader = lab.wait_for_leader(Duration::from_secs(20))?;
             let (fault, undo) = match kind {
-                Kind::Kill => (Fault::Kill, Fault::Restart),
+                Kind::Kill | Kind::LeaderKill => (Fault::Kill, Fault::Restart),
                 Kind::Stop => (Fault::Stop, Fault::Cont),
                 Kind::Partition => (Fault::Partition { from: None }, Fault::Heal),
                 _ => (Fault::LinkDown, Fault::LinkUp),
@@ -240,6 +302,9 @@ fn clusterd_phase(bin: &std::path::Path, rounds: usize) -> Result<HashMap<Kind, 
         out.insert(kind, series);
         watch.stop();
         lab.down()?;
+    }
+    if !kinds.contains(&Kind::Move) {
+        return Ok(out);
     }
     // Planned moves.
     let (mut lab, ip, watch) = clusterd_lab(bin)?;
@@ -289,19 +354,53 @@ fn clusterd_phase(bin: &std::path::Path, rounds: usize) -> Result<HashMap<Kind, 
     Ok(out)
 }
 
+/// Make the Raft leader own `ip`: move the address to it if it is a mail node, else restart
+/// the witness's daemon until a mail node leads (bounded). Returns (owner, leader), settled.
+fn owner_leads(lab: &mut Lab, ip: IpAddr) -> Result<(String, String)> {
+    let mut tried = Vec::new();
+    for _ in 0..10 {
+        let owner = settle_clusterd(lab, ip)?;
+        let leader = lab.wait_for_leader(Duration::from_secs(20))?;
+        if leader == owner {
+            return Ok((owner, leader));
+        }
+        tried.push(format!("{owner} owns, {leader} leads"));
+        if leader == "mx1" || leader == "mx2" {
+            lab.clusterctl(&leader, &["move", &ip.to_string(), &leader])?;
+        } else {
+            // The witness leads: stop its daemon until a mail node leads, then restart it.
+            lab.fault(&leader, Fault::Kill)?;
+            let elected = lab.wait_for_new_leader(&leader, Duration::from_secs(20));
+            lab.fault(&leader, Fault::Restart)?;
+            elected?;
+        }
+    }
+    bail!(
+        "could not make the owner of {ip} the Raft leader in 10 tries: {}",
+        tried.join("; ")
+    )
+}
+
 /// Wait until every daemon agrees on a leader, the address has an owner that greets, and the
 /// other mail node has had time to renew its lease (so it is a fit target). Returns the owner.
 fn settle_clusterd(lab: &Lab, ip: IpAddr) -> Result<String> {
     let leader = lab.wait_for_leader(Duration::from_secs(30))?;
     let deadline = Instant::now() + Duration::from_secs(30);
     let owner = loop {
-        if let Some(o) = lab.cluster_status(&leader)?.owner_of(&ip.to_string())
-            && lab.imap_greeter(ip).as_deref() == Some(o.as_str())
+        let owner = lab.cluster_status(&leader)?.owner_of(&ip.to_string());
+        let greeter = lab.imap_greeter(ip);
+        if let Some(o) = owner.clone()
+            && greeter.as_deref() == Some(o.as_str())
         {
             break o;
         }
         if Instant::now() >= deadline {
-            bail!("{ip} has no serving owner 30 s after the last fault");
+            bail!(
+                "{ip} has no serving owner 30 s after the last fault: {leader} (leader) says \
+                 {owner:?} owns it, {greeter:?} greets on it; {leader}'s status:\n{}",
+                lab.clusterctl(&leader, &["status"])
+                    .unwrap_or_else(|e| e.to_string())
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     };
@@ -314,9 +413,12 @@ fn settle_clusterd(lab: &Lab, ip: IpAddr) -> Result<String> {
 // keepalived
 // ---------------------------------------------------------------------------------------------
 
-fn keepalived_phase(vrrp: Vrrp, rounds: usize) -> Result<HashMap<Kind, Series>> {
+fn keepalived_phase(vrrp: Vrrp, rounds: usize, kinds: &[Kind]) -> Result<HashMap<Kind, Series>> {
     let mut out = HashMap::new();
     for kind in [Kind::Kill, Kind::Stop, Kind::LinkDown] {
+        if !kinds.contains(&kind) {
+            continue;
+        }
         // A fresh lab per fault kind, as for clusterd.
         let mut lab = TestLab::up(LabSpec {
             run_daemons: false,
@@ -500,13 +602,7 @@ fn report(
         rule.push_str("---|---|");
     }
     let _ = writeln!(t, "{header}\n{rule}");
-    for kind in [
-        Kind::Kill,
-        Kind::Stop,
-        Kind::Partition,
-        Kind::LinkDown,
-        Kind::Move,
-    ] {
+    for kind in Kind::ALL {
         let Some(c) = clusterd.get(&kind) else {
             continue;
         };
@@ -527,7 +623,13 @@ fn report(
         let _ = writeln!(t, "{row}");
     }
     let _ = writeln!(t, "\n## Details");
-    for kind in [Kind::Kill, Kind::Stop, Kind::Partition, Kind::LinkDown] {
+    for kind in [
+        Kind::Kill,
+        Kind::Stop,
+        Kind::Partition,
+        Kind::LinkDown,
+        Kind::LeaderKill,
+    ] {
         if let Some(c) = clusterd.get(&kind) {
             let split = |led: bool| {
                 c.took

@@ -191,8 +191,7 @@ pub fn plan(state: &State, live: &Liveness, policy: &Policy, now_ms: u64) -> Vec
         let Some(owner) = a.owner.as_deref() else {
             let waiting_for_home = state.can_hold(home)
                 && !c.healthy(home, a)
-                && a
-                    .declared_ms
+                && a.declared_ms
                     .is_some_and(|d| now_ms < d.saturating_add(HOME_WAIT_MS));
             if waiting_for_home {
                 continue;
