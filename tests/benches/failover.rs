@@ -66,6 +66,14 @@ enum Kind {
 }
 
 impl Kind {
+    /// The faults (everything but planned moves).
+    const UNPLANNED: [Kind; 5] = [
+        Kind::Kill,
+        Kind::Stop,
+        Kind::Partition,
+        Kind::LinkDown,
+        Kind::LeaderKill,
+    ];
     const ALL: [Kind; 6] = [
         Kind::Kill,
         Kind::Stop,
@@ -253,13 +261,7 @@ fn clusterd_phase(
     kinds: &[Kind],
 ) -> Result<HashMap<Kind, Series>> {
     let mut out = HashMap::new();
-    for kind in [
-        Kind::Kill,
-        Kind::Stop,
-        Kind::Partition,
-        Kind::LinkDown,
-        Kind::LeaderKill,
-    ] {
+    for kind in Kind::UNPLANNED {
         if !kinds.contains(&kind) {
             continue;
         }
@@ -623,13 +625,7 @@ fn report(
         let _ = writeln!(t, "{row}");
     }
     let _ = writeln!(t, "\n## Details");
-    for kind in [
-        Kind::Kill,
-        Kind::Stop,
-        Kind::Partition,
-        Kind::LinkDown,
-        Kind::LeaderKill,
-    ] {
+    for kind in Kind::UNPLANNED {
         if let Some(c) = clusterd.get(&kind) {
             let split = |led: bool| {
                 c.took
