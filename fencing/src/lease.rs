@@ -137,13 +137,6 @@ impl LeaseTimings {
         sent_at + self.holder_validity()
     }
 
-    /// The timeout to give the kernel guard at `now` for a lease whose renewal was sent at
-    /// `sent_at`; `None` when the lease is already over (the guard must close at once).
-    pub fn guard_timeout(&self, sent_at: Instant, now: Instant) -> Option<Duration> {
-        let left = self.holder_deadline(sent_at).checked_duration_since(now)?;
-        (!left.is_zero()).then_some(left)
-    }
-
     /// The `valid_lft`/`preferred_lft` (whole seconds) to give an address at each renewal: it
     /// outlives the lease so a live holder never loses it between renewals, and is short so a
     /// dead holder's address disappears by itself.
@@ -321,11 +314,15 @@ mod tests {
     }
 
     #[test]
-    fn guard_timeout_is_what_is_left_and_none_once_over() {
+    fn guard_timeout_is_what_is_left_less_the_window_and_none_once_over() {
         let sent = Instant::now();
-        assert_eq!(t().guard_timeout(sent, sent + ms(100)), Some(ms(642)));
-        assert_eq!(t().guard_timeout(sent, sent + ms(742)), None);
-        assert_eq!(t().guard_timeout(sent, sent + ms(5000)), None);
+        let deadline = t().holder_deadline(sent);
+        assert_eq!(
+            guard_kernel_timeout(deadline, sent + ms(100)),
+            Some(ms(542))
+        );
+        assert_eq!(guard_kernel_timeout(deadline, sent + ms(742)), None);
+        assert_eq!(guard_kernel_timeout(deadline, sent + ms(5000)), None);
     }
 
     #[test]
