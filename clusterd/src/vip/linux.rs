@@ -96,7 +96,7 @@ impl LinuxNet {
         until: Instant,
     ) -> Result<(), NetError> {
         let Some(timeout) = guard_kernel_timeout(until, Instant::now()) else {
-            return self.nft(&guard_allow_script(&[], Duration::ZERO, None));
+            return self.guard_close();
         };
         self.nft(&guard_allow_script(allowed, timeout, Some(token.0)))
             .map_err(|e| {
@@ -115,6 +115,11 @@ impl LinuxNet {
                     e
                 }
             })
+    }
+
+    /// Close the guard for every address. Needs no token: no delay can make closing unsafe.
+    fn guard_close(&self) -> Result<(), NetError> {
+        self.nft(&guard_allow_script(&[], Duration::ZERO, None))
     }
 
     async fn link(&self, iface: &str) -> Result<(u32, [u8; 6]), NetError> {
@@ -267,8 +272,7 @@ impl NetOps for LinuxNet {
 
     async fn guard_allow(&self, allowed: &[IpAddr], until: Instant) -> Result<(), NetError> {
         if allowed.is_empty() {
-            // Closing needs no token: no delay can make it unsafe.
-            return self.nft(&guard_allow_script(&[], Duration::ZERO, None));
+            return self.guard_close();
         }
         let token = self.guard_arm()?;
         self.guard_commit(token, allowed, until)
