@@ -92,8 +92,7 @@ impl LeaseTable {
     /// Whether this leader is still in its quiet period after election: it may not know who
     /// holds what yet, and not every live node has renewed with it yet.
     pub fn quiet(&self, now: Instant, timings: &LeaseTimings) -> bool {
-        self.elected_at
-            .is_none_or(|e| now < timings.new_leader_quiet_until(e))
+        self.quiet_until(timings).is_none_or(|q| now < q)
     }
 
     /// When this leader's quiet period after election ends (`None` before an election).
@@ -313,15 +312,18 @@ pub async fn renew_loop(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
 pub async fn placement_loop(s: Arc<Shared>, policy: Policy, mut stop: watch::Receiver<bool>) {
     let tick = Duration::from_millis(50);
     let mut metrics_rx = s.raft.metrics();
-    // The term this node last saw itself elected in, and when its quiet period ends: the loop
-    // notices an election as it happens and wakes when the quiet period ends, rather than on
-    // the next tick, so a new leader's first takeover is not up to two ticks late.
-    let mut led_term: Option<u64> = None;
-    let mut quiet_until: Option<Instant> = None;
     loop {
+        // The loop notices its own election as it happens (the table has not seen the term yet)
+        // and wakes when the quiet period ends, rather than on the next tick, so a new
+        // leader's first takeover is not up to two ticks late.
+        let (led_term, quiet_until) = {
+            let table = s.leases.table.lock().unwrap_or_else(|p| p.into_inner());
+            (table.term, table.quiet_until(&s.leases.timings))
+        };
+        let now = Instant::now();
         let next = match quiet_until {
-            Some(q) if q > Instant::now() => q.min(Instant::now() + tick),
-            _ => Instant::now() + tick,
+            Some(q) if q > now => q.min(now + tick),
+            _ => now + tick,
         };
         let me = s.id;
         tokio::select! {
@@ -337,28 +339,22 @@ pub async fn placement_loop(s: Arc<Shared>, policy: Policy, mut stop: watch::Rec
         if metrics.state != ServerState::Leader || metrics.current_leader != Some(s.id) {
             continue;
         }
-        if led_term != Some(metrics.current_term) {
-            // Elected: the quiet period counts from now (or from the first lease request this
-            // leader answered, if that came first).
-            led_term = Some(metrics.current_term);
+        let now = Instant::now();
+        // Elected: the quiet period counts from now (or from the first lease request this
+        // leader answered, if that came first). Plan nothing, not even first placements, until
+        // every live node has had time to renew with this leader: otherwise an address could be
+        // placed away from a home that simply had not renewed yet.
+        let quiet = {
             let mut table = s.leases.table.lock().unwrap_or_else(|p| p.into_inner());
-            table.reset_for(metrics.current_term, Instant::now());
-            quiet_until = table.quiet_until(&s.leases.timings);
-        }
-        if !s.leases.timings.may_grant(metrics.millis_since_quorum_ack) {
+            table.reset_for(metrics.current_term, now);
+            table.quiet(now, &s.leases.timings)
+        };
+        if quiet || !s.leases.timings.may_grant(metrics.millis_since_quorum_ack) {
             continue;
         }
         let replica = s.replica.borrow().clone();
-        let now = Instant::now();
         let live = {
-            let mut table = s.leases.table.lock().unwrap_or_else(|p| p.into_inner());
-            table.reset_for(metrics.current_term, now);
-            // Plan nothing, not even first placements, until every live node has had time to
-            // renew with this leader: otherwise an address could be placed away from a home
-            // that simply had not renewed yet.
-            if table.quiet(now, &s.leases.timings) {
-                continue;
-            }
+            let table = s.leases.table.lock().unwrap_or_else(|p| p.into_inner());
             let mut names: Vec<&String> = replica
                 .state
                 .members
