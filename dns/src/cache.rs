@@ -132,21 +132,31 @@ struct Entry {
 }
 
 /// One UDP loop's cache (not shared, so no locking).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct AnswerCache {
     /// The snapshot the entries were answered from.
-    zones: Option<Arc<Zones>>,
+    zones: Arc<Zones>,
     entries: HashMap<Vec<u8>, Entry>,
     /// The key of the query at hand (reused, so a hit allocates only its response).
     key: Vec<u8>,
 }
 
 impl AnswerCache {
-    /// Forget everything unless the entries were answered from `zones`.
+    /// An empty cache for answers from `zones`.
+    pub(crate) fn new(zones: Arc<Zones>) -> Self {
+        AnswerCache {
+            zones,
+            entries: HashMap::new(),
+            key: Vec::new(),
+        }
+    }
+
+    /// Forget everything unless the entries were answered from `zones` (a pointer comparison
+    /// per query; the snapshot is cloned only when it changed).
     fn follow(&mut self, zones: &Arc<Zones>) {
-        if !self.zones.as_ref().is_some_and(|z| Arc::ptr_eq(z, zones)) {
+        if !Arc::ptr_eq(&self.zones, zones) {
             self.entries.clear();
-            self.zones = Some(zones.clone());
+            self.zones = zones.clone();
         }
     }
 
@@ -181,8 +191,7 @@ pub(crate) async fn answer_udp(
     if !handler.admit(src.ip(), Some(shape.qtype)) {
         return;
     }
-    let zones = handler.zones().clone();
-    cache.follow(&zones);
+    cache.follow(&handler.zones());
     shape.key_into(bytes, &mut cache.key);
     let mut rotation = None;
     if let Some(entry) = cache.entries.get(cache.key.as_slice()) {
@@ -197,6 +206,7 @@ pub(crate) async fn answer_udp(
     let Some(request) = parse_query(handler, bytes, src, Protocol::Udp, outbox) else {
         return;
     };
+    let zones = cache.zones.clone();
     let before = outbox.len();
     let responded = handler
         .respond(
@@ -316,9 +326,8 @@ mod tests {
 
     #[test]
     fn the_cache_is_bounded_and_follows_the_snapshot() {
-        let mut cache = AnswerCache::default();
         let zones = Arc::new(Zones::empty());
-        cache.follow(&zones);
+        let mut cache = AnswerCache::new(zones.clone());
         let cached = || Cached {
             wire: vec![0; 12],
             rcode: ResponseCode::Refused,

@@ -31,7 +31,7 @@ const MAX_QUERY: usize = 4096;
 pub(crate) async fn udp_loop(socket: Arc<UdpSocket>, handler: Handler) {
     let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; MAX_QUERY]).collect();
     let outbox = Outbox::default();
-    let mut cache = AnswerCache::default();
+    let mut cache = AnswerCache::new(handler.zones().clone());
     let fd = socket.as_raw_fd();
     loop {
         if let Err(e) = socket.readable().await {
