@@ -450,12 +450,7 @@ mod tests {
     #[test]
     fn drained_owner_hands_over_and_the_target_gets_it_after_release() {
         let mut s = placed();
-        s.apply(&Command::SetAdmin {
-            node: "mx1".into(),
-            state: AdminState::Drained,
-            by: "mx1".into(),
-            at_ms: 1,
-        });
+        drain(&mut s, "mx1");
         let cmds = run(&mut s, &all_live(), &Policy::default());
         assert!(matches!(
             &cmds[..],
@@ -491,12 +486,7 @@ mod tests {
     #[test]
     fn drained_owner_that_dies_mid_handoff_is_taken_over_after_expiry() {
         let mut s = placed();
-        s.apply(&Command::SetAdmin {
-            node: "mx1".into(),
-            state: AdminState::Drained,
-            by: "mx1".into(),
-            at_ms: 1,
-        });
+        drain(&mut s, "mx1");
         run(&mut s, &all_live(), &Policy::default());
         let l = live(&[("mx2", 9), ("mx3", 9)], &["mx1"]);
         run(&mut s, &l, &Policy::default());
@@ -723,6 +713,16 @@ mod tests {
         s
     }
 
+    /// An operator drains `node`.
+    fn drain(s: &mut State, node: &str) {
+        s.apply(&Command::SetAdmin {
+            node: node.into(),
+            state: AdminState::Drained,
+            by: "op".into(),
+            at_ms: 1,
+        });
+    }
+
     /// (address, new owner) of every assignment in `cmds`.
     fn assigned(cmds: &[Command]) -> Vec<(String, String)> {
         cmds.iter()
@@ -886,12 +886,7 @@ mod tests {
     #[test]
     fn a_new_address_does_not_wait_for_a_drained_home() {
         let mut s = state();
-        s.apply(&Command::SetAdmin {
-            node: "mx1".into(),
-            state: AdminState::Drained,
-            by: "op".into(),
-            at_ms: 1,
-        });
+        drain(&mut s, "mx1");
         let cmds = plan(&s, &all_live(), &Policy::default(), 2);
         assert!(assigned(&cmds).contains(&("192.0.2.101/24".into(), "mx3".into())));
     }
