@@ -408,24 +408,7 @@ pub async fn propose(s: &Shared, cmd: Command) -> Result<Applied, ApiError> {
 
 async fn propose_inner(s: &Shared, cmd: Command, forwarded: bool) -> Result<Applied, ApiError> {
     let applied = match leader_route(s, forwarded)? {
-        LeaderRoute::Here => {
-            let write = tokio::time::timeout(WRITE_TIMEOUT, s.raft.client_write(cmd));
-            tokio::select! {
-                result = write => match result {
-                    Ok(Ok(resp)) => resp.data,
-                    Ok(Err(e)) => return Err(write_error(e)),
-                    Err(_) => {
-                        return Err(ApiError::unavailable(format!(
-                            "the write was not committed within {} s: {} may have lost its \
-                             quorum; check `clusterctl status` on the other nodes",
-                            WRITE_TIMEOUT.as_secs(),
-                            s.me
-                        )));
-                    }
-                },
-                lost = quorum_lost(s) => return Err(lost),
-            }
-        }
+        LeaderRoute::Here => write_here(s, cmd).await?.applied,
         LeaderRoute::Forward(client) => {
             let body = serde_json::to_vec(&cmd)
                 .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
@@ -442,6 +425,35 @@ async fn propose_inner(s: &Shared, cmd: Command, forwarded: bool) -> Result<Appl
     match &applied.refused {
         Some(reason) => Err(ApiError::new(StatusCode::CONFLICT, reason.clone())),
         None => Ok(applied),
+    }
+}
+
+/// A write this leader committed: the state machine's answer (which may be a refusal) and
+/// the entry's log index.
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// What `apply` said.
+    pub applied: Applied,
+    /// Where the entry sits in the log.
+    pub index: u64,
+}
+
+/// Write `cmd` through this node's own Raft core, which must lead; never forwarded. A
+/// refusal by the state machine is a `Written` too (the entry is in the log all the same).
+pub async fn write_here(s: &Shared, cmd: Command) -> Result<Written, ApiError> {
+    let write = tokio::time::timeout(WRITE_TIMEOUT, s.raft.client_write(cmd));
+    tokio::select! {
+        result = write => match result {
+            Ok(Ok(resp)) => Ok(Written { applied: resp.data, index: resp.log_id.index }),
+            Ok(Err(e)) => Err(write_error(e)),
+            Err(_) => Err(ApiError::unavailable(format!(
+                "the write was not committed within {} s: {} may have lost its \
+                 quorum; check `clusterctl status` on the other nodes",
+                WRITE_TIMEOUT.as_secs(),
+                s.me
+            ))),
+        },
+        lost = quorum_lost(s) => Err(lost),
     }
 }
 

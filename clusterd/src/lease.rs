@@ -6,7 +6,7 @@
 //! leader's memory, not in Raft: a new leader starts with an empty table and waits its quiet
 //! period before reassigning anything.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -63,11 +63,46 @@ struct Granted {
 }
 
 /// The leader's memory of grants, reset whenever leadership changes.
+///
+/// It also keeps the grant rule: once this leader decided to take an address from a node, it
+/// grants that node nothing until the takeover's log index is known, and from then on only
+/// grants naming that index or a later one. The holder acts on a grant only from a replica that
+/// has applied that far, where it no longer owns the address. Without this, a node resumed
+/// after a freeze could renew in the milliseconds between the decision and its entry reaching
+/// the log, get a grant naming the log before the takeover, and hold the address next to its
+/// new owner until that lease ran out.
 #[derive(Debug, Default)]
 pub struct LeaseTable {
     term: Option<u64>,
     elected_at: Option<Instant>,
     grants: BTreeMap<String, Granted>,
+    /// Takeovers from each node decided in this term whose write has not come back yet.
+    taking: BTreeMap<String, usize>,
+    /// Nodes with a takeover whose write failed: it may or may not be in the log, so they get
+    /// nothing until a later write of this leader commits (and with it everything before).
+    unsettled: BTreeSet<String>,
+    /// The lowest log index a grant to each node may name.
+    floor: BTreeMap<String, u64>,
+}
+
+/// Why the leader's table refuses a node a lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Withheld {
+    /// A takeover of one of its addresses is on its way into the log.
+    TakeoverInFlight,
+    /// A takeover of one of its addresses failed to commit and may still be in the log.
+    TakeoverUnsettled,
+}
+
+impl std::fmt::Display for Withheld {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Withheld::TakeoverInFlight => "a takeover of its addresses is being committed",
+            Withheld::TakeoverUnsettled => {
+                "a takeover of its addresses did not commit and may still be in the log"
+            }
+        })
+    }
 }
 
 impl LeaseTable {
@@ -77,16 +112,100 @@ impl LeaseTable {
             self.term = Some(term);
             self.elected_at = Some(now);
             self.grants.clear();
+            self.taking.clear();
+            self.unsettled.clear();
+            self.floor.clear();
         }
     }
 
-    fn grant(&mut self, node: &str, now: Instant, timings: &LeaseTimings) {
+    /// Record a grant to `node` at `now` in `term`, whose log is at `last_log_index`, and return
+    /// the log index the grant names; or refuse it under the grant rule. A refused node is not
+    /// recorded as granted.
+    fn grant(
+        &mut self,
+        term: u64,
+        node: &str,
+        now: Instant,
+        last_log_index: u64,
+        timings: &LeaseTimings,
+    ) -> Result<u64, Withheld> {
+        self.reset_for(term, now);
+        if self.taking.get(node).is_some_and(|n| *n > 0) {
+            return Err(Withheld::TakeoverInFlight);
+        }
+        if self.unsettled.contains(node) {
+            return Err(Withheld::TakeoverUnsettled);
+        }
         let since = match self.grants.get(node) {
             Some(g) if now.duration_since(g.last) <= timings.lease => g.since,
             _ => now,
         };
         self.grants
             .insert(node.to_string(), Granted { last: now, since });
+        Ok(last_log_index.max(self.floor.get(node).copied().unwrap_or(0)))
+    }
+
+    /// The leader decided, in `term`, to take an address from `node`: withhold grants from it
+    /// until [`LeaseTable::takeover_written`]. Must happen under the same lock as the
+    /// [`LeaseTable::liveness`] the decision came from, so no grant slips in between.
+    pub fn takeover_decided(&mut self, term: u64, node: &str) {
+        if self.term == Some(term) {
+            *self.taking.entry(node.to_string()).or_default() += 1;
+        }
+    }
+
+    /// A takeover from `node` decided in `term` came back: committed at `index` (`Some`, even
+    /// if the state machine refused it), or failed (`None`: it may still be in the log).
+    pub fn takeover_written(&mut self, term: u64, node: &str, index: Option<u64>) {
+        if self.term != Some(term) {
+            return;
+        }
+        self.no_longer_taking(node);
+        match index {
+            Some(i) => self.raise_floor(node, i),
+            None => {
+                self.unsettled.insert(node.to_string());
+            }
+        }
+    }
+
+    /// A decided takeover from `node` was never submitted (an earlier write of the same round
+    /// failed): nothing of it can be in the log.
+    pub fn takeover_withdrawn(&mut self, term: u64, node: &str) {
+        if self.term == Some(term) {
+            self.no_longer_taking(node);
+        }
+    }
+
+    fn no_longer_taking(&mut self, node: &str) {
+        if let Some(n) = self.taking.get_mut(node) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.taking.remove(node);
+            }
+        }
+    }
+
+    /// Whether a failed takeover write still needs a later write to settle it.
+    pub fn needs_settling(&self) -> bool {
+        !self.unsettled.is_empty()
+    }
+
+    /// A write of this leader submitted after every failed takeover came back committed at
+    /// `index`: Raft commits in log order, so whatever of those takeovers reached the log is
+    /// at or before `index` and applied. Grants to their nodes name at least `index`.
+    pub fn settled(&mut self, term: u64, index: u64) {
+        if self.term != Some(term) {
+            return;
+        }
+        for node in std::mem::take(&mut self.unsettled) {
+            self.raise_floor(&node, index);
+        }
+    }
+
+    fn raise_floor(&mut self, node: &str, index: u64) {
+        let f = self.floor.entry(node.to_string()).or_default();
+        *f = (*f).max(index);
     }
 
     /// Whether this leader is still in its quiet period after election: it may not know who
@@ -219,7 +338,9 @@ pub async fn confirm_loop(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// Grant (or refuse) a lease to `node` on this node, which must lead with a fresh quorum.
+/// Grant (or refuse) a lease to `node` on this node, which must lead with a fresh quorum. The
+/// grant names this leader's last log index, or a later one the grant rule asks for (see
+/// [`LeaseTable`]).
 pub fn grant(s: &Shared, node: &str) -> Result<LeaseGrant, String> {
     let metrics = s.raft.metrics().borrow().clone();
     if metrics.state != ServerState::Leader || metrics.current_leader != Some(s.id) {
@@ -235,13 +356,20 @@ pub fn grant(s: &Shared, node: &str) -> Result<LeaseGrant, String> {
         ));
     }
     let mut table = s.leases.table.lock().unwrap_or_else(|p| p.into_inner());
-    table.reset_for(metrics.current_term, now);
-    table.grant(node, now, &s.leases.timings);
+    let log_index = table
+        .grant(
+            metrics.current_term,
+            node,
+            now,
+            metrics.last_log_index.unwrap_or(0),
+            &s.leases.timings,
+        )
+        .map_err(|w| format!("{} withholds a lease from {node}: {w}", s.me))?;
     Ok(LeaseGrant {
         lease_ms: s.leases.timings.lease.as_millis() as u64,
         leader: s.me.clone(),
         term: metrics.current_term,
-        log_index: metrics.last_log_index.unwrap_or(0),
+        log_index,
     })
 }
 
@@ -352,9 +480,41 @@ pub async fn placement_loop(s: Arc<Shared>, policy: Policy, mut stop: watch::Rec
         if quiet || !s.leases.timings.may_grant(metrics.millis_since_quorum_ack) {
             continue;
         }
+        let term = metrics.current_term;
+        // A takeover write that failed may still be in the log: settle it with a write of our
+        // own before planning more (its commit commits everything before it).
+        let unsettled = s
+            .leases
+            .table
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .needs_settling();
+        if unsettled {
+            match api::write_here(
+                &s,
+                Command::RecordMembership {
+                    at_ms: auth::unix_ms(),
+                },
+            )
+            .await
+            {
+                Ok(w) => {
+                    let mut table = s.leases.table.lock().unwrap_or_else(|p| p.into_inner());
+                    table.settled(term, w.index);
+                }
+                Err(e) => {
+                    debug!(error = %e.message_text(), "failed takeover not settled yet");
+                    continue;
+                }
+            }
+        }
         let replica = s.replica.borrow().clone();
-        let live = {
-            let table = s.leases.table.lock().unwrap_or_else(|p| p.into_inner());
+        let now_ms = auth::unix_ms();
+        // Verdicts, plan and the grant rule's bookkeeping under one hold of the table: a grant
+        // either came before (and the verdict counted it) or is withheld until the takeover's
+        // log index is known.
+        let (live, commands) = {
+            let mut table = s.leases.table.lock().unwrap_or_else(|p| p.into_inner());
             let mut names: Vec<&String> = replica
                 .state
                 .members
@@ -373,7 +533,7 @@ pub async fn placement_loop(s: Arc<Shared>, policy: Policy, mut stop: watch::Rec
             let mut live = table.liveness(names, now, &s.leases.timings);
             // A silent node with a fence agent keeps its addresses until it is fenced.
             let mut gate = s.fencing.gate.lock().unwrap_or_else(|p| p.into_inner());
-            gate.reset_for(metrics.current_term);
+            gate.reset_for(term);
             let start = crate::fence::gate_liveness(
                 &mut gate,
                 &mut live,
@@ -383,14 +543,25 @@ pub async fn placement_loop(s: Arc<Shared>, policy: Policy, mut stop: watch::Rec
                 |n| table.last_grant(n),
                 now,
             );
+            drop(gate);
             for node in start {
                 let by = format!("leader {}", s.me);
-                let task = crate::fence::run(s.clone(), node, by, metrics.current_term);
+                let task = crate::fence::run(s.clone(), node, by, term);
                 tokio::spawn(task);
             }
-            live
+            let commands: Vec<(Command, Option<String>)> =
+                plan::plan(&replica.state, &live, &policy, now_ms)
+                    .into_iter()
+                    .map(|cmd| {
+                        let from = plan::taken_from(&replica.state, &cmd).map(str::to_string);
+                        if let Some(node) = &from {
+                            table.takeover_decided(term, node);
+                        }
+                        (cmd, from)
+                    })
+                    .collect();
+            (live, commands)
         };
-        let now_ms = auth::unix_ms();
         for node in crate::fence::to_clear(&replica.state, &live, now_ms) {
             let cmd = Command::FenceCleared {
                 node,
@@ -401,12 +572,33 @@ pub async fn placement_loop(s: Arc<Shared>, policy: Policy, mut stop: watch::Rec
                 debug!(error = %e.message_text(), "fencing record not cleared");
             }
         }
-        let commands = plan::plan(&replica.state, &live, &policy, now_ms);
-        for cmd in commands {
-            info!(command = ?cmd, "placement");
-            if let Err(e) = api::propose(&s, cmd).await {
-                debug!(error = %e.message_text(), "placement command not applied");
-                break;
+        let mut failed = false;
+        for (cmd, from) in commands {
+            let written = if failed {
+                None // not written at all: nothing of it is in the log
+            } else {
+                info!(command = ?cmd, "placement");
+                match api::write_here(&s, cmd).await {
+                    Ok(w) => {
+                        if let Some(reason) = &w.applied.refused {
+                            debug!(%reason, "placement command refused");
+                        }
+                        Some(Some(w.index))
+                    }
+                    Err(e) => {
+                        debug!(error = %e.message_text(), "placement command not applied");
+                        failed = true;
+                        Some(None)
+                    }
+                }
+            };
+            if let Some(node) = from {
+                let mut table = s.leases.table.lock().unwrap_or_else(|p| p.into_inner());
+                match written {
+                    Some(index) => table.takeover_written(term, &node, index),
+                    // Never submitted: withdraw the decision.
+                    None => table.takeover_withdrawn(term, &node),
+                }
             }
         }
     }
@@ -443,7 +635,9 @@ mod tests {
         let t0 = Instant::now();
         table.reset_for(1, t0);
         for i in 0..10 {
-            table.grant("mx1", t0 + Duration::from_millis(200 * i), &t());
+            table
+                .grant(1, "mx1", t0 + Duration::from_millis(200 * i), 5, &t())
+                .unwrap();
         }
         let now = t0 + Duration::from_millis(1900);
         let live = table.liveness(&names(&["mx1"]), now, &t());
@@ -455,8 +649,10 @@ mod tests {
         let mut table = LeaseTable::default();
         let t0 = Instant::now();
         table.reset_for(1, t0);
-        table.grant("mx1", t0, &t());
-        table.grant("mx1", t0 + Duration::from_secs(5), &t());
+        table.grant(1, "mx1", t0, 5, &t()).unwrap();
+        table
+            .grant(1, "mx1", t0 + Duration::from_secs(5), 5, &t())
+            .unwrap();
         let live = table.liveness(&names(&["mx1"]), t0 + Duration::from_millis(5100), &t());
         assert_eq!(live.current.get("mx1"), Some(&100));
     }
@@ -467,7 +663,7 @@ mod tests {
         let t0 = Instant::now();
         table.reset_for(1, t0);
         let late = t0 + Duration::from_secs(10);
-        table.grant("mx1", late, &t());
+        table.grant(1, "mx1", late, 5, &t()).unwrap();
         let nodes = names(&["mx1"]);
         let lapsed = late + t().lease + Duration::from_millis(1);
         let live = table.liveness(&nodes, lapsed, &t());
@@ -495,9 +691,192 @@ mod tests {
         let mut table = LeaseTable::default();
         let t0 = Instant::now();
         table.reset_for(1, t0);
-        table.grant("mx1", t0, &t());
+        table.grant(1, "mx1", t0, 5, &t()).unwrap();
         table.reset_for(2, t0 + Duration::from_millis(10));
         let live = table.liveness(&names(&["mx1"]), t0 + Duration::from_millis(20), &t());
         assert!(live.current.is_empty());
+    }
+
+    /// A table whose leader (term 1, elected at `t0`) last granted mx1 at `t0`, and an instant
+    /// past its quiet period at which mx1 is surely expired.
+    fn mx1_silent_since(t0: Instant) -> (LeaseTable, Instant) {
+        let mut table = LeaseTable::default();
+        table.reset_for(1, t0);
+        table.grant(1, "mx1", t0, 10, &t()).unwrap();
+        table.grant(1, "mx2", t0, 10, &t()).unwrap();
+        (table, t0 + t().quorum_fresh + t().takeover_delay())
+    }
+
+    #[test]
+    fn a_node_gets_no_lease_while_a_takeover_of_its_address_is_on_its_way_into_the_log() {
+        let t0 = Instant::now();
+        let (mut table, expired) = mx1_silent_since(t0);
+        let live = table.liveness(&names(&["mx1"]), expired, &t());
+        assert!(live.expired.contains("mx1"));
+        table.takeover_decided(1, "mx1");
+        // mx1 resumes and renews before the takeover's entry is in the log (the leader's log
+        // still ends at 10): no grant at all.
+        let resumed = expired + Duration::from_millis(3);
+        assert_eq!(
+            table.grant(1, "mx1", resumed, 10, &t()),
+            Err(Withheld::TakeoverInFlight)
+        );
+        // Nor once it is in the log but not committed (the log ends at 11).
+        assert_eq!(
+            table.grant(1, "mx1", resumed, 11, &t()),
+            Err(Withheld::TakeoverInFlight)
+        );
+        // Refusals are not grants: mx1 stays expired.
+        assert!(
+            table
+                .liveness(&names(&["mx1"]), resumed, &t())
+                .expired
+                .contains("mx1")
+        );
+        // Committed at 11: grants name 11 at least, even from metrics that still say 10.
+        table.takeover_written(1, "mx1", Some(11));
+        assert_eq!(table.grant(1, "mx1", resumed, 10, &t()), Ok(11));
+        assert_eq!(table.grant(1, "mx1", resumed, 14, &t()), Ok(14));
+        // Other nodes are never held up by it.
+        table.takeover_decided(1, "mx1");
+        assert_eq!(table.grant(1, "mx2", resumed, 12, &t()), Ok(12));
+    }
+
+    #[test]
+    fn a_failed_takeover_write_withholds_leases_until_a_later_write_commits() {
+        let t0 = Instant::now();
+        let (mut table, expired) = mx1_silent_since(t0);
+        table.takeover_decided(1, "mx1");
+        // Timed out: it may be in the log at some unknown index.
+        table.takeover_written(1, "mx1", None);
+        assert!(table.needs_settling());
+        assert_eq!(
+            table.grant(1, "mx1", expired, 12, &t()),
+            Err(Withheld::TakeoverUnsettled)
+        );
+        // A later write of this leader committed at 15: whatever of the takeover is in the
+        // log is at or before 15.
+        table.settled(1, 15);
+        assert!(!table.needs_settling());
+        assert_eq!(table.grant(1, "mx1", expired, 12, &t()), Ok(15));
+    }
+
+    #[test]
+    fn a_takeover_never_submitted_withholds_nothing_afterwards() {
+        let t0 = Instant::now();
+        let (mut table, expired) = mx1_silent_since(t0);
+        table.takeover_decided(1, "mx1");
+        table.takeover_decided(1, "mx1");
+        table.takeover_written(1, "mx1", Some(11));
+        assert_eq!(
+            table.grant(1, "mx1", expired, 11, &t()),
+            Err(Withheld::TakeoverInFlight)
+        );
+        table.takeover_withdrawn(1, "mx1");
+        assert_eq!(table.grant(1, "mx1", expired, 11, &t()), Ok(11));
+    }
+
+    #[test]
+    fn a_new_term_forgets_the_takeovers_of_the_old_one() {
+        let t0 = Instant::now();
+        let (mut table, expired) = mx1_silent_since(t0);
+        table.takeover_decided(1, "mx1");
+        table.takeover_written(1, "mx1", None);
+        // Leadership moved and came back: the new term's quiet period covers the old term's
+        // decisions, and its log (hence every grant) contains whatever of them was appended.
+        assert_eq!(table.grant(2, "mx1", expired, 20, &t()), Ok(20));
+        // Late answers about the old term change nothing.
+        table.takeover_written(1, "mx1", Some(99));
+        table.settled(1, 99);
+        assert_eq!(table.grant(2, "mx1", expired, 20, &t()), Ok(20));
+    }
+
+    /// The interleaving of the freeze race, step by step, with the real planner, lease table,
+    /// effective-lease rule and address runtime decision: an owner frozen for about a lease
+    /// resumes and renews at every point of its takeover, its replica at any index from the
+    /// grant's on. Whenever the new owner holds the address, the old one must not.
+    #[test]
+    fn a_resumed_owner_never_holds_alongside_the_new_owner_wherever_its_renewal_falls() {
+        use crate::model::{AddressSpec, MoveReason, State};
+        use crate::vip::{desired, effective_lease};
+        let ip = "192.0.2.101/24";
+        // log[i] = the state after entry i; the owner mx1 holds the address from index 10.
+        let mut s = crate::model::test_state(&["mx1", "mx2"], &[]);
+        s.apply(&Command::SetAddresses {
+            by: "mx2".into(),
+            addresses: vec![AddressSpec {
+                ip: ip.into(),
+                interface: "eth0".into(),
+                home: "mx1".into(),
+                services: vec![],
+            }],
+            at_ms: 0,
+        });
+        s.apply(&Command::Assign {
+            ip: ip.into(),
+            to: "mx1".into(),
+            epoch: 0,
+            reason: MoveReason::Initial,
+            at_ms: 0,
+        });
+        let mut log: BTreeMap<u64, State> = BTreeMap::from([(10, s.clone())]);
+
+        #[derive(Debug, Clone, Copy)]
+        enum Renewal {
+            AfterDecision,
+            AppendedNotPublished,
+            AppendedPublished,
+            Committed,
+        }
+        for renewal in [
+            Renewal::AfterDecision,
+            Renewal::AppendedNotPublished,
+            Renewal::AppendedPublished,
+            Renewal::Committed,
+        ] {
+            let t0 = Instant::now();
+            let (mut table, expired) = mx1_silent_since(t0);
+            let live = table.liveness(&names(&["mx1", "mx2"]), expired, &t());
+            let mut plan_live = live.clone();
+            plan_live.current.insert("mx2".into(), 5_000);
+            let cmds = plan::plan(&s, &plan_live, &Policy::default(), 1);
+            assert_eq!(cmds.len(), 1, "{renewal:?}: {cmds:?}");
+            assert_eq!(plan::taken_from(&s, &cmds[0]), Some("mx1"));
+            table.takeover_decided(1, "mx1");
+            let mut after = s.clone();
+            assert!(after.apply(&cmds[0]).refused.is_none());
+            log.insert(11, after);
+
+            // What the leader's log and metrics say when mx1's renewal arrives.
+            let resumed = expired + Duration::from_millis(2);
+            let metrics_last = match renewal {
+                Renewal::AfterDecision | Renewal::AppendedNotPublished => 10,
+                Renewal::AppendedPublished | Renewal::Committed => 11,
+            };
+            if matches!(renewal, Renewal::Committed) {
+                table.takeover_written(1, "mx1", Some(11));
+            }
+            let granted = table.grant(1, "mx1", resumed, metrics_last, &t());
+            // The new owner holds the address from the commit on.
+            let mx2_holds = desired(&log[&11], "mx2", true).hold.contains_key(ip);
+            assert!(mx2_holds);
+            let Ok(index) = granted else {
+                continue; // no lease, nothing held
+            };
+            let lease = HeldLease {
+                deadline: resumed + t().holder_validity(),
+                min_applied: index,
+            };
+            for applied in 10..=11 {
+                let acted = effective_lease(None, Some(lease), applied);
+                let mx1_holds =
+                    acted.is_some() && desired(&log[&applied], "mx1", true).hold.contains_key(ip);
+                assert!(
+                    !mx1_holds,
+                    "{renewal:?}: mx1 granted at index {index} holds {ip} from a replica at \
+                     {applied} while mx2 owns it"
+                );
+            }
+        }
     }
 }

@@ -141,6 +141,21 @@ impl Chooser<'_> {
     }
 }
 
+/// The node a command takes an address from without its consent: an [`Command::Assign`] of
+/// an address that `state` says another node owns (a takeover). The leader must not grant that
+/// node a lease naming an earlier log index once it decided this (`lease::LeaseTable`). A
+/// planned move is not a taking: the owner releases first.
+pub fn taken_from<'a>(state: &'a State, cmd: &Command) -> Option<&'a str> {
+    let Command::Assign { ip, to, .. } = cmd else {
+        return None;
+    };
+    state
+        .addresses
+        .get(ip)
+        .and_then(|a| a.owner.as_deref())
+        .filter(|owner| owner != to)
+}
+
 /// The commands that bring placement where it should be. At most one command per address.
 pub fn plan(state: &State, live: &Liveness, policy: &Policy, now_ms: u64) -> Vec<Command> {
     let mut load: BTreeMap<String, usize> = BTreeMap::new();
@@ -417,6 +432,34 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn a_takeover_takes_from_the_old_owner_and_nothing_else_takes() {
+        let s = placed();
+        let l = live(&[("mx2", 5000), ("mx3", 5000)], &["mx1"]);
+        let cmds = plan(&s, &l, &Policy::default(), NOW);
+        assert_eq!(cmds.len(), 1);
+        assert_eq!(taken_from(&s, &cmds[0]), Some("mx1"));
+        // A planned move, an assignment to the owner itself and a first placement take nothing.
+        let ip = "192.0.2.101/24".to_string();
+        let handoff = Command::StartHandoff {
+            ip: ip.clone(),
+            to: "mx2".into(),
+            epoch: 1,
+            reason: MoveReason::Operator,
+            at_ms: NOW,
+        };
+        assert_eq!(taken_from(&s, &handoff), None);
+        let to_owner = Command::Assign {
+            ip,
+            to: "mx1".into(),
+            epoch: 1,
+            reason: MoveReason::Initial,
+            at_ms: NOW,
+        };
+        assert_eq!(taken_from(&s, &to_owner), None);
+        assert_eq!(taken_from(&state(), &cmds[0]), None);
     }
 
     #[test]
