@@ -1706,14 +1706,15 @@ impl Config {
             let iface = &a.interface;
             if iface.is_empty()
                 || iface.len() > 15
-                || iface.contains('/')
-                || iface.chars().any(char::is_whitespace)
+                || iface.contains(['/', '"', '\\'])
+                || iface.chars().any(|c| c.is_whitespace() || c.is_control())
             {
                 v.push(
                     format!("{f}.interface"),
                     format!(
                         "{iface:?} is not a valid interface name; write 1 to 15 characters \
-                         without '/' or spaces, as `ip link` shows it, e.g. \"eth0\""
+                         without '/', quotes, backslashes or spaces, as `ip link` shows it, \
+                         e.g. \"eth0\""
                     ),
                 );
             }
@@ -2834,7 +2835,14 @@ names = { imap = ["imap"], smtp = ["smtp"], mail = ["imap", "smtp"] }
 
     #[test]
     fn bad_interface_names_refused() {
-        for bad in ["", "eth0/1", "eth 0", "averyveryverylongname"] {
+        for bad in [
+            "",
+            "eth0/1",
+            "eth 0",
+            "averyveryverylongname",
+            "eth\"0",
+            "eth\\0",
+        ] {
             let mut c = base();
             c.addresses[0].interface = bad.into();
             assert_refused(&c, "addresses[0].interface", "1 to 15 characters");

@@ -64,7 +64,7 @@ fn cleanup_removes_a_dead_daemons_addresses_and_guard_with_only_the_units_capabi
     );
     netns::block_on_in(&node.netns, move || async move {
         let net = LinuxNet::new()?;
-        net.guard_setup(&ips).await?;
+        net.guard_setup(&ips, std::slice::from_ref(&iface)).await?;
         net.guard_allow(&[held.addr], Instant::now() + Duration::from_secs(600))
             .await?;
         net.add(&iface, held, 600).await?;
@@ -82,7 +82,9 @@ fn cleanup_removes_a_dead_daemons_addresses_and_guard_with_only_the_units_capabi
     ensure!(addresses()?.contains(&held_cidr), "setup: no {held_cidr}");
     let before = tables()?;
     ensure!(
-        before.contains("table inet clusterd_guard") && before.contains("table arp clusterd_guard"),
+        before.contains("table inet clusterd_guard")
+            && before.contains("table arp clusterd_guard")
+            && before.contains("table netdev clusterd_guard"),
         "setup: guard tables missing: {before}"
     );
 

@@ -104,9 +104,10 @@ fn a_guard_write_that_reaches_the_kernel_late_cannot_stretch_the_allowance() -> 
     let ip: IpAddr = floating[0].ip;
     let ips: Vec<IpAddr> = floating.iter().map(|f| f.ip).collect();
 
+    let iface = node.iface.clone();
     let observed = netns::block_on_in(&node.netns, move || async move {
         let net = LinuxNet::new()?;
-        net.guard_setup(&ips).await?;
+        net.guard_setup(&ips, &[iface]).await?;
 
         // A prompt write: allowed, and for no longer than until its deadline.
         let first_until = Instant::now() + Duration::from_millis(1500);
@@ -179,6 +180,65 @@ fn a_guard_write_that_reaches_the_kernel_late_cannot_stretch_the_allowance() -> 
     ensure!(
         observed.accepted_again,
         "no prompt write was accepted in 5 tries after a refused one"
+    );
+    Ok(())
+}
+
+/// A gratuitous ARP leaves on a packet socket, which no `inet` or `arp` hook sees. A daemon
+/// resumed after a freeze can send one it checked against the lease before the freeze: the
+/// guard's `netdev` egress chain must drop it once the allowance ended, so no client is pointed
+/// at a node that no longer answers for the address.
+#[test]
+fn a_gratuitous_arp_sent_after_the_allowance_ended_never_leaves_the_node() -> Result<()> {
+    let lab = TestLab::network_only()?;
+    let node = lab.node("mx1")?.clone();
+    let floating = lab.state().floating.clone();
+    let ips: Vec<IpAddr> = floating.iter().map(|f| f.ip).collect();
+    let IpAddr::V4(ip) = floating[0].ip else {
+        anyhow::bail!("the lab's first floating address is not IPv4");
+    };
+    let prober = clusterd_tests::ArpProber::start(&lab)?;
+    let started = Instant::now();
+    let iface = node.iface.clone();
+    let (allowed_at, late_at, late) = netns::block_on_in(&node.netns, move || async move {
+        let net = LinuxNet::new()?;
+        net.guard_setup(&ips, &[iface.clone()]).await?;
+        // While allowed, the announcement goes out.
+        net.guard_allow(
+            &[IpAddr::V4(ip)],
+            Instant::now() + Duration::from_millis(400),
+        )
+        .await?;
+        let allowed_at = Instant::now();
+        net.announce(&iface, IpAddr::V4(ip)).await?;
+        // The allowance runs out by itself, as it does while a daemon is frozen; then the
+        // announcement a resumed daemon would still send.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let late_at = Instant::now();
+        let late = net.announce(&iface, IpAddr::V4(ip)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        net.guard_teardown().await?;
+        Ok::<_, anyhow::Error>((allowed_at, late_at, late.map_err(|e| e.to_string())))
+    })??;
+    let seen = prober.stop();
+    let at = |i: Instant| i.saturating_duration_since(started);
+    let mine: Vec<_> = seen
+        .announcements
+        .iter()
+        .filter(|a| a.ip == ip && a.node == "mx1")
+        .collect();
+    ensure!(
+        mine.iter().any(
+            |a| a.at >= at(allowed_at).saturating_sub(Duration::from_millis(50))
+                && a.at < at(late_at)
+        ),
+        "the announcement sent while allowed never reached the client: {mine:?}"
+    );
+    let stale: Vec<_> = mine.iter().filter(|a| a.at >= at(late_at)).collect();
+    ensure!(
+        stale.is_empty(),
+        "a gratuitous ARP sent after the allowance ended reached the client: {stale:?} \
+         (the send said {late:?})"
     );
     Ok(())
 }

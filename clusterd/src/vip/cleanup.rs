@@ -89,7 +89,7 @@ mod tests {
     async fn removes_configured_addresses_and_the_guard_and_is_idempotent() {
         let world = World::new();
         let net = world.node("mx1");
-        net.guard_setup(&[addr("192.0.2.101/24").addr])
+        net.guard_setup(&[addr("192.0.2.101/24").addr], &["eth0".to_string()])
             .await
             .unwrap();
         net.guard_allow(

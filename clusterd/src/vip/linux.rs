@@ -266,8 +266,12 @@ impl NetOps for LinuxNet {
         .map_err(|e| NetError::new("announce", format!("{ip} on {iface}"), e))
     }
 
-    async fn guard_setup(&self, floating: &[IpAddr]) -> Result<(), NetError> {
-        self.nft(&guard_setup_script(floating))
+    async fn guard_setup(
+        &self,
+        floating: &[IpAddr],
+        interfaces: &[String],
+    ) -> Result<(), NetError> {
+        self.nft(&guard_setup_script(floating, interfaces))
     }
 
     async fn guard_allow(&self, allowed: &[IpAddr], until: Instant) -> Result<(), NetError> {
@@ -288,7 +292,8 @@ impl NetOps for LinuxNet {
         // are there (`clusterd cleanup` runs it after any kind of stop).
         nft.finish(&format!(
             "add table inet {TABLE}; delete table inet {TABLE}; \
-             add table arp {TABLE}; delete table arp {TABLE}"
+             add table arp {TABLE}; delete table arp {TABLE}; \
+             add table netdev {TABLE}; delete table netdev {TABLE}"
         ))
     }
 }
@@ -309,7 +314,13 @@ fn nd_key(ip: Ipv6Addr) -> String {
 /// multicast solicitation is addressed to the solicited-node group, not to the address) and
 /// advertisements for it on output whatever their source, so a node whose lease ended neither
 /// answers for the address nor announces it, as with ARP.
-pub fn guard_setup_script(floating: &[IpAddr]) -> String {
+///
+/// Gratuitous ARP leaves on a packet socket, which passes neither the `inet` nor the `arp`
+/// hooks: a `netdev` egress chain on each of `interfaces` (kernel 5.16 or later) drops ARP
+/// whose sender is a floating address not held, so an announcement checked against the lease
+/// just before a freeze is dropped by the kernel if it leaves after the allowance ended. (The
+/// packet socket must not set `PACKET_QDISC_BYPASS`, which skips the egress hook.)
+pub fn guard_setup_script(floating: &[IpAddr], interfaces: &[String]) -> String {
     let list = |v6: bool, f: &dyn Fn(&IpAddr) -> String| -> String {
         floating
             .iter()
@@ -329,7 +340,8 @@ pub fn guard_setup_script(floating: &[IpAddr]) -> String {
     // Start from a clean slate (a previous run may have left its tables).
     script.push_str(&format!(
         "add table inet {TABLE}; delete table inet {TABLE}; \
-         add table arp {TABLE}; delete table arp {TABLE}; "
+         add table arp {TABLE}; delete table arp {TABLE}; \
+         add table netdev {TABLE}; delete table netdev {TABLE}; "
     ));
     script.push_str(&format!(
         "add table inet {TABLE}; \
@@ -356,12 +368,27 @@ pub fn guard_setup_script(floating: &[IpAddr]) -> String {
          add chain arp {TABLE} input {{ type filter hook input priority 0; policy accept; }}; \
          add chain arp {TABLE} output {{ type filter hook output priority 0; policy accept; }}; \
          add rule arp {TABLE} input arp daddr ip @floating arp daddr ip != @held drop; \
-         add rule arp {TABLE} output arp saddr ip @floating arp saddr ip != @held drop; "
+         add rule arp {TABLE} output arp saddr ip @floating arp saddr ip != @held drop; \
+         add table netdev {TABLE}; \
+         add set netdev {TABLE} floating {{ type ipv4_addr; }}; \
+         add set netdev {TABLE} held {{ type ipv4_addr; flags timeout; }}; "
     ));
+    let mut devices: Vec<&String> = interfaces.iter().collect();
+    devices.sort();
+    devices.dedup();
+    for (i, dev) in devices.iter().enumerate() {
+        script.push_str(&format!(
+            "add chain netdev {TABLE} egress{i} {{ type filter hook egress device \"{dev}\" \
+               priority 0; policy accept; }}; \
+             add rule netdev {TABLE} egress{i} ether type arp \
+               arp saddr ip @floating arp saddr ip != @held drop; "
+        ));
+    }
     if !v4.is_empty() {
         script.push_str(&format!(
             "add element inet {TABLE} floating4 {{ {v4} }}; \
-             add element arp {TABLE} floating {{ {v4} }}; "
+             add element arp {TABLE} floating {{ {v4} }}; \
+             add element netdev {TABLE} floating {{ {v4} }}; "
         ));
     }
     if !v6.is_empty() {
@@ -399,12 +426,14 @@ pub fn guard_allow_script(allowed: &[IpAddr], timeout: Duration, token: Option<u
     }
     script.push_str(&format!(
         "flush set inet {TABLE} held4; flush set inet {TABLE} held6; \
-         flush set inet {TABLE} nd_held6; flush set arp {TABLE} held; "
+         flush set inet {TABLE} nd_held6; flush set arp {TABLE} held; \
+         flush set netdev {TABLE} held; "
     ));
     if !v4.is_empty() {
         let list = v4.join(", ");
         script.push_str(&format!(
-            "add element inet {TABLE} held4 {{ {list} }}; add element arp {TABLE} held {{ {list} }}; "
+            "add element inet {TABLE} held4 {{ {list} }}; add element arp {TABLE} held {{ {list} }}; \
+             add element netdev {TABLE} held {{ {list} }}; "
         ));
     }
     if !v6.is_empty() {
@@ -555,7 +584,17 @@ fn send_garp(ifindex: u32, mac: [u8; 6], ip: Ipv4Addr) -> std::io::Result<()> {
         .ok_or_else(|| std::io::Error::other("cannot build the link-layer address"))?;
     for reply in [false, true] {
         let frame = gratuitous_arp(mac, ip, reply);
-        sendto(fd.as_raw_fd(), &frame, &to, MsgFlags::empty())?;
+        match sendto(fd.as_raw_fd(), &frame, &to, MsgFlags::empty()) {
+            Ok(_) => {}
+            // What the guard's egress chain answers when it drops the frame.
+            Err(nix::errno::Errno::ENOBUFS) => {
+                return Err(std::io::Error::other(
+                    "dropped on its way out (ENOBUFS): the address guard drops announcements \
+                     once this node's lease for the address has ended",
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(())
 }
@@ -600,7 +639,7 @@ mod tests {
 
     #[test]
     fn guard_drops_solicitations_and_advertisements_for_ipv6_addresses_not_held() {
-        let s = guard_setup_script(&ips());
+        let s = guard_setup_script(&ips(), &["eth0".to_string()]);
         assert!(s.contains(
             "input icmpv6 type nd-neighbor-solicit @th,64,128 @nd_floating6 \
              @th,64,128 != @nd_held6 drop"
@@ -617,6 +656,19 @@ mod tests {
     }
 
     #[test]
+    fn guard_drops_gratuitous_arp_for_addresses_not_held_at_each_interfaces_egress() {
+        let ifaces = ["eth1".to_string(), "eth0".to_string(), "eth1".to_string()];
+        let s = guard_setup_script(&ips(), &ifaces);
+        // One egress chain per interface, however many addresses use it.
+        assert_eq!(s.matches("hook egress").count(), 2);
+        assert!(s.contains("type filter hook egress device \"eth0\""));
+        assert!(s.contains("type filter hook egress device \"eth1\""));
+        assert!(s.contains("ether type arp arp saddr ip @floating arp saddr ip != @held drop"));
+        assert!(s.contains("add element netdev clusterd_guard floating { 192.0.2.101 }"));
+        assert!(s.contains("delete table netdev clusterd_guard;"));
+    }
+
+    #[test]
     fn allowing_an_ipv6_address_opens_traffic_and_neighbour_discovery_with_one_timeout() {
         let s = guard_allow_script(&ips(), Duration::from_millis(650), Some(7));
         // The token goes first: without it the whole transaction fails.
@@ -627,6 +679,7 @@ mod tests {
         assert!(s.contains("held6 { 2001:db8::101 timeout 650ms }"));
         assert!(s.contains("nd_held6 { 0x20010db8000000000000000000000101 timeout 650ms }"));
         assert!(s.contains("held { 192.0.2.101 timeout 650ms }"));
+        assert!(s.contains("add element netdev clusterd_guard held { 192.0.2.101 timeout 650ms }"));
         // Nothing allowed: every set flushed, nothing added, no token needed.
         let closed = guard_allow_script(&[], Duration::ZERO, None);
         assert!(!closed.contains("add element") && !closed.contains("fresh"));

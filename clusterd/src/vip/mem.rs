@@ -165,7 +165,11 @@ impl NetOps for MemNet {
         Ok(())
     }
 
-    async fn guard_setup(&self, floating: &[IpAddr]) -> Result<(), NetError> {
+    async fn guard_setup(
+        &self,
+        floating: &[IpAddr],
+        _interfaces: &[String],
+    ) -> Result<(), NetError> {
         self.with_host(|h, _, _| h.guarded = floating.iter().copied().collect());
         Ok(())
     }

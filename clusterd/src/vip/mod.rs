@@ -77,9 +77,13 @@ pub trait NetOps: Send + Sync + 'static {
         iface: &str,
         ip: IpAddr,
     ) -> impl Future<Output = Result<(), NetError>> + Send;
-    /// Install the guard: traffic and ARP for any of `floating` are dropped unless allowed.
-    fn guard_setup(&self, floating: &[IpAddr])
-    -> impl Future<Output = Result<(), NetError>> + Send;
+    /// Install the guard: traffic and ARP for any of `floating` are dropped unless allowed,
+    /// including announcements leaving any of `interfaces` (the floating addresses' links).
+    fn guard_setup(
+        &self,
+        floating: &[IpAddr],
+        interfaces: &[String],
+    ) -> impl Future<Output = Result<(), NetError>> + Send;
     /// Replace the guard's allowed set: `allowed` may pass until `until` at the latest, then
     /// the kernel closes it by itself. A deadline, not a duration: however late the write
     /// reaches the kernel (a freeze, CPU starvation), it never allows anything past `until`;
@@ -177,7 +181,8 @@ pub async fn run<N: NetOps>(s: Arc<Shared>, net: Arc<N>, mut stop: watch::Receiv
         })
         .collect();
     let ips: Vec<IpAddr> = floating.iter().map(|f| f.prefix.addr).collect();
-    if let Err(e) = net.guard_setup(&ips).await {
+    let links: Vec<String> = floating.iter().map(|f| f.interface.clone()).collect();
+    if let Err(e) = net.guard_setup(&ips, &links).await {
         warn!(error = %e, "cannot install the address guard; holding no address");
         let _ = stop.wait_for(|s| *s).await;
         return;
