@@ -202,7 +202,7 @@ fn a_gratuitous_arp_sent_after_the_allowance_ended_never_leaves_the_node() -> Re
     let iface = node.iface.clone();
     let (allowed_at, late_at, late) = netns::block_on_in(&node.netns, move || async move {
         let net = LinuxNet::new()?;
-        net.guard_setup(&ips, &[iface.clone()]).await?;
+        net.guard_setup(&ips, std::slice::from_ref(&iface)).await?;
         // While allowed, the announcement goes out.
         net.guard_allow(
             &[IpAddr::V4(ip)],
