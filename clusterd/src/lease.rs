@@ -76,8 +76,8 @@ pub struct LeaseTable {
     term: Option<u64>,
     elected_at: Option<Instant>,
     grants: BTreeMap<String, Granted>,
-    /// Takeovers from each node decided in this term whose write has not come back yet.
-    taking: BTreeMap<String, usize>,
+    /// Nodes with a takeover decided in this term whose write has not come back yet.
+    taking: BTreeSet<String>,
     /// Nodes with a takeover whose write failed: it may or may not be in the log, so they get
     /// nothing until a later write of this leader commits (and with it everything before).
     unsettled: BTreeSet<String>,
@@ -130,7 +130,7 @@ impl LeaseTable {
         timings: &LeaseTimings,
     ) -> Result<u64, Withheld> {
         self.reset_for(term, now);
-        if self.taking.get(node).is_some_and(|n| *n > 0) {
+        if self.taking.contains(node) {
             return Err(Withheld::TakeoverInFlight);
         }
         if self.unsettled.contains(node) {
@@ -150,38 +150,22 @@ impl LeaseTable {
     /// [`LeaseTable::liveness`] the decision came from, so no grant slips in between.
     pub fn takeover_decided(&mut self, term: u64, node: &str) {
         if self.term == Some(term) {
-            *self.taking.entry(node.to_string()).or_default() += 1;
+            self.taking.insert(node.to_string());
         }
     }
 
-    /// A takeover from `node` decided in `term` came back: committed at `index` (`Some`, even
-    /// if the state machine refused it), or failed (`None`: it may still be in the log).
+    /// The takeovers from `node` decided in `term` came back: all committed, the last at
+    /// `index` (`Some`, even if the state machine refused one), or not all (`None`: a failed
+    /// or unsent one may still be, or never be, in the log).
     pub fn takeover_written(&mut self, term: u64, node: &str, index: Option<u64>) {
         if self.term != Some(term) {
             return;
         }
-        self.no_longer_taking(node);
+        self.taking.remove(node);
         match index {
             Some(i) => self.raise_floor(node, i),
             None => {
                 self.unsettled.insert(node.to_string());
-            }
-        }
-    }
-
-    /// A decided takeover from `node` was never submitted (an earlier write of the same round
-    /// failed): nothing of it can be in the log.
-    pub fn takeover_withdrawn(&mut self, term: u64, node: &str) {
-        if self.term == Some(term) {
-            self.no_longer_taking(node);
-        }
-    }
-
-    fn no_longer_taking(&mut self, node: &str) {
-        if let Some(n) = self.taking.get_mut(node) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.taking.remove(node);
             }
         }
     }
@@ -572,10 +556,13 @@ pub async fn placement_loop(s: Arc<Shared>, policy: Policy, mut stop: watch::Rec
                 debug!(error = %e.message_text(), "fencing record not cleared");
             }
         }
+        // Per node taken from: the index of its last takeover, or `None` once one of them
+        // failed or was not sent (after the first failure nothing more is sent this round).
+        let mut taken: BTreeMap<String, Option<u64>> = BTreeMap::new();
         let mut failed = false;
         for (cmd, from) in commands {
-            let written = if failed {
-                None // not written at all: nothing of it is in the log
+            let index = if failed {
+                None
             } else {
                 info!(command = ?cmd, "placement");
                 match api::write_here(&s, cmd).await {
@@ -583,23 +570,23 @@ pub async fn placement_loop(s: Arc<Shared>, policy: Policy, mut stop: watch::Rec
                         if let Some(reason) = &w.applied.refused {
                             debug!(%reason, "placement command refused");
                         }
-                        Some(Some(w.index))
+                        Some(w.index)
                     }
                     Err(e) => {
                         debug!(error = %e.message_text(), "placement command not applied");
                         failed = true;
-                        Some(None)
+                        None
                     }
                 }
             };
             if let Some(node) = from {
-                let mut table = s.leases.table.lock().unwrap_or_else(|p| p.into_inner());
-                match written {
-                    Some(index) => table.takeover_written(term, &node, index),
-                    // Never submitted: withdraw the decision.
-                    None => table.takeover_withdrawn(term, &node),
-                }
+                let last = taken.entry(node).or_insert(Some(0));
+                *last = last.zip(index).map(|(a, b)| a.max(b));
             }
+        }
+        let mut table = s.leases.table.lock().unwrap_or_else(|p| p.into_inner());
+        for (node, index) in taken {
+            table.takeover_written(term, &node, index);
         }
     }
 }
@@ -740,6 +727,12 @@ mod tests {
         // Other nodes are never held up by it.
         table.takeover_decided(1, "mx1");
         assert_eq!(table.grant(1, "mx2", resumed, 12, &t()), Ok(12));
+        // A takeover not sent at all (an earlier write of its round failed) counts as failed.
+        table.takeover_written(1, "mx1", None);
+        assert_eq!(
+            table.grant(1, "mx1", resumed, 12, &t()),
+            Err(Withheld::TakeoverUnsettled)
+        );
     }
 
     #[test]
@@ -759,21 +752,6 @@ mod tests {
         table.settled(1, 15);
         assert!(!table.needs_settling());
         assert_eq!(table.grant(1, "mx1", expired, 12, &t()), Ok(15));
-    }
-
-    #[test]
-    fn a_takeover_never_submitted_withholds_nothing_afterwards() {
-        let t0 = Instant::now();
-        let (mut table, expired) = mx1_silent_since(t0);
-        table.takeover_decided(1, "mx1");
-        table.takeover_decided(1, "mx1");
-        table.takeover_written(1, "mx1", Some(11));
-        assert_eq!(
-            table.grant(1, "mx1", expired, 11, &t()),
-            Err(Withheld::TakeoverInFlight)
-        );
-        table.takeover_withdrawn(1, "mx1");
-        assert_eq!(table.grant(1, "mx1", expired, 11, &t()), Ok(11));
     }
 
     #[test]

@@ -290,12 +290,20 @@ impl NetOps for LinuxNet {
         };
         // Adding a table that exists changes nothing, so this works whether or not the tables
         // are there (`clusterd cleanup` runs it after any kind of stop).
-        nft.finish(&format!(
-            "add table inet {TABLE}; delete table inet {TABLE}; \
-             add table arp {TABLE}; delete table arp {TABLE}; \
-             add table netdev {TABLE}; delete table netdev {TABLE}"
-        ))
+        nft.finish(&remove_guard_tables())
     }
+}
+
+/// The nftables families the guard has a table in.
+const GUARD_FAMILIES: [&str; 3] = ["inet", "arp", "netdev"];
+
+/// Commands that remove every guard table, whether or not it exists (adding a table that
+/// exists changes nothing).
+fn remove_guard_tables() -> String {
+    GUARD_FAMILIES
+        .iter()
+        .map(|f| format!("add table {f} {TABLE}; delete table {f} {TABLE}; "))
+        .collect()
 }
 
 /// The key of an IPv6 address in the sets matched against a neighbour-discovery target field
@@ -338,11 +346,7 @@ pub fn guard_setup_script(floating: &[IpAddr], interfaces: &[String]) -> String 
     let nd_target = "@th,64,128";
     let mut script = String::new();
     // Start from a clean slate (a previous run may have left its tables).
-    script.push_str(&format!(
-        "add table inet {TABLE}; delete table inet {TABLE}; \
-         add table arp {TABLE}; delete table arp {TABLE}; \
-         add table netdev {TABLE}; delete table netdev {TABLE}; "
-    ));
+    script.push_str(&remove_guard_tables());
     script.push_str(&format!(
         "add table inet {TABLE}; \
          add set inet {TABLE} floating4 {{ type ipv4_addr; }}; \
