@@ -425,6 +425,8 @@ pub struct CheckConfig {
     /// The program (absolute path) and arguments that print the postfix queue as JSON, one
     /// line per message, like `postqueue -j`. Only with `queue_threshold`. Default
     /// ["/usr/sbin/postqueue", "-j"]; add "-c", "/etc/postfix-out" for a second instance.
+    /// Run in the background, one read at a time, killed after 10 s; each probe reports the
+    /// latest finished reading, so a slow queue never delays the service verdict.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_command: Option<Vec<String>>,
     /// Address the probe connects to. Default "127.0.0.1": the node's own service (dovecot

@@ -10,6 +10,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
@@ -25,6 +26,9 @@ const MAX_LINE: usize = 8192;
 const MAX_LINES: usize = 200;
 /// Most bytes of plugin or queue output read.
 const MAX_OUTPUT: usize = 4 << 20;
+/// Longest a postfix queue read may run before it is killed and reported as unreadable.
+/// `postqueue -j` walks the whole queue: on a deep queue or a loaded node it takes seconds.
+pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Name the probe gives in EHLO/LHLO.
 const HELO_NAME: &str = "clusterd-probe.invalid";
 
@@ -38,7 +42,7 @@ pub struct Probe {
     starttls: bool,
     login: Option<(String, PathBuf)>,
     command: Option<Vec<String>>,
-    queue: Option<(Vec<String>, u64)>,
+    queue: Option<QueueWatch>,
     cert_warning: Duration,
 }
 
@@ -75,16 +79,20 @@ impl Probe {
             starttls: c.starttls,
             login: c.login_user.clone().zip(c.password_file.clone()),
             command: c.command.clone(),
-            queue: c.queue_threshold.map(|t| {
-                (
-                    c.queue_command.clone().unwrap_or_else(|| {
+            queue: c.queue_threshold.map(|threshold| QueueWatch {
+                cmd: c
+                    .queue_command
+                    .clone()
+                    .unwrap_or_else(|| {
                         DEFAULT_QUEUE_COMMAND
                             .iter()
                             .map(|s| s.to_string())
                             .collect()
-                    }),
-                    t,
-                )
+                    })
+                    .into(),
+                threshold,
+                running: Mutex::new(None),
+                last: Mutex::new(None),
             }),
             cert_warning: c.cert_warning.into(),
         })
@@ -134,16 +142,10 @@ impl Probe {
                 )),
             }
         }
-        if let Some((cmd, threshold)) = &self.queue {
-            match tokio::time::timeout(self.timeout, queue_warning(cmd, *threshold)).await {
-                Ok(None) => {}
-                Ok(Some(w)) => degraded.push(w),
-                Err(_) => degraded.push(format!(
-                    "cannot read the postfix queue: {} took longer than {} ms",
-                    cmd[0],
-                    self.timeout.as_millis()
-                )),
-            }
+        if let Some(queue) = &self.queue
+            && let Some(w) = queue.warning(self.timeout).await
+        {
+            degraded.push(w);
         }
         ProbeResult {
             outcome: if degraded.is_empty() {
@@ -632,6 +634,68 @@ impl Drop for GroupKill {
             );
         }
     }
+}
+
+/// The postfix queue depth of a check, read in the background: a slow `postqueue -j` must
+/// neither delay the service verdict (and with it the next probe) nor read as a failure to
+/// read the queue. At most one read runs at a time, bounded by [`QUEUE_TIMEOUT`]; a probe waits
+/// for it up to the check's timeout and otherwise reports the latest finished reading, leaving
+/// the read running for a later probe to collect.
+#[derive(Debug)]
+struct QueueWatch {
+    cmd: Arc<[String]>,
+    threshold: u64,
+    running: Mutex<Option<tokio::task::JoinHandle<Option<String>>>>,
+    /// The warning of the latest finished read (`None`: below the threshold, or none yet).
+    last: Mutex<Option<String>>,
+}
+
+impl QueueWatch {
+    /// The queue warning to report now, waiting up to `wait` for the read in progress (one is
+    /// started if none is).
+    async fn warning(&self, wait: Duration) -> Option<String> {
+        let running = lock(&self.running).take();
+        let mut read = running.unwrap_or_else(|| {
+            let (cmd, threshold) = (self.cmd.clone(), self.threshold);
+            tokio::spawn(async move {
+                tokio::time::timeout(QUEUE_TIMEOUT, queue_warning(&cmd, threshold))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Some(format!(
+                            "cannot read the postfix queue: {} took longer than {} s",
+                            cmd.first().map_or("the queue command", String::as_str),
+                            QUEUE_TIMEOUT.as_secs()
+                        ))
+                    })
+            })
+        });
+        match tokio::time::timeout(wait, &mut read).await {
+            Ok(finished) => {
+                let w = finished.unwrap_or_else(|e| {
+                    Some(format!("cannot read the postfix queue: the read failed: {e}"))
+                });
+                lock(&self.last).clone_from(&w);
+                w
+            }
+            Err(_) => {
+                *lock(&self.running) = Some(read);
+                lock(&self.last).clone()
+            }
+        }
+    }
+}
+
+impl Drop for QueueWatch {
+    /// A read still running when its check goes away is ended (its child with it).
+    fn drop(&mut self) {
+        if let Some(read) = lock(&self.running).take() {
+            read.abort();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A warning when the postfix queue holds more than `threshold` messages (one JSON object per

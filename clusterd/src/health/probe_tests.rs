@@ -502,6 +502,40 @@ async fn a_deep_postfix_queue_is_a_warning() {
     assert_eq!(run(&cfg).await, Outcome::Ok);
 }
 
+#[tokio::test]
+async fn a_slow_queue_read_neither_delays_the_verdict_nor_reads_as_unreadable() {
+    // A service that accepts every connection (the queue is what is under test).
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            drop(tcp);
+        }
+    });
+    let mut cfg = check(CheckKind::Tcp, port);
+    cfg.timeout = Millis::from_millis(300);
+    cfg.queue_threshold = Some(2);
+    // A queue that takes 1.2 s to read (a deep queue on a loaded node).
+    cfg.queue_command = Some(vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        "sleep 1.2; printf '{}\\n{}\\n{}\\n'".into(),
+    ]);
+    let probe = Probe::new(&cfg).unwrap();
+    let started = std::time::Instant::now();
+    // No reading has finished: the service verdict stands alone, with no false "cannot read"
+    // warning, and the probe waits for the read no longer than its timeout.
+    assert_eq!(probe.run().await.outcome, Outcome::Ok);
+    assert!(started.elapsed() < Duration::from_millis(1000));
+    // The read goes on in the background; a later probe collects what it found, and the
+    // probe after that keeps reporting it while the next read runs.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let deep = Outcome::Warning("postfix queue holds 3 messages (threshold 2)".into());
+    assert_eq!(probe.run().await.outcome, deep);
+    assert_eq!(probe.run().await.outcome, deep);
+    server.abort();
+}
+
 #[test]
 fn queue_depth_counts_json_lines() {
     assert_eq!(queue_depth(b""), 0);
