@@ -231,9 +231,10 @@ fn duplicate_time(t: &HolderTimeline) -> Duration {
 
 fn stop_monitors(m: (AddressSampler, ArpProber), series: &mut Series) {
     let configured = m.0.stop();
-    let network = m.1.stop().timeline;
-    series.dup_configured += duplicate_time(&configured);
-    series.dup_network += duplicate_time(&network);
+    let network = m.1.stop();
+    series.dup_configured +=
+        duplicate_time(&configured.sampled).max(duplicate_time(&configured.events));
+    series.dup_network += duplicate_time(&network.timeline).max(duplicate_time(&network.echo));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -25,5 +25,5 @@ pub mod watch;
 pub use lab::clusterd::ClusterStatus;
 pub use lab::testing::TestLab;
 pub use lab::{Fault, Lab, LabError, LabSpec, LabState, NodeRole, NodeState, Placement, Service};
-pub use monitor::{AddressSampler, ArpProber, HolderTimeline, Monitors, Observed};
+pub use monitor::{AddressSampler, ArpProber, HolderTimeline, Monitors, Observed, Sampled};
 pub use probe::{ProbeLog, ProberSpec, Protocol, ServiceProber};

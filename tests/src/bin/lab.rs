@@ -419,9 +419,12 @@ fn demo(
     let survivor = new_owner.unwrap_or(other.clone());
     println!("\n== clusterctl status (on {survivor})");
     print!("{}", lab.clusterctl(&survivor, &["status"])?);
+    let (sampled, network) = (sampler.stop(), arp.stop());
     for (name, t) in [
-        ("address sampler", sampler.stop()),
-        ("ARP prober", arp.stop().timeline),
+        ("address sampler", sampled.sampled),
+        ("kernel address events", sampled.events),
+        ("ARP prober", network.timeline),
+        ("ICMP echo per MAC", network.echo),
     ] {
         match t.assert_single_holder() {
             Ok(()) => println!(

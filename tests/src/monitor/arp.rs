@@ -9,6 +9,14 @@
 //! neighbour cache (tests check that clusterd's unsolicited advertisements update it).
 //! Announcements seen on the way (gratuitous ARP, unsolicited neighbour advertisements) and the
 //! client kernel's own solicitations are recorded separately.
+//!
+//! Each round also sends an ICMP echo request for every IPv4 floating address to every mail
+//! node's MAC (Ethernet unicast, so no ARP decides where it goes). A node answers only if the
+//! address is configured there and its guard lets the traffic through: two nodes answering one
+//! round's echo for one address is two holders serving traffic, a stronger observation than
+//! ARP (which a node could answer while its guard drops everything else). Replies count in the
+//! round whose sequence number they carry; late ones are dropped rather than blamed on a later
+//! round.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -36,6 +44,9 @@ use clusterd::vip::linux::link_addr;
 pub const PROBE_EVERY: Duration = Duration::from_millis(10);
 
 const ETH_P_ARP: u16 = 0x0806;
+const ETH_P_IPV4: u16 = 0x0800;
+/// The ICMP echo identifier of the prober's requests.
+const ECHO_ID: u16 = 0xc1d0;
 /// Every protocol: ARP and IPv6 on one socket, including frames the client itself sends.
 const ETH_P_ALL: u16 = 0x0003;
 
@@ -73,6 +84,80 @@ pub fn arp_request(sha: [u8; 6], spa: Ipv4Addr, tpa: Ipv4Addr) -> [u8; 42] {
     // tha stays zero
     f[38..42].copy_from_slice(&tpa.octets());
     f
+}
+
+/// The Internet checksum (RFC 1071) of `data`.
+pub fn inet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An ICMP echo request from `src_mac`/`src` to `dst` sent to the Ethernet address `dst_mac`,
+/// with identifier [`ECHO_ID`] and sequence number `seq`.
+pub fn echo_request(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    seq: u16,
+) -> [u8; 42] {
+    let mut f = [0u8; 42];
+    f[0..6].copy_from_slice(&dst_mac);
+    f[6..12].copy_from_slice(&src_mac);
+    f[12..14].copy_from_slice(&ETH_P_IPV4.to_be_bytes());
+    let ip = &mut f[14..34];
+    ip[0] = 0x45; // version 4, 5 words
+    ip[2..4].copy_from_slice(&28u16.to_be_bytes()); // total length
+    ip[4..6].copy_from_slice(&seq.to_be_bytes()); // identification
+    ip[6] = 0x40; // don't fragment
+    ip[8] = 64; // TTL
+    ip[9] = 1; // ICMP
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&dst.octets());
+    let sum = inet_checksum(ip);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    let icmp = &mut f[34..42];
+    icmp[0] = 8; // echo request
+    icmp[4..6].copy_from_slice(&ECHO_ID.to_be_bytes());
+    icmp[6..8].copy_from_slice(&seq.to_be_bytes());
+    let sum = inet_checksum(icmp);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    f
+}
+
+/// An ICMP echo reply to the prober: who sent it (Ethernet source), for which address, to
+/// which of its rounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EchoReply {
+    /// Ethernet source: the node that answered.
+    pub eth_src: [u8; 6],
+    /// IPv4 source: the address that answered.
+    pub src: Ipv4Addr,
+    /// The sequence number of the request it answers.
+    pub seq: u16,
+}
+
+/// Parse an Ethernet frame carrying an ICMP echo reply with the prober's identifier.
+pub fn parse_echo_reply(f: &[u8]) -> Option<EchoReply> {
+    if f.len() < 34 || f[12..14] != ETH_P_IPV4.to_be_bytes() || f[14] >> 4 != 4 {
+        return None;
+    }
+    let ihl = usize::from(f[14] & 0x0f) * 4;
+    let icmp = f.get(14 + ihl..14 + ihl + 8)?;
+    if f[23] != 1 || icmp[0] != 0 || icmp[4..6] != ECHO_ID.to_be_bytes() {
+        return None;
+    }
+    Some(EchoReply {
+        eth_src: f[6..12].try_into().ok()?,
+        src: Ipv4Addr::new(f[26], f[27], f[28], f[29]),
+        seq: u16::from_be_bytes([icmp[6], icmp[7]]),
+    })
 }
 
 /// The fields of an ARP packet the prober cares about.
@@ -162,6 +247,8 @@ pub struct Solicitation {
 pub struct ArpLog {
     /// Holders per round, as a timeline (IPv4 by ARP, IPv6 by neighbour solicitation).
     pub timeline: HolderTimeline,
+    /// Nodes answering an ICMP echo sent to their own MAC, per round (IPv4 addresses).
+    pub echo: HolderTimeline,
     /// Gratuitous ARP packets seen.
     pub announcements: Vec<Announcement>,
     /// Unsolicited neighbour advertisements (to ff02::1) for probed IPv6 addresses.
@@ -201,6 +288,7 @@ impl ArpProber {
             .iter()
             .filter_map(|n| Some((parse_mac(&n.mac)?, n.name.clone())))
             .collect();
+        let macs: Vec<[u8; 6]> = names.keys().copied().collect();
         let name_of = move |m: &[u8; 6]| names.get(m).cloned().unwrap_or_else(|| format_mac(m));
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
@@ -210,6 +298,7 @@ impl ArpProber {
             .spawn(move || {
                 let mut log = ArpLog {
                     timeline: HolderTimeline::new("ARP/ND prober"),
+                    echo: HolderTimeline::new("ICMP echo per MAC"),
                     ..ArpLog::default()
                 };
                 let opened = (|| -> std::result::Result<_, String> {
@@ -244,19 +333,38 @@ impl ArpProber {
                         IpAddr::V6(t) => ndp::neighbour_solicitation(my_mac, ND_PROBE_SOURCE, *t),
                     })
                     .collect();
+                let echo_targets: Vec<Ipv4Addr> = targets
+                    .iter()
+                    .filter_map(|t| match t {
+                        IpAddr::V4(t) => Some(*t),
+                        IpAddr::V6(_) => None,
+                    })
+                    .collect();
                 let mut buf = [0u8; 2048];
                 let started = Instant::now();
                 log.timeline.started = Some(started);
+                log.echo.started = Some(started);
                 let mut round_end = started;
+                let mut seq: u16 = 0;
                 while !stop2.load(Ordering::Relaxed) && started.elapsed() < max_duration {
                     let at = started.elapsed();
+                    seq = seq.wrapping_add(1);
                     for r in &requests {
                         if let Err(e) = send(fd.as_raw_fd(), r, MsgFlags::empty()) {
                             log.timeline.errors.push((at, format!("send: {e}")));
                         }
                     }
+                    for t in &echo_targets {
+                        for mac in &macs {
+                            let r = echo_request(my_mac, *mac, client.ipv4, *t, seq);
+                            if let Err(e) = send(fd.as_raw_fd(), &r, MsgFlags::empty()) {
+                                log.echo.errors.push((at, format!("send: {e}")));
+                            }
+                        }
+                    }
                     round_end += every;
                     let mut holders: Holders = BTreeMap::new();
+                    let mut echoed: Holders = BTreeMap::new();
                     loop {
                         let left = round_end.saturating_duration_since(Instant::now());
                         if left.is_zero() {
@@ -282,6 +390,15 @@ impl ArpProber {
                             }
                         };
                         let frame = &buf[..n];
+                        if let Some(r) = parse_echo_reply(frame) {
+                            if r.seq == seq && echo_targets.contains(&r.src) {
+                                echoed
+                                    .entry(IpAddr::V4(r.src))
+                                    .or_default()
+                                    .insert(name_of(&r.eth_src));
+                            }
+                            continue;
+                        }
                         if let Some(p) = ndp::parse_nd(frame) {
                             let at = started.elapsed();
                             record_nd(&p, at, &targets, my_mac, &name_of, &mut holders, &mut log);
@@ -308,6 +425,9 @@ impl ArpProber {
                         }
                     }
                     log.timeline.record(at, holders);
+                    if !echo_targets.is_empty() {
+                        log.echo.record(at, echoed);
+                    }
                     let now = Instant::now();
                     if round_end < now {
                         round_end = now;
@@ -413,5 +533,35 @@ mod tests {
         assert_eq!(p.tha, [0; 6]);
         assert_eq!(p.tpa, Ipv4Addr::new(192, 0, 2, 101));
         assert_eq!(format_mac(&mac), "02:cd:00:00:02:c8");
+    }
+
+    #[test]
+    fn echo_request_has_valid_checksums_and_a_reply_parses_back() {
+        let client = parse_mac("02:cd:00:00:02:c8").unwrap();
+        let node = parse_mac("02:cd:00:00:02:0b").unwrap();
+        let src = Ipv4Addr::new(192, 0, 2, 200);
+        let dst = Ipv4Addr::new(192, 0, 2, 101);
+        let f = echo_request(client, node, src, dst, 7);
+        assert_eq!(&f[0..6], &node);
+        // A correct checksum sums (with itself) to zero.
+        assert_eq!(inet_checksum(&f[14..34]), 0);
+        assert_eq!(inet_checksum(&f[34..42]), 0);
+        // The node's answer: addresses and MACs swapped, type 0.
+        let mut reply = f;
+        reply[0..6].copy_from_slice(&client);
+        reply[6..12].copy_from_slice(&node);
+        reply[26..30].copy_from_slice(&dst.octets());
+        reply[30..34].copy_from_slice(&src.octets());
+        reply[34] = 0;
+        assert_eq!(
+            parse_echo_reply(&reply),
+            Some(EchoReply {
+                eth_src: node,
+                src: dst,
+                seq: 7
+            })
+        );
+        // Our own request is no reply.
+        assert_eq!(parse_echo_reply(&f), None);
     }
 }

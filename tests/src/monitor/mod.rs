@@ -1,5 +1,6 @@
-//! Invariant monitors: watch the cluster from inside (addresses configured in each node) and
-//! from outside (who answers ARP or neighbour solicitations for a floating address) and report
+//! Invariant monitors: watch the cluster from inside (addresses configured in each node,
+//! sampled and from the kernel's address events) and from outside (who answers ARP or neighbour
+//! solicitations for a floating address, and which MACs answer an ICMP echo for it) and report
 //! any instant at which an address had two holders.
 
 pub mod addresses;
@@ -7,7 +8,7 @@ pub mod arp;
 pub mod holders;
 pub mod ndp;
 
-pub use addresses::AddressSampler;
+pub use addresses::{AddressSampler, Sampled};
 pub use arp::{ArpLog, ArpProber};
 pub use holders::{Duplicate, HolderTimeline};
 
@@ -23,8 +24,10 @@ pub struct Monitors {
 /// What the two monitors saw.
 #[derive(Debug, Clone)]
 pub struct Observed {
-    /// Addresses configured (and allowed by the guard) in every node namespace.
+    /// Addresses configured (and allowed by the guard) in every node namespace, sampled.
     pub addresses: HolderTimeline,
+    /// The same from the kernel's address events and the guard's expiry times, to the instant.
+    pub events: HolderTimeline,
     /// Who answered ARP and neighbour solicitations, plus announcements, as the client saw it.
     pub network: ArpLog,
 }
@@ -49,23 +52,32 @@ impl Monitors {
 
     /// Stop both.
     pub fn stop(self) -> Observed {
+        let sampled = self.sampler.stop();
         Observed {
-            addresses: self.sampler.stop(),
+            addresses: sampled.sampled,
+            events: sampled.events,
             network: self.prober.stop(),
         }
     }
 }
 
 impl Observed {
-    /// `Ok` if neither monitor ever saw two holders of one address and both actually ran
-    /// (more than 20 samples each); otherwise a report saying what was seen, when and who.
+    /// `Ok` if no monitor ever saw two holders of one address (the sampled addresses, the
+    /// kernel's address events, ARP/ND answers, ICMP echo answers per MAC) and the samplers
+    /// actually ran (more than 20 samples each); otherwise a report saying what was seen, when
+    /// and who.
     pub fn never_two_holders(&self) -> std::result::Result<(), String> {
         self.addresses.assert_single_holder()?;
+        self.events.assert_single_holder()?;
         self.network.timeline.assert_single_holder()?;
-        if self.addresses.samples <= 20 || self.network.timeline.samples <= 20 {
+        self.network.echo.assert_single_holder()?;
+        if self.addresses.samples <= 20
+            || self.network.timeline.samples <= 20
+            || (self.network.echo.samples > 0 && self.network.echo.samples <= 20)
+        {
             return Err(format!(
-                "monitors barely ran: {} and {} samples",
-                self.addresses.samples, self.network.timeline.samples
+                "monitors barely ran: {}, {} and {} samples",
+                self.addresses.samples, self.network.timeline.samples, self.network.echo.samples
             ));
         }
         Ok(())
