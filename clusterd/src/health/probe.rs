@@ -672,7 +672,9 @@ impl QueueWatch {
         match tokio::time::timeout(wait, &mut read).await {
             Ok(finished) => {
                 let w = finished.unwrap_or_else(|e| {
-                    Some(format!("cannot read the postfix queue: the read failed: {e}"))
+                    Some(format!(
+                        "cannot read the postfix queue: the read failed: {e}"
+                    ))
                 });
                 lock(&self.last).clone_from(&w);
                 w

@@ -382,7 +382,9 @@ fn parse_nft_time(word: &str) -> Option<Duration> {
         let digits = rest.find(|c: char| !c.is_ascii_digit())?;
         let n: u64 = rest[..digits].parse().ok()?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = match &rest[..unit_len] {
             "ms" => Duration::from_millis(1),
             "s" => Duration::from_secs(1),
@@ -482,9 +484,8 @@ fn event_timeline(
         let mut holders: Holders = BTreeMap::new();
         for (n, name) in names.iter().enumerate() {
             for ip in &configured[n] {
-                let allowed = absent[n]
-                    || own.contains_key(ip)
-                    || until[n].get(ip).is_some_and(|u| *u > t);
+                let allowed =
+                    absent[n] || own.contains_key(ip) || until[n].get(ip).is_some_and(|u| *u > t);
                 if allowed {
                     holders.entry(*ip).or_default().insert(name.clone());
                 }
@@ -609,9 +610,8 @@ impl SamplerRun {
             netns::enter(ns).map_err(|e| format!("{name}: {e}"))?;
             self.dumps
                 .push(AddrSocket::open().map_err(|e| format!("{name}: {e}"))?);
-            self.event_fds.push(
-                open_event_socket().map_err(|e| format!("{name}: address events: {e}"))?,
-            );
+            self.event_fds
+                .push(open_event_socket().map_err(|e| format!("{name}: address events: {e}"))?);
             self.names.push(name.clone());
         }
         Ok(())
@@ -770,8 +770,7 @@ impl SamplerRun {
 
     fn finish(mut self, own: &BTreeMap<IpAddr, String>) -> Sampled {
         self.initial.resize(self.names.len(), BTreeSet::new());
-        let mut events =
-            event_timeline(&self.names, own, &self.initial, &self.events, &self.reads);
+        let mut events = event_timeline(&self.names, own, &self.initial, &self.events, &self.reads);
         events.started = self.started;
         events.errors = std::mem::take(&mut self.event_errors);
         Sampled {
