@@ -25,7 +25,9 @@ use openraft::{ChangeMembers, ServerState};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::auth::{self, HEADER_SIGNATURE, HEADER_TIME};
+use crate::auth::{
+    self, HEADER_NODE, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TARGET, HEADER_TIME, Presented,
+};
 use crate::client::{ApiClient, ClientError};
 use crate::daemon::Shared;
 use crate::model::{Applied, Command, Member, NodeId, Role, node_id};
@@ -179,11 +181,13 @@ pub struct EventsQuery {
     pub live: Option<u8>,
 }
 
-/// Throttle for the log line about unauthenticated requests.
+/// Throttle for the log line about unauthenticated requests, and the nonces accepted within
+/// the skew window (a request is admitted once).
 #[derive(Debug, Default)]
 pub struct UnauthorizedLog {
     last: Option<Instant>,
     suppressed: u64,
+    replays: auth::ReplayGuard,
 }
 
 /// The router of one node.
@@ -225,14 +229,30 @@ async fn authenticate(
         .map(|p| p.as_str())
         .unwrap_or("/");
     let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
-    if let Err(e) = shared.key.verify(
-        parts.method.as_str(),
-        path,
-        header(HEADER_TIME),
-        header(HEADER_SIGNATURE),
-        &bytes,
-        auth::unix_ms(),
-    ) {
+    let now = auth::unix_ms();
+    let verdict = shared
+        .key
+        .verify(
+            parts.method.as_str(),
+            path,
+            Presented {
+                time: header(HEADER_TIME),
+                nonce: header(HEADER_NONCE),
+                target: header(HEADER_TARGET),
+                signature: header(HEADER_SIGNATURE),
+            },
+            &bytes,
+            now,
+            &shared.me,
+        )
+        .and_then(|signed| {
+            let mut log = shared
+                .unauthorized
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            log.replays.admit(signed.time_ms, signed.nonce, now)
+        });
+    if let Err(e) = verdict {
         let mut log = shared
             .unauthorized
             .lock()
@@ -240,7 +260,10 @@ async fn authenticate(
         let due = log
             .last
             .is_none_or(|t| t.elapsed() >= UNAUTHORIZED_LOG_EVERY);
-        if due {
+        // A client that did not know which node it reached learns it and signs again: routine.
+        let routine = matches!(&e, auth::AuthError::WrongTarget { named, .. }
+            if named == auth::UNKNOWN_TARGET);
+        if due && !routine {
             warn!(
                 from = %peer,
                 path = %parts.uri.path(),
@@ -250,14 +273,18 @@ async fn authenticate(
             );
             log.last = Some(Instant::now());
             log.suppressed = 0;
-        } else {
+        } else if !routine {
             log.suppressed += 1;
         }
-        return ApiError::new(
+        let mut response = ApiError::new(
             StatusCode::UNAUTHORIZED,
             format!("unauthorized: {e}; requests must be signed with the cluster key"),
         )
         .into_response();
+        if let Ok(me) = axum::http::HeaderValue::from_str(&shared.me) {
+            response.headers_mut().insert(HEADER_NODE, me);
+        }
+        return response;
     }
     next.run(Request::from_parts(parts, Body::from(bytes)))
         .await
@@ -318,7 +345,9 @@ async fn add_live_probe_latency(s: &Shared, report: &mut StatusReport) {
         .map(|n| (n.name.clone(), n.address.clone()))
         .collect();
     let asks = peers.into_iter().map(|(name, addr)| {
-        let client = ApiClient::new(addr, s.key.clone()).with_timeout(PEER_HEALTH_TIMEOUT);
+        let client = ApiClient::new(addr, s.key.clone())
+            .for_node(name.clone())
+            .with_timeout(PEER_HEALTH_TIMEOUT);
         async move {
             let live: Result<std::collections::BTreeMap<String, crate::health::LocalCheck>, _> =
                 client.get(admin_paths::HEALTH).await;
@@ -504,10 +533,9 @@ fn leader_route(s: &Shared, forwarded: bool) -> Result<LeaderRoute, ApiError> {
             let (_, node) = crate::raft::leader_member(&metrics).ok_or_else(|| {
                 ApiError::unavailable("the leader is not in the membership yet; retry")
             })?;
-            Ok(LeaderRoute::Forward(ApiClient::new(
-                node.addr,
-                s.key.clone(),
-            )))
+            Ok(LeaderRoute::Forward(
+                ApiClient::new(node.addr, s.key.clone()).for_node(node.name),
+            ))
         }
         None => Err(ApiError::unavailable(format!(
             "{} knows no leader right now (no quorum?); check `clusterctl status` on the other nodes",

@@ -1,14 +1,15 @@
 //! A signed HTTP client for the admin API, used by `clusterctl`, by nodes forwarding requests to
 //! the leader, and by tests.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::api::ApiErrorBody;
-use crate::auth::ClusterKey;
-use crate::raft::network::{http_client, signature_headers};
+use crate::auth::{self, ClusterKey};
+use crate::raft::network::http_client;
 
 /// Why an admin request failed.
 #[derive(Debug, thiserror::Error)]
@@ -23,11 +24,13 @@ pub enum ClientError {
     },
     /// The node refused our signature.
     #[error(
-        "clusterd at {addr} refused our credentials (401): use the cluster's key file (--key-file or key_file in the config)"
+        "clusterd at {addr} refused our credentials (401: {reason}): use the cluster's key file (--key-file or key_file in the config)"
     )]
     Unauthorized {
         /// `host:port`.
         addr: String,
+        /// What the node said.
+        reason: String,
     },
     /// The node answered with an error.
     #[error("{message}")]
@@ -58,22 +61,37 @@ impl ClientError {
 }
 
 /// A client for one node's admin API.
+///
+/// Every request is signed for the node it goes to (see [`auth`]). A client made for an
+/// address without the node's name learns the name from the node's first refusal and signs
+/// again, once.
 #[derive(Clone, Debug)]
 pub struct ApiClient {
     addr: String,
     key: ClusterKey,
     http: reqwest::Client,
     timeout: Duration,
+    /// The name of the node at `addr`, once known (shared by clones for the same address).
+    node: Arc<Mutex<Option<String>>>,
 }
 
 impl ApiClient {
-    /// A client for the node at `addr` (`host:port`).
+    /// A client for the node at `addr` (`host:port`), whose name it learns on first contact.
     pub fn new(addr: impl Into<String>, key: ClusterKey) -> Self {
         ApiClient {
             addr: addr.into(),
             key,
             http: http_client(),
             timeout: Duration::from_secs(10),
+            node: Arc::default(),
+        }
+    }
+
+    /// The same client, for the node named `node` (requests are signed for it).
+    pub fn for_node(self, node: impl Into<String>) -> Self {
+        ApiClient {
+            node: Arc::new(Mutex::new(Some(node.into()))),
+            ..self
         }
     }
 
@@ -81,8 +99,13 @@ impl ApiClient {
     pub fn clone_to(&self, addr: impl Into<String>) -> Self {
         ApiClient {
             addr: addr.into(),
+            node: Arc::default(),
             ..self.clone()
         }
+    }
+
+    fn node(&self) -> Option<String> {
+        self.node.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Use another per-request deadline.
@@ -148,6 +171,40 @@ impl ApiClient {
         body: Vec<u8>,
         extra_headers: &[(&str, &str)],
     ) -> Result<(u16, Vec<u8>), ClientError> {
+        let named = self.node();
+        let target = named.as_deref().unwrap_or(auth::UNKNOWN_TARGET);
+        let resp = self
+            .send_once(method, path, target, body.clone(), extra_headers)
+            .await?;
+        let resp = match resp {
+            Answer::Refused {
+                node: Some(node), ..
+            } if named.as_ref() != Some(&node) => {
+                // The node we reached is not (or not known to be) the one we signed for: sign
+                // again for it, once.
+                *self.node.lock().unwrap_or_else(|p| p.into_inner()) = Some(node.clone());
+                self.send_once(method, path, &node, body, extra_headers)
+                    .await?
+            }
+            other => other,
+        };
+        match resp {
+            Answer::Refused { reason, .. } => Err(ClientError::Unauthorized {
+                addr: self.addr.clone(),
+                reason,
+            }),
+            Answer::Done(status, bytes) => Ok((status, bytes)),
+        }
+    }
+
+    async fn send_once(
+        &self,
+        method: &str,
+        path: &str,
+        target: &str,
+        body: Vec<u8>,
+        extra_headers: &[(&str, &str)],
+    ) -> Result<Answer, ClientError> {
         let m =
             reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| ClientError::Decode {
                 addr: self.addr.clone(),
@@ -158,38 +215,47 @@ impl ApiClient {
             .request(m, format!("http://{}{}", self.addr, path))
             .timeout(self.timeout)
             .header(reqwest::header::CONTENT_TYPE, "application/json");
-        for (name, value) in signature_headers(&self.key, method, path, &body) {
+        for (name, value) in auth::sign_headers(&self.key, method, path, target, &body) {
             req = req.header(name, value);
         }
         for (name, value) in extra_headers {
             req = req.header(*name, *value);
         }
-        let resp = req
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| ClientError::Unreachable {
-                addr: self.addr.clone(),
-                reason: if e.is_timeout() {
-                    "no answer in time".to_string()
-                } else if e.is_connect() {
-                    "connection refused or no route".to_string()
-                } else {
-                    e.to_string()
-                },
-            })?;
-        let status = resp.status().as_u16();
-        if status == 401 {
-            return Err(ClientError::Unauthorized {
-                addr: self.addr.clone(),
-            });
-        }
-        let bytes = resp.bytes().await.map_err(|e| ClientError::Unreachable {
+        let unreachable = |e: reqwest::Error| ClientError::Unreachable {
             addr: self.addr.clone(),
-            reason: e.to_string(),
-        })?;
-        Ok((status, bytes.to_vec()))
+            reason: if e.is_timeout() {
+                "no answer in time".to_string()
+            } else if e.is_connect() {
+                "connection refused or no route".to_string()
+            } else {
+                e.to_string()
+            },
+        };
+        let resp = req.body(body).send().await.map_err(unreachable)?;
+        let status = resp.status().as_u16();
+        let node = resp
+            .headers()
+            .get(auth::HEADER_NODE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let bytes = resp.bytes().await.map_err(unreachable)?;
+        if status == 401 {
+            let reason = serde_json::from_slice::<ApiErrorBody>(&bytes)
+                .map(|b| b.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+            return Ok(Answer::Refused { node, reason });
+        }
+        Ok(Answer::Done(status, bytes.to_vec()))
     }
+}
+
+/// One answer: refused (401, with the answering node's name if it gave it), or anything else.
+enum Answer {
+    Refused {
+        node: Option<String>,
+        reason: String,
+    },
+    Done(u16, Vec<u8>),
 }
 
 /// Run `f` until it succeeds or fails for good: retryable errors (unreachable, no leader yet)

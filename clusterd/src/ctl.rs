@@ -756,7 +756,7 @@ async fn fetch_status(client: &ApiClient, args: &StatusArgs) -> Result<StatusRep
     let Some(node) = report.nodes.iter().find(|n| n.name == leader) else {
         return Ok(report);
     };
-    let leader_client = client.clone_to(&node.address);
+    let leader_client = client.clone_to(&node.address).for_node(node.name.clone());
     leader_client.get(&path).await
 }
 

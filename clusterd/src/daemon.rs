@@ -416,6 +416,7 @@ async fn bootstrap(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         }
         for peer in &cfg.peers {
             let client = ApiClient::new(peer.address.to_string(), shared.key.clone())
+                .for_node(peer.name.clone())
                 .with_timeout(Duration::from_secs(20));
             match client
                 .post::<_, MembershipReply>(admin_paths::MEMBERS, &request)
@@ -439,6 +440,7 @@ async fn bootstrap(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
 async fn existing_cluster(shared: &Shared) -> bool {
     for peer in &shared.config.peers {
         let client = ApiClient::new(peer.address.to_string(), shared.key.clone())
+            .for_node(peer.name.clone())
             .with_timeout(Duration::from_millis(700));
         if let Ok(report) = client.get::<StatusReport>(admin_paths::STATUS).await
             && report.commit_index.is_some()

@@ -369,15 +369,16 @@ pub async fn renew_loop(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         // A node drill: behave like a dead node for the addresses (renew nothing), so they take
         // the real failure path while the daemon keeps running.
         let drilled = s.replica.borrow().state.node_drilled(&s.me);
-        let granted = match leader.map(|(id, m)| (id, m.addr)) {
+        let granted = match leader.map(|(id, m)| (id, m.addr, m.name)) {
             _ if drilled => Err("failover drill: playing a failed node".to_string()),
             None => Err("no leader known".to_string()),
-            Some((leader, _)) if leader == s.id => grant(&s, &s.me),
-            Some((_, addr)) => {
+            Some((leader, _, _)) if leader == s.id => grant(&s, &s.me),
+            Some((_, addr, name)) => {
                 let c = match &client {
                     Some(c) if c.addr() == addr => c.clone(),
                     _ => {
                         let c = ApiClient::new(addr, s.key.clone())
+                            .for_node(name)
                             .with_timeout(timings.renew_every.max(Duration::from_millis(100)));
                         client = Some(c.clone());
                         c

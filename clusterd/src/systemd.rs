@@ -257,10 +257,12 @@ async fn readiness(s: &Shared, holds_addresses: bool) -> Result<String, String> 
     };
     let applied = s.replica.borrow().last_applied;
     if leader != s.id {
-        let Some(addr) = membership.get_node(&leader).map(|n| n.addr.clone()) else {
+        let Some(node) = membership.get_node(&leader) else {
             return Err("waiting for a leader".into());
         };
-        let client = ApiClient::new(addr, s.key.clone()).with_timeout(Duration::from_secs(2));
+        let client = ApiClient::new(node.addr.clone(), s.key.clone())
+            .for_node(node.name.clone())
+            .with_timeout(Duration::from_secs(2));
         let report: StatusReport = client
             .get(admin_paths::STATUS)
             .await
@@ -339,7 +341,9 @@ async fn alive(
             ));
         }
     }
-    let client = ApiClient::new(api_addr, s.key.clone()).with_timeout(check_timeout);
+    let client = ApiClient::new(api_addr, s.key.clone())
+        .for_node(s.me.clone())
+        .with_timeout(check_timeout);
     client
         .get::<StatusReport>(&format!("{}?limit=0", admin_paths::STATUS))
         .await

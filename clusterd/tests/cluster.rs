@@ -1409,3 +1409,78 @@ async fn metrics_after_a_failover_show_owners_reasons_probes_and_dns_queries() {
     assert!(samples(&signed).contains_key("clusterd_failovers_total{reason=\"lease_expired\"}"));
     c.stop_all().await;
 }
+
+/// Send a request with signature headers captured from someone else's request, as an attacker
+/// on the network would: the status and the body of the answer.
+async fn send_captured(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&'static str, String)],
+    body: &[u8],
+) -> (u16, String) {
+    let mut req = reqwest::Client::new()
+        .post(format!("http://{addr}{path}"))
+        .header("content-type", "application/json")
+        .body(body.to_vec());
+    for (name, value) in headers {
+        req = req.header(*name, value);
+    }
+    let resp = req.send().await.expect("the node answers");
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn captured_signed_requests_can_be_neither_replayed_nor_sent_to_another_node() {
+    let mut c = Cluster::start(&["n1", "n2", "n3"], &["n1", "n2", "n3"]).await;
+    let leader = c.leader().await;
+    let other = c
+        .specs
+        .iter()
+        .find(|s| s.name != leader)
+        .unwrap()
+        .name
+        .clone();
+    let (at_leader, at_other) = (
+        c.specs[c.index(&leader)].addr,
+        c.specs[c.index(&other)].addr,
+    );
+    let requests = [
+        ("/v1/note", serde_json::json!({ "text": "captured note" })),
+        ("/v1/lease", serde_json::json!({ "node": other })),
+        ("/v1/fence", serde_json::json!({ "node": other })),
+    ];
+    for (path, body) in requests {
+        let body = serde_json::to_vec(&body).unwrap();
+        let captured = clusterd::auth::sign_headers(&c.key, "POST", path, &leader, &body);
+        let (first, text) = send_captured(at_leader, path, &captured, &body).await;
+        assert_ne!(
+            first, 401,
+            "{path}: the original request was refused: {text}"
+        );
+        let (again, text) = send_captured(at_leader, path, &captured, &body).await;
+        assert_eq!(again, 401, "{path} replayed: {text}");
+        assert!(text.contains("replayed"), "{path}: {text}");
+        let (elsewhere, text) = send_captured(at_other, path, &captured, &body).await;
+        assert_eq!(elsewhere, 401, "{path} sent to {other}: {text}");
+        assert!(
+            text.contains(&format!("meant for node \\\"{leader}\\\"")),
+            "{text}"
+        );
+    }
+    // The note went into the history once.
+    let report = eventually(
+        "the note in the history",
+        Duration::from_secs(5),
+        || async {
+            let r = status(at_other, &c.key).await?;
+            (!notes(&r).is_empty()).then_some(r)
+        },
+    )
+    .await;
+    assert_eq!(notes(&report), ["captured note"]);
+    // A client that does not know the name of the node it reaches learns it and gets through.
+    let report: clusterd::status::StatusReport = c.client(&other).get("/v1/status").await.unwrap();
+    assert_eq!(report.answered_by, other);
+    c.stop_all().await;
+}

@@ -116,20 +116,6 @@ pub struct PeerClient {
     backoff: Duration,
 }
 
-/// Sign `body` for `method path` now and return the two header values.
-pub fn signature_headers(
-    key: &ClusterKey,
-    method: &str,
-    path: &str,
-    body: &[u8],
-) -> [(&'static str, String); 2] {
-    let now = auth::unix_ms();
-    [
-        (auth::HEADER_TIME, now.to_string()),
-        (auth::HEADER_SIGNATURE, key.sign(method, path, now, body)),
-    ]
-}
-
 impl PeerClient {
     fn note(&self, outcome: Result<(), String>) {
         let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
@@ -179,7 +165,7 @@ impl PeerClient {
             .post(&url)
             .timeout(option.hard_ttl())
             .header(reqwest::header::CONTENT_TYPE, "application/json");
-        for (name, value) in signature_headers(&self.key, "POST", path, &body) {
+        for (name, value) in auth::sign_headers(&self.key, "POST", path, &self.node.name, &body) {
             request = request.header(name, value);
         }
         let response = request.body(body).send().await.map_err(|e| {
