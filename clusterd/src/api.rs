@@ -35,8 +35,6 @@ use crate::raft::TypeConfig;
 use crate::raft::network::paths;
 use crate::status::{self, AddressReport, Freshness, NodeReport, ServiceReport, StatusReport};
 
-/// Largest request body accepted (snapshots of our small state fit easily).
-pub const MAX_BODY: usize = 16 * 1024 * 1024;
 /// Unauthenticated requests are logged at most this often.
 pub const UNAUTHORIZED_LOG_EVERY: Duration = Duration::from_secs(10);
 /// Header marking a request already forwarded once (no second hop).
@@ -207,6 +205,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route(admin_paths::FENCE, post(post_fence))
         .route(admin_paths::METRICS, crate::metrics::route())
         .route("/v1/members/{name}", delete(delete_member))
+        // `authenticate` reads every body under the limit of its route.
+        .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(middleware::from_fn_with_state(shared.clone(), authenticate))
         .with_state(shared)
 }
@@ -219,9 +219,27 @@ async fn authenticate(
     next: Next,
 ) -> Response {
     let (parts, body) = req.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
-        return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
-            .into_response();
+    let limit = crate::raft::network::body_limit(parts.uri.path());
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "request body over {limit} bytes (the limit of {}), or not received whole",
+                parts.uri.path()
+            ),
+        )
+        .into_response()
+    };
+    let declared = parts
+        .headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return too_large();
+    }
+    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
+        return too_large();
     };
     let path = parts
         .uri
@@ -390,6 +408,16 @@ async fn post_note(
     State(s): State<Arc<Shared>>,
     Json(req): Json<NoteRequest>,
 ) -> Result<Json<Applied>, ApiError> {
+    if req.text.len() > crate::model::MAX_NOTE_LEN {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the note is {} bytes; keep it under {}",
+                req.text.len(),
+                crate::model::MAX_NOTE_LEN
+            ),
+        ));
+    }
     let cmd = Command::Note {
         by: s.me.clone(),
         text: req.text,
@@ -436,6 +464,7 @@ pub async fn propose(s: &Shared, cmd: Command) -> Result<Applied, ApiError> {
 }
 
 async fn propose_inner(s: &Shared, cmd: Command, forwarded: bool) -> Result<Applied, ApiError> {
+    intake(&cmd)?;
     let applied = match leader_route(s, forwarded)? {
         LeaderRoute::Here => write_here(s, cmd).await?.applied,
         LeaderRoute::Forward(client) => {
@@ -457,6 +486,16 @@ async fn propose_inner(s: &Shared, cmd: Command, forwarded: bool) -> Result<Appl
     }
 }
 
+/// Refuse a command too large to be a log entry, before it can reach the log.
+fn intake(cmd: &Command) -> Result<(), ApiError> {
+    cmd.check_size().map_err(|e| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("{e}: one log entry must stay far below what a follower accepts"),
+        )
+    })
+}
+
 /// A write this leader committed: the state machine's answer (which may be a refusal) and
 /// the entry's log index.
 #[derive(Debug, Clone)]
@@ -470,6 +509,7 @@ pub struct Written {
 /// Write `cmd` through this node's own Raft core, which must lead; never forwarded. A
 /// refusal by the state machine is a `Written` too (the entry is in the log all the same).
 pub async fn write_here(s: &Shared, cmd: Command) -> Result<Written, ApiError> {
+    intake(&cmd)?;
     let write = tokio::time::timeout(WRITE_TIMEOUT, s.raft.client_write(cmd));
     tokio::select! {
         result = write => match result {

@@ -147,6 +147,10 @@ fn raft_config(config: &Config) -> Result<openraft::Config, RunError> {
         election_timeout_max: ms(r.election_timeout_max.0),
         snapshot_policy: SnapshotPolicy::LogsSinceLast(r.snapshot_after),
         max_in_snapshot_log_to_keep: 100,
+        max_payload_entries: crate::raft::network::MAX_APPEND_ENTRIES,
+        snapshot_max_chunk_size: crate::raft::network::SNAPSHOT_CHUNK,
+        // A chunk is encoded, signed, sent, decoded and (the last one) installed within this.
+        install_snapshot_timeout: 5000,
         ..Default::default()
     }
     .validate()

@@ -12,7 +12,7 @@ use std::time::Duration;
 use clusterd::api::{AddMemberRequest, MembershipReply, NoteRequest};
 use clusterd::auth::ClusterKey;
 use clusterd::client::{ApiClient, ClientError, with_retries};
-use clusterd::model::{Applied, EventKind, Role};
+use clusterd::model::{Applied, Command, EventKind, Role};
 use clusterd::vip::mem::World;
 use common::{
     NodeSpec, addresses_with_health, agreed_leader, eventually, status, two_addresses,
@@ -1482,5 +1482,154 @@ async fn captured_signed_requests_can_be_neither_replayed_nor_sent_to_another_no
     // A client that does not know the name of the node it reaches learns it and gets through.
     let report: clusterd::status::StatusReport = c.client(&other).get("/v1/status").await.unwrap();
     assert_eq!(report.answered_by, other);
+    c.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_requests_are_refused_at_intake_and_the_cluster_keeps_committing() {
+    let mut c = Cluster::start(&["n1", "n2", "n3"], &["n1", "n2", "n3"]).await;
+    let leader = c.leader().await;
+    let follower = c
+        .specs
+        .iter()
+        .find(|s| s.name != leader)
+        .unwrap()
+        .name
+        .clone();
+    let client = c.client(&follower);
+    let refused = |r: Result<Applied, ClientError>| match r {
+        Err(ClientError::Api {
+            status: 413,
+            message,
+        }) => message,
+        other => panic!("expected 413, got {other:?}"),
+    };
+    // A 2 MB note never gets past the body limit of the admin API.
+    let huge = NoteRequest {
+        text: "x".repeat(2 << 20),
+    };
+    let m = refused(client.post("/v1/note", &huge).await);
+    assert!(m.contains("request body over 131072 bytes"), "{m}");
+    // One byte past the note limit is refused before it is proposed.
+    let long = NoteRequest {
+        text: "x".repeat(clusterd::model::MAX_NOTE_LEN + 1),
+    };
+    let m = refused(client.post("/v1/note", &long).await);
+    assert!(m.contains("keep it under 1000"), "{m}");
+    // A command one byte past the entry limit is refused by the leader's intake, whether it
+    // arrives through a follower or directly.
+    let mut text = String::new();
+    let mut cmd = Command::Note {
+        by: "test".into(),
+        text: text.clone(),
+        at_ms: 0,
+    };
+    let base = serde_json::to_vec(&cmd).unwrap().len();
+    text = "y".repeat(clusterd::model::MAX_COMMAND_BYTES + 1 - base);
+    cmd = Command::Note {
+        by: "test".into(),
+        text,
+        at_ms: 0,
+    };
+    assert_eq!(
+        serde_json::to_vec(&cmd).unwrap().len(),
+        clusterd::model::MAX_COMMAND_BYTES + 1
+    );
+    for via in [&follower, &leader] {
+        let m = refused(c.client(via).post("/v1/propose", &cmd).await);
+        assert!(m.contains("the limit is 65536"), "{m}");
+    }
+    // Nothing of it reached the log, and the cluster goes on committing on every node.
+    let note = NoteRequest {
+        text: "after the oversized ones".into(),
+    };
+    let _: Applied = with_retries(|| client.post("/v1/note", &note))
+        .await
+        .unwrap();
+    for spec in &c.specs {
+        eventually("the note on every node", Duration::from_secs(5), || async {
+            let r = status(spec.addr, &c.key).await?;
+            (notes(&r) == ["after the oversized ones"]).then_some(())
+        })
+        .await;
+    }
+    c.stop_all().await;
+}
+
+/// The notes in a node's whole history.
+async fn history_notes(c: &Cluster, addr: SocketAddr) -> Option<Vec<String>> {
+    let client = ApiClient::new(addr.to_string(), c.key.clone());
+    let events: Vec<clusterd::model::Event> = client.get("/v1/history").await.ok()?;
+    Some(
+        events
+            .into_iter()
+            .filter_map(|e| match e.kind {
+                EventKind::Note { text, .. } => Some(text),
+                _ => None,
+            })
+            .collect(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_a_state_larger_than_one_request_body_catches_up_by_snapshot() {
+    let mut c = Cluster::start(&["n1", "n2", "n3"], &["n1", "n2", "n3"]).await;
+    let leader = c.leader().await;
+    let behind = c
+        .specs
+        .iter()
+        .find(|s| s.name != leader)
+        .unwrap()
+        .name
+        .clone();
+    let client = c.client(&leader);
+    // Notes of 999 bytes fill the 500-event history: a state of over half a megabyte, whose
+    // snapshot is larger than a single request body used to be allowed to be.
+    let write = |from: usize, to: usize| {
+        let client = client.clone();
+        async move {
+            let writers = (0..8).map(|w| {
+                let client = client.clone();
+                async move {
+                    for i in (from + w..to).step_by(8) {
+                        let note = NoteRequest {
+                            text: format!("{i:06} {}", "n".repeat(992)),
+                        };
+                        let _: Applied = with_retries(|| client.post("/v1/note", &note))
+                            .await
+                            .unwrap();
+                    }
+                }
+            });
+            futures_util::future::join_all(writers).await;
+        }
+    };
+    write(0, 600).await;
+    c.stop_node(&behind).await;
+    write(600, 1900).await;
+    // The leader compacted its log past what the stopped follower has.
+    let at_leader = c.specs[c.index(&leader)].addr;
+    eventually("log compaction", Duration::from_secs(20), || async {
+        let r = status(at_leader, &c.key).await?;
+        (r.purged_index.unwrap_or(0) > 700).then_some(())
+    })
+    .await;
+    let expected = history_notes(&c, at_leader).await.unwrap();
+    assert!(expected.len() > 450, "{} notes", expected.len());
+    assert!(expected.iter().any(|n| n.starts_with("001899 ")));
+    c.start_node(&behind).await;
+    let addr = c.specs[c.index(&behind)].addr;
+    eventually(
+        "the restarted follower has the leader's history",
+        Duration::from_secs(30),
+        || async {
+            // Events the restart itself adds push the oldest notes out of the history on
+            // every node alike: compare with the leader's history as it is now.
+            let now = history_notes(&c, at_leader).await?;
+            let mine = history_notes(&c, addr).await?;
+            (mine == now && mine.iter().any(|n| n.starts_with("001899 "))).then_some(())
+        },
+    )
+    .await;
     c.stop_all().await;
 }

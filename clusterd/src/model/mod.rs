@@ -788,6 +788,32 @@ impl Applied {
 /// Longest operator note accepted, in bytes.
 pub const MAX_NOTE_LEN: usize = 1000;
 
+/// Largest encoded (JSON) size of one command. Checked where a command is proposed, before it
+/// can reach the log: every entry must stay far below what a follower accepts in one
+/// AppendEntries (see `raft::network::APPEND_BODY_LIMIT`), or one oversized entry would be
+/// refused by every follower for ever and stall the cluster.
+pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
+
+impl Command {
+    /// Refuse a command whose encoding is larger than [`MAX_COMMAND_BYTES`].
+    pub fn check_size(&self) -> Result<(), CommandTooLarge> {
+        let bytes = serde_json::to_vec(self).map_or(usize::MAX, |v| v.len());
+        if bytes > MAX_COMMAND_BYTES {
+            Err(CommandTooLarge { bytes })
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// A command too large to be a log entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the command is {bytes} bytes encoded; the limit is {MAX_COMMAND_BYTES}")]
+pub struct CommandTooLarge {
+    /// Its encoded size.
+    pub bytes: usize,
+}
+
 /// Events kept when nothing else is configured.
 pub const DEFAULT_HISTORY_LIMIT: usize = 500;
 

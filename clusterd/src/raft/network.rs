@@ -26,6 +26,29 @@ use super::TypeConfig;
 use crate::auth::{self, ClusterKey};
 use crate::model::{Member, NodeId};
 
+/// Most entries the leader sends in one AppendEntries (openraft's `max_payload_entries`).
+pub const MAX_APPEND_ENTRIES: u64 = 64;
+/// Largest AppendEntries body a node accepts: a full batch of the largest entries
+/// ([`crate::model::MAX_COMMAND_BYTES`] each, plus the entry's envelope), with room to spare.
+pub const APPEND_BODY_LIMIT: usize =
+    MAX_APPEND_ENTRIES as usize * (crate::model::MAX_COMMAND_BYTES + 1024) + 64 * 1024;
+/// Snapshot bytes sent per InstallSnapshot request (openraft's `snapshot_max_chunk_size`).
+pub const SNAPSHOT_CHUNK: u64 = 1024 * 1024;
+/// Largest InstallSnapshot body a node accepts: one chunk as JSON (a byte takes up to 4
+/// characters) plus the snapshot's metadata.
+pub const SNAPSHOT_BODY_LIMIT: usize = 4 * SNAPSHOT_CHUNK as usize + 64 * 1024;
+/// Largest body of every other request (votes and the admin API).
+pub const SMALL_BODY_LIMIT: usize = 128 * 1024;
+
+/// The largest body a request to `path` may carry.
+pub fn body_limit(path: &str) -> usize {
+    match path {
+        paths::APPEND => APPEND_BODY_LIMIT,
+        paths::SNAPSHOT => SNAPSHOT_BODY_LIMIT,
+        _ => SMALL_BODY_LIMIT,
+    }
+}
+
 /// HTTP paths of the peer RPCs.
 pub mod paths {
     /// AppendEntries.
@@ -48,14 +71,70 @@ pub struct PeerSeen {
 /// Shared map of peer observations, written by the network and read by `status`.
 pub type PeerTable = Arc<Mutex<HashMap<NodeId, PeerSeen>>>;
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Builds one [`PeerClient`] per target, each reusing that peer's HTTP client.
 #[derive(Debug, Clone)]
 pub struct Network {
     me: NodeId,
     key: ClusterKey,
     clients: HashMap<NodeId, reqwest::Client>,
+    budgets: HashMap<NodeId, Arc<Mutex<Batch>>>,
     peers: PeerTable,
     backoff: Duration,
+}
+
+/// How many bytes of entries one AppendEntries to a peer carries: openraft 0.9 gives an
+/// AppendEntries exactly one heartbeat interval and retries the same batch after a timeout,
+/// so a follower that cannot take a full batch that fast (behind, on a slow disk, starved of
+/// CPU) would never catch up. The budget halves on every timeout (down to one entry) and
+/// doubles after an answer well within the deadline (up to [`APPEND_BODY_LIMIT`]); the rest of
+/// a batch goes in later requests (`PartialSuccess`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batch {
+    /// Bytes of encoded entries to send at most (at least one entry always goes).
+    pub bytes: usize,
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Batch { bytes: BATCH_START }
+    }
+}
+
+/// Entry bytes per AppendEntries at first.
+const BATCH_START: usize = 64 * 1024;
+/// The smallest budget (one entry of this size still goes whole).
+const BATCH_MIN: usize = 1024;
+
+impl Batch {
+    /// How many of `sizes` (encoded entry sizes, in order) to send: at least one.
+    pub fn take(&self, sizes: &[usize]) -> usize {
+        let mut total = 0;
+        let mut n = 0;
+        for s in sizes {
+            total += s;
+            if n > 0 && total > self.bytes {
+                break;
+            }
+            n += 1;
+        }
+        n
+    }
+
+    /// The peer did not answer within the deadline.
+    pub fn timed_out(&mut self) {
+        self.bytes = (self.bytes / 2).max(BATCH_MIN);
+    }
+
+    /// The peer answered after `took` of a `deadline`.
+    pub fn answered(&mut self, took: Duration, deadline: Duration) {
+        if took < deadline / 4 {
+            self.bytes = (self.bytes * 2).min(APPEND_BODY_LIMIT);
+        }
+    }
 }
 
 impl Network {
@@ -65,6 +144,7 @@ impl Network {
         Network {
             me,
             key,
+            budgets: HashMap::new(),
             clients: HashMap::new(),
             peers,
             backoff,
@@ -97,6 +177,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             node: node.clone(),
             client,
+            batch: self.budgets.entry(target).or_default().clone(),
             key: self.key.clone(),
             peers: self.peers.clone(),
             backoff: self.backoff,
@@ -111,6 +192,7 @@ pub struct PeerClient {
     target: NodeId,
     node: Member,
     client: reqwest::Client,
+    batch: Arc<Mutex<Batch>>,
     key: ClusterKey,
     peers: PeerTable,
     backoff: Duration,
@@ -213,11 +295,36 @@ impl PeerClient {
 impl RaftNetwork<TypeConfig> for PeerClient {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        self.call(RPCTypes::AppendEntries, paths::APPEND, &rpc, &option)
-            .await
+        // Send as much of the batch as the peer's budget allows (see `Batch`).
+        let all = rpc.entries.len();
+        if all > 1 {
+            let sizes: Vec<usize> = rpc
+                .entries
+                .iter()
+                .map(|e| serde_json::to_vec(e).map_or(usize::MAX, |v| v.len()))
+                .collect();
+            let n = lock(&self.batch).take(&sizes);
+            rpc.entries.truncate(n);
+        }
+        let last_sent = rpc.entries.last().map(|e| e.log_id);
+        let started = Instant::now();
+        let result = self
+            .call(RPCTypes::AppendEntries, paths::APPEND, &rpc, &option)
+            .await;
+        match &result {
+            Err(RPCError::Timeout(_)) => lock(&self.batch).timed_out(),
+            Ok(_) => lock(&self.batch).answered(started.elapsed(), option.hard_ttl()),
+            Err(_) => {}
+        }
+        match result {
+            Ok(AppendEntriesResponse::Success) if rpc.entries.len() < all => {
+                Ok(AppendEntriesResponse::PartialSuccess(last_sent))
+            }
+            other => other,
+        }
     }
 
     async fn install_snapshot(
@@ -242,5 +349,39 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 
     fn backoff(&self) -> Backoff {
         Backoff::new(std::iter::repeat(self.backoff))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_takes_entries_up_to_its_budget_and_always_one() {
+        let b = Batch { bytes: 3000 };
+        assert_eq!(b.take(&[1000, 1000, 1000, 1000]), 3);
+        assert_eq!(b.take(&[1000, 1000, 1001]), 2);
+        // One entry larger than the budget still goes, alone.
+        assert_eq!(b.take(&[65_000, 10]), 1);
+        assert_eq!(b.take(&[]), 0);
+    }
+
+    #[test]
+    fn the_budget_halves_on_timeouts_to_a_floor_and_grows_back_on_quick_answers() {
+        let mut b = Batch::default();
+        let deadline = Duration::from_millis(50);
+        for _ in 0..20 {
+            b.timed_out();
+        }
+        assert_eq!(b.bytes, BATCH_MIN);
+        // A slow answer (over a quarter of the deadline) keeps it where it is.
+        b.answered(Duration::from_millis(20), deadline);
+        assert_eq!(b.bytes, BATCH_MIN);
+        b.answered(Duration::from_millis(5), deadline);
+        assert_eq!(b.bytes, 2 * BATCH_MIN);
+        for _ in 0..30 {
+            b.answered(Duration::from_millis(1), deadline);
+        }
+        assert_eq!(b.bytes, APPEND_BODY_LIMIT);
     }
 }

@@ -1,11 +1,14 @@
 //! Raft log, vote and state machine persisted in one redb file.
 //!
 //! The log store writes with `Durability::Immediate` (fsync) before it signals openraft's flush
-//! callback, so an acknowledged entry survives a crash. The state machine is small (members,
-//! addresses, a bounded history) and is written whole after each applied batch; it rides on the
-//! next fsync of the log. On open, the newer of the persisted state machine and the persisted
-//! snapshot wins, so a crash between the two never loses applied entries that were purged from
-//! the log. All disk work runs on tokio's blocking pool.
+//! callback, so an acknowledged entry survives a crash. The state machine lives in memory and
+//! reaches the disk with each snapshot (every `raft.snapshot_after` entries, durably); after a
+//! restart openraft applies the committed entries after the snapshot again. Writing the whole
+//! state after every applied batch, as earlier versions did, made every write cost as much as
+//! the state is large and held redb's single writer against log appends, so a follower with a
+//! large history answered AppendEntries too slowly to ever catch up. On open, the newer of the
+//! persisted state machine (written by earlier versions and at snapshot installs) and the
+//! persisted snapshot wins. All disk work runs on tokio's blocking pool.
 
 // openraft's trait signatures fix the error type to its (large) StorageError; the helpers here
 // share it so that `?` works throughout.
@@ -389,12 +392,6 @@ impl StateMachineStore {
         self.published
             .send_replace(Arc::new(Replica::from(&self.data)));
     }
-
-    async fn persist(&self, durability: Durability) -> StorageResult<()> {
-        let db = self.db.clone();
-        let data = self.data.clone();
-        blocking(move || put_json(&db, SM, &[(KEY_STATE, &data)], durability)).await
-    }
 }
 
 fn membership_members(m: &StoredMembership<NodeId, Member>) -> Vec<(Member, bool)> {
@@ -437,7 +434,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             };
             replies.push(reply);
         }
-        self.persist(Durability::None).await?;
         self.publish();
         Ok(replies)
     }
@@ -564,35 +560,43 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn reopened_store_keeps_log_vote_and_state() {
+    async fn reopened_store_keeps_log_vote_and_the_state_of_its_last_snapshot() {
         use crate::model::Command;
         use openraft::CommittedLeaderId;
+        let note = |i: u64| Entry::<TypeConfig> {
+            log_id: LogId::new(CommittedLeaderId::new(3, 7), i),
+            payload: EntryPayload::Normal(Command::Note {
+                by: "mx1".into(),
+                text: format!("note {i}"),
+                at_ms: i,
+            }),
+        };
         let dir = tempfile::tempdir().unwrap();
         {
             let (mut log, mut sm, _rx) = open(dir.path(), 100).unwrap();
             log.save_vote(&Vote::new(3, 7)).await.unwrap();
-            let entry = Entry::<TypeConfig> {
-                log_id: LogId::new(CommittedLeaderId::new(3, 7), 1),
-                payload: EntryPayload::Normal(Command::Note {
-                    by: "mx1".into(),
-                    text: "hello".into(),
-                    at_ms: 1,
-                }),
-            };
-            sm.apply(vec![entry.clone()]).await.unwrap();
-            // Write through the log path too, with its fsync, as openraft would.
+            // Entries 1 and 2 in the log, as openraft writes them (with their fsync).
             let db = log.db.clone();
             blocking(move || {
                 let txn = db.begin_write().map_err(write_err)?;
                 {
                     let mut t = txn.open_table(LOG).map_err(write_err)?;
-                    let bytes = serde_json::to_vec(&entry).map_err(write_err)?;
-                    t.insert(1, bytes.as_slice()).map_err(write_err)?;
+                    for i in 1..=2 {
+                        let bytes = serde_json::to_vec(&note(i)).map_err(write_err)?;
+                        t.insert(i, bytes.as_slice()).map_err(write_err)?;
+                    }
                 }
                 txn.commit().map_err(write_err)
             })
             .await
             .unwrap();
+            sm.apply(vec![note(1)]).await.unwrap();
+            sm.get_snapshot_builder()
+                .await
+                .build_snapshot()
+                .await
+                .unwrap();
+            sm.apply(vec![note(2)]).await.unwrap();
         }
         let (mut log, mut sm, rx) = open(dir.path(), 100).unwrap();
         assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(3, 7)));
@@ -603,8 +607,10 @@ mod tests {
                 .last_log_id
                 .unwrap()
                 .index,
-            1
+            2
         );
+        // The state machine comes back as of the snapshot; openraft applies entry 2 again
+        // from the log.
         let (applied, _) = sm.applied_state().await.unwrap();
         assert_eq!(applied.unwrap().index, 1);
         assert_eq!(rx.borrow().state.events.len(), 1);
