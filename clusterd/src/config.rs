@@ -1117,10 +1117,52 @@ impl Config {
         self.check_fencing(&mut v);
         self.check_hooks(&mut v);
         self.check_metrics(&mut v);
+        self.check_listeners(&mut v);
         if v.0.is_empty() {
             Ok(())
         } else {
             Err(ConfigError { problems: v.0 })
+        }
+    }
+
+    /// The TCP listeners of this node (the API, the metrics listener, DNS over TCP) must not
+    /// share a port on overlapping addresses: the daemon would fail to bind one of them and
+    /// serve without it.
+    fn check_listeners(&self, v: &mut Problems) {
+        let mut listeners: Vec<(String, SocketAddr)> =
+            vec![("node.listen".into(), self.node.listen)];
+        if let Some(m) = self.metrics.listen {
+            listeners.push(("metrics.listen".into(), m));
+        }
+        if let Some(dns) = &self.dns {
+            listeners.extend(
+                dns.listen
+                    .iter()
+                    .enumerate()
+                    .map(|(i, l)| (format!("dns.listen[{i}]"), *l)),
+            );
+        }
+        let overlap = |a: &SocketAddr, b: &SocketAddr| {
+            a.port() == b.port()
+                && a.port() != 0
+                && (a.ip() == b.ip()
+                    || (a.ip().is_unspecified() && (a.is_ipv6() || b.is_ipv4()))
+                    || (b.ip().is_unspecified() && (b.is_ipv6() || a.is_ipv4())))
+        };
+        for (i, (field_a, a)) in listeners.iter().enumerate() {
+            for (field_b, b) in &listeners[i + 1..] {
+                // The same DNS address twice is reported by the DNS section itself.
+                let both_dns = field_a.starts_with("dns.") && field_b.starts_with("dns.");
+                if overlap(a, b) && !(both_dns && a == b) {
+                    v.push(
+                        field_b.clone(),
+                        format!(
+                            "{b} overlaps {field_a} ({a}): two listeners cannot share a TCP \
+                             port on the same address; give {field_b} another port"
+                        ),
+                    );
+                }
+            }
         }
     }
 
@@ -3090,6 +3132,34 @@ names = { imap = ["imap"], smtp = ["smtp"], mail = ["imap", "smtp"] }
             "checks.imap.password_file",
             "absolute path",
         );
+    }
+
+    #[test]
+    fn listeners_sharing_a_port_on_overlapping_addresses_are_refused_naming_both() {
+        let with_dns = |listen: &[&str]| {
+            let mut c = base();
+            c.dns.as_mut().unwrap().listen = listen.iter().map(|l| l.parse().unwrap()).collect();
+            c
+        };
+        // DNS over TCP on the API's own address and port.
+        assert_refused(
+            &with_dns(&["192.0.2.11:7400"]),
+            "dns.listen[0]",
+            "overlaps node.listen (192.0.2.11:7400)",
+        );
+        // All addresses overlaps every address of the family, IPv6's any overlaps IPv4 too.
+        assert_refused(&with_dns(&["0.0.0.0:7400"]), "dns.listen[0]", "node.listen");
+        assert_refused(&with_dns(&["[::]:7400"]), "dns.listen[0]", "node.listen");
+        // Another port, or another address, is fine.
+        assert_valid(&with_dns(&[
+            "192.0.2.11:53",
+            "192.0.2.12:7400",
+            "[2001:db8::11]:7400",
+        ]));
+        // The metrics listener too.
+        let mut c = base();
+        c.metrics.listen = Some("192.0.2.11:53".parse().unwrap());
+        assert_refused(&c, "dns.listen[0]", "overlaps metrics.listen");
     }
 
     #[test]

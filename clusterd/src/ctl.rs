@@ -302,6 +302,9 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<(), Failure> 
             let path = path.as_deref().unwrap_or(&cli.config);
             let cfg = config::load(path)
                 .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
+            // The daemon refuses to start without a usable key: so does check-config.
+            ClusterKey::load(&cfg.node.key_file)
+                .map_err(|e| Failure::usage(format!("{}: node.key_file: {e}", path.display())))?;
             writeln!(
                 out,
                 "{}: ok ({} as {:?}, {} members, voters {}, {} addresses)",

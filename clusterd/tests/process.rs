@@ -373,6 +373,42 @@ fn check_config_accepts_good_and_names_the_field_of_bad_configs() {
 }
 
 #[test]
+fn check_config_refuses_a_key_file_the_daemon_would_refuse() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let key = write_key(dir.path());
+    let specs = write_configs(
+        dir.path(),
+        &key,
+        &["n1", "n2", "n3"],
+        &["n1", "n2", "n3"],
+        &|_| String::new(),
+    );
+    let config = path_str(&specs[0].config_path).to_string();
+    let refused = |what: &str, needle: &str| {
+        let out = ctl(&["check-config", &config]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{what}: {stderr}");
+        assert!(stderr.contains("node.key_file"), "{what}: {stderr}");
+        assert!(stderr.contains(needle), "{what}: {stderr}");
+        // The daemon refuses it too.
+        let out = Command::new(CLUSTERD)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{what}: the daemon started");
+    };
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    refused("mode 0644", "chmod 600");
+    std::fs::write(&key, "").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    refused("empty", "does not hold a cluster key");
+    std::fs::remove_file(&key).unwrap();
+    refused("missing", "clusterctl keygen");
+}
+
+#[test]
 fn keygen_writes_a_private_key_and_refuses_to_overwrite() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();

@@ -194,7 +194,7 @@ impl Config {
                 ),
             );
         }
-        if listen == self.node.listen || Some(listen) == self.node.advertise {
+        if Some(listen) == self.node.advertise && listen != self.node.listen {
             v.push(
                 "metrics.listen",
                 format!(
@@ -325,7 +325,7 @@ mod tests {
         assert_refused(
             &with_metrics("192.0.2.11:7400"),
             "metrics.listen",
-            "pick another port",
+            "another port",
         );
     }
 
