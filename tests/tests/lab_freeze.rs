@@ -62,17 +62,26 @@ fn an_owner_frozen_for_about_a_lease_and_resumed_never_holds_alongside_the_new_o
             // Start the next freeze at another point of the renewal cycle.
             std::thread::sleep(Duration::from_millis(rng.random_range(0..=400)));
         }
-        let seen = monitors
-            .finish()
-            .with_context(|| format!("seed {seed}, after {done} freezes"))?;
+        let seen = match monitors.finish() {
+            Ok(seen) => seen,
+            Err(e) => {
+                let kept = keep_logs(&lab, seed);
+                return Err(anyhow::Error::new(e).context(format!(
+                    "seed {seed}, after {done} freezes; the daemons' logs are in {kept}"
+                )));
+            }
+        };
         eprintln!(
             "{done} freezes, no two holders: {} address samples (longest gap {:?}), {} points \
-             from kernel events and guard readings, {} ARP rounds, {} ICMP echo rounds",
+             from kernel events and guard readings, {} ARP rounds, {} ICMP echo rounds; \
+             sampler errors: {} {:?}",
             seen.addresses.samples,
             seen.addresses.max_gap,
             seen.events.samples,
             seen.network.timeline.samples,
-            seen.network.echo.samples
+            seen.network.echo.samples,
+            seen.addresses.errors.len(),
+            seen.addresses.errors.first()
         );
     }
     unserved.sort();
@@ -84,6 +93,21 @@ fn an_owner_frozen_for_about_a_lease_and_resumed_never_holds_alongside_the_new_o
         unserved[unserved.len() - 1]
     );
     Ok(())
+}
+
+/// Copy every node's clusterd log out of the lab (which is removed on drop) for the report.
+fn keep_logs(lab: &TestLab, seed: u64) -> String {
+    let dir = std::env::temp_dir().join(format!("clusterd-freeze-{seed}-{}", std::process::id()));
+    if std::fs::create_dir_all(&dir).is_err() {
+        return "(nowhere: cannot create a directory for them)".into();
+    }
+    for node in &lab.state().nodes {
+        let _ = std::fs::copy(
+            node.dir.join("clusterd.log"),
+            dir.join(format!("{}.log", node.name)),
+        );
+    }
+    dir.display().to_string()
 }
 
 /// The node the client's IMAP greeting on `ip` names, waiting up to `within` for one.

@@ -312,7 +312,16 @@ impl GuardReader {
                 text.push(line);
             }
         }
-        Ok(parse_guard(&text))
+        let guard = parse_guard(&text);
+        // "No guard" only when nft says the table does not exist; anything else without the
+        // table (an interrupted listing, an error) is a failed reading, not an open guard.
+        if guard == Guard::Absent && !text.iter().any(|l| l.contains("No such file or directory")) {
+            return Err(format!(
+                "unexpected guard listing: {}",
+                text.iter().take(4).cloned().collect::<Vec<_>>().join(" | ")
+            ));
+        }
+        Ok(guard)
     }
 }
 
@@ -624,7 +633,16 @@ impl SamplerRun {
     /// Read node `n`'s guard now, record the reading for the event view, and return it.
     fn read_guard(&mut self, n: usize) -> Guard {
         let at = self.since_start();
-        match self.guards[n].read() {
+        // A failed reading is tried twice more before it counts (as no guard, which errs
+        // towards seeing a holder, and is reported).
+        let mut reading = self.guards[n].read();
+        for _ in 0..2 {
+            if reading.is_ok() {
+                break;
+            }
+            reading = self.guards[n].read();
+        }
+        match reading {
             Ok(g) => {
                 let read = GuardRead::new(at, n, &g);
                 // Consecutive equal readings (the same deadlines) add nothing.
