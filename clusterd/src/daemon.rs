@@ -14,7 +14,7 @@ use openraft::error::{InitializeError, RaftError};
 use openraft::{ServerState, SnapshotPolicy};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::api::{self, AddMemberRequest, MembershipReply, UnauthorizedLog, admin_paths};
 use crate::auth::{self, ClusterKey, KeyError};
@@ -55,6 +55,64 @@ pub enum RunError {
         /// Cause.
         source: std::io::Error,
     },
+    /// A task that must run as long as the daemon ended on its own.
+    #[error(
+        "the daemon's {task} task {how}; clusterd stopped so that the service manager starts \
+         it afresh (its addresses were released)"
+    )]
+    TaskEnded {
+        /// Which task.
+        task: &'static str,
+        /// How it ended (returned, or the panic message).
+        how: String,
+    },
+}
+
+/// The daemon's long-lived tasks, each of which must run until the daemon stops. One that
+/// ends before (a panic, a loop that gave up) is noticed: the daemon logs it and stops with
+/// [`RunError::TaskEnded`], rather than running on without it (a dead health reporter would
+/// leave the leader believing stale health; a dead address runtime would leave addresses
+/// unmanaged).
+#[derive(Default)]
+struct Supervised {
+    tasks: Vec<(&'static str, tokio::task::JoinHandle<()>)>,
+}
+
+impl Supervised {
+    fn spawn(&mut self, task: &'static str, f: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.push((task, tokio::spawn(f)));
+    }
+
+    /// The first task to end, and how; pends for ever while all run (or there are none).
+    async fn first_end(&mut self) -> (&'static str, String) {
+        if self.tasks.is_empty() {
+            return std::future::pending().await;
+        }
+        let (result, i, _) =
+            futures_util::future::select_all(self.tasks.iter_mut().map(|(_, h)| h)).await;
+        let (task, _) = self.tasks.swap_remove(i);
+        let how = match result {
+            Ok(()) => "returned".to_string(),
+            Err(e) if e.is_panic() => {
+                let payload = e.into_panic();
+                let msg = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "(no message)".into());
+                format!("panicked: {msg}")
+            }
+            Err(_) => "was cancelled".to_string(),
+        };
+        (task, how)
+    }
+
+    /// Wait for every task still running (after the stop signal).
+    async fn join(self) {
+        for (_, task) in self.tasks {
+            let _ = task.await;
+        }
+    }
 }
 
 /// What the API handlers and background duties share.
@@ -280,49 +338,67 @@ pub async fn run_with<N: crate::vip::NetOps>(
     let (hooks_stop, hooks_stop_rx) = watch::channel(false);
     let hook_runner = tokio::spawn(crate::hooks::run(shared.clone(), hooks_stop_rx));
 
-    let duties = tokio::spawn(duties(shared.clone(), stop_rx.clone()));
-    let mut background = vec![
-        tokio::spawn(crate::hooks::observe(shared.clone(), stop_rx.clone())),
-        tokio::spawn(crate::lease::placement_loop(
-            shared.clone(),
-            policy,
-            stop_rx.clone(),
-        )),
-        tokio::spawn(crate::dns_feed::run(shared.clone(), stop_rx.clone())),
-        tokio::spawn(crate::health::run(shared.clone(), stop_rx.clone())),
-        tokio::spawn(crate::lease::confirm_loop(shared.clone(), stop_rx.clone())),
-    ];
+    let mut background = Supervised::default();
+    background.spawn("duties", duties(shared.clone(), stop_rx.clone()));
+    background.spawn(
+        "hook observer",
+        crate::hooks::observe(shared.clone(), stop_rx.clone()),
+    );
+    background.spawn(
+        "placement",
+        crate::lease::placement_loop(shared.clone(), policy, stop_rx.clone()),
+    );
+    background.spawn("DNS", crate::dns_feed::run(shared.clone(), stop_rx.clone()));
+    background.spawn(
+        "health",
+        crate::health::run(shared.clone(), stop_rx.clone()),
+    );
+    background.spawn(
+        "leadership check",
+        crate::lease::confirm_loop(shared.clone(), stop_rx.clone()),
+    );
     let net = net.filter(|_| !shared.config.node.dry_run);
     if let Ok(local) = local {
-        background.push(tokio::spawn(crate::systemd::run(
-            shared.clone(),
-            crate::systemd::reachable(local),
-            net.is_some(),
-            stop_rx.clone(),
-        )));
+        background.spawn(
+            "service manager",
+            crate::systemd::run(
+                shared.clone(),
+                crate::systemd::reachable(local),
+                net.is_some(),
+                stop_rx.clone(),
+            ),
+        );
     }
     if let Some(net) = net {
         // Only a node that can hold addresses takes leases for them.
-        background.push(tokio::spawn(crate::lease::renew_loop(
-            shared.clone(),
-            stop_rx.clone(),
-        )));
-        background.push(tokio::spawn(crate::vip::run(
-            shared.clone(),
-            net,
-            stop_rx.clone(),
-        )));
+        background.spawn(
+            "lease renewal",
+            crate::lease::renew_loop(shared.clone(), stop_rx.clone()),
+        );
+        background.spawn(
+            "address runtime",
+            crate::vip::run(shared.clone(), net, stop_rx.clone()),
+        );
     }
     let joiner = tokio::spawn(bootstrap(shared.clone(), stop_rx.clone()));
 
-    shutdown.await;
-    info!(node = %me, "shutting down");
+    let ended = tokio::select! {
+        () = shutdown => None,
+        ended = background.first_end() => Some(ended),
+    };
+    match &ended {
+        None => info!(node = %me, "shutting down"),
+        Some((task, how)) => error!(
+            node = %me,
+            task,
+            how = %how,
+            "a daemon task ended on its own: shutting down so that the service manager \
+             restarts clusterd"
+        ),
+    }
     let _ = stop_tx.send(true);
     let _ = joiner.await;
-    let _ = duties.await;
-    for task in background {
-        let _ = task.await;
-    }
+    background.join().await;
     let _ = hooks_stop.send(true);
     let _ = hook_runner.await;
     for task in server_tasks {
@@ -351,7 +427,10 @@ pub async fn run_with<N: crate::vip::NetOps>(
         Err(e) => warn!(error = %e, "API server task failed"),
     }
     info!(node = %me, "stopped");
-    Ok(())
+    match ended {
+        Some((task, how)) => Err(RunError::TaskEnded { task, how }),
+        None => Ok(()),
+    }
 }
 
 fn is_member(metrics: &Metrics, id: NodeId) -> bool {
@@ -601,4 +680,36 @@ async fn run_duties(
         .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_supervised_task_that_panics_or_returns_is_named_with_how_it_ended() {
+        let mut s = Supervised::default();
+        s.spawn("forever", std::future::pending());
+        s.spawn("health", async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            panic!("too many open files");
+        });
+        let (task, how) = s.first_end().await;
+        assert_eq!(task, "health");
+        assert_eq!(how, "panicked: too many open files");
+        s.spawn("placement", async {});
+        let (task, how) = s.first_end().await;
+        assert_eq!((task, how.as_str()), ("placement", "returned"));
+        // The one still running is the only one left to join.
+        assert_eq!(s.tasks.len(), 1);
+        s.tasks[0].1.abort();
+        s.join().await;
+    }
+
+    #[tokio::test]
+    async fn no_supervised_task_means_nothing_ever_ends() {
+        let mut s = Supervised::default();
+        let waited = tokio::time::timeout(Duration::from_millis(50), s.first_end()).await;
+        assert!(waited.is_err());
+    }
 }

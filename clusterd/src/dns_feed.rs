@@ -91,12 +91,17 @@ pub fn snapshot(dns: &DnsConfig, state: &State) -> Snapshot {
 
 /// Serve DNS on every `dns.listen` address until `stop`, following the replica.
 pub async fn run(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    let Some(dns) = s.config.dns.clone() else {
+    // A node with nothing to serve idles until the daemon stops (the daemon supervises this
+    // task and takes an early end for a failure).
+    let Some(dns) = s
+        .config
+        .dns
+        .clone()
+        .filter(|_| s.config.node.role == Role::Mail)
+    else {
+        let _ = stop.wait_for(|s| *s).await;
         return;
     };
-    if s.config.node.role != Role::Mail {
-        return;
-    }
     let mut replica = s.replica.clone();
     let first = snapshot(&dns, &replica.borrow_and_update().state);
     let (tx, rx) = watch::channel(Arc::new(first));
@@ -118,6 +123,7 @@ pub async fn run(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     }
     if udp.is_empty() {
         warn!("no DNS listener could be opened; this node serves no DNS");
+        let _ = stop.wait_for(|s| *s).await;
         return;
     }
     let mut server_stop = stop.clone();

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::auth;
 use crate::daemon::Shared;
@@ -75,6 +75,8 @@ impl LocalView {
 /// or without checks.
 pub async fn run(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     if s.config.node.role != Role::Mail || s.config.checks.is_empty() {
+        // Nothing to probe: idle until the daemon stops (it supervises this task).
+        let _ = stop.wait_for(|s| *s).await;
         return;
     }
     let now = auth::unix_ms();
@@ -111,7 +113,24 @@ pub async fn run(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             stop.clone(),
         )));
     }
-    report_loop(&s, &mut stop).await;
+    // A check loop that ends before the daemon stops (a panic) ends the whole health task, so
+    // the daemon notices instead of reporting that check's last state for ever.
+    let mut checks = futures_util::future::select_all(tasks.iter_mut());
+    tokio::select! {
+        () = report_loop(&s, &mut stop) => {}
+        (ended, _, _) = &mut checks => {
+            // The other check loops end by themselves on the stop signal.
+            if !*stop.borrow() {
+                let how = match ended {
+                    Ok(()) => "returned".to_string(),
+                    Err(e) => e.to_string(),
+                };
+                error!(how = %how, "a check loop ended on its own; stopping the health task");
+            }
+            return;
+        }
+    }
+    drop(checks);
     for t in tasks {
         let _ = t.await;
     }
