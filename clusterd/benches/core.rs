@@ -127,7 +127,7 @@ async fn bench_clusterd(dir: &Path) -> Result {
     let leader = common::agreed_leader(&addrs, &key, None).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let leader_addr = specs.iter().find(|s| s.name == leader).unwrap().addr;
-    let client = ApiClient::new(leader_addr.to_string(), key.clone());
+    let client = ApiClient::new(leader_addr.to_string(), key.clone()).expect("an HTTP client");
     let mut lat = Vec::with_capacity(WRITES);
     for i in 0..WRITES {
         let req = NoteRequest {

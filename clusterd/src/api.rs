@@ -363,7 +363,7 @@ async fn add_live_probe_latency(s: &Shared, report: &mut StatusReport) {
         .map(|n| (n.name.clone(), n.address.clone()))
         .collect();
     let asks = peers.into_iter().map(|(name, addr)| {
-        let client = ApiClient::new(addr, s.key.clone())
+        let client = ApiClient::with_http(s.http.clone(), addr, s.key.clone())
             .for_node(name.clone())
             .with_timeout(PEER_HEALTH_TIMEOUT);
         async move {
@@ -574,7 +574,7 @@ fn leader_route(s: &Shared, forwarded: bool) -> Result<LeaderRoute, ApiError> {
                 ApiError::unavailable("the leader is not in the membership yet; retry")
             })?;
             Ok(LeaderRoute::Forward(
-                ApiClient::new(node.addr, s.key.clone()).for_node(node.name),
+                ApiClient::with_http(s.http.clone(), node.addr, s.key.clone()).for_node(node.name),
             ))
         }
         None => Err(ApiError::unavailable(format!(

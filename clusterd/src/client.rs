@@ -40,6 +40,12 @@ pub enum ClientError {
         /// The node's explanation.
         message: String,
     },
+    /// No HTTP client could be built.
+    #[error("cannot set up an HTTP client: {reason}")]
+    Setup {
+        /// Why.
+        reason: String,
+    },
     /// The answer could not be decoded.
     #[error("unexpected answer from {addr}: {reason}")]
     Decode {
@@ -76,12 +82,22 @@ pub struct ApiClient {
 }
 
 impl ApiClient {
-    /// A client for the node at `addr` (`host:port`), whose name it learns on first contact.
-    pub fn new(addr: impl Into<String>, key: ClusterKey) -> Self {
+    /// A client for the node at `addr` (`host:port`), whose name it learns on first contact,
+    /// with an HTTP client of its own (clusterctl, tests). Fails when the environment cannot
+    /// give it one (e.g. no file descriptor left).
+    pub fn new(addr: impl Into<String>, key: ClusterKey) -> Result<Self, ClientError> {
+        let http = http_client().map_err(|e| ClientError::Setup {
+            reason: e.to_string(),
+        })?;
+        Ok(Self::with_http(http, addr, key))
+    }
+
+    /// A client for the node at `addr` sharing `http` (the daemon's one connection pool).
+    pub fn with_http(http: reqwest::Client, addr: impl Into<String>, key: ClusterKey) -> Self {
         ApiClient {
             addr: addr.into(),
             key,
-            http: http_client(),
+            http,
             timeout: Duration::from_secs(10),
             node: Arc::default(),
         }

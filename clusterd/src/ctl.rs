@@ -725,7 +725,7 @@ fn connect(cli: &Cli) -> Result<ApiClient, Failure> {
         }
     };
     let key = ClusterKey::load(&key_path).map_err(|e| Failure::usage(e.to_string()))?;
-    Ok(ApiClient::new(addr, key))
+    Ok(ApiClient::new(addr, key)?)
 }
 
 /// The address to reach the local node: its listen address, or its advertised one when it

@@ -127,6 +127,8 @@ pub struct Shared {
     pub raft: Raft,
     /// The cluster key.
     pub key: ClusterKey,
+    /// The one HTTP client (connection pool) for requests to peers.
+    pub http: reqwest::Client,
     /// Every applied state.
     pub replica: watch::Receiver<Arc<Replica>>,
     /// What this node saw of its peers through its own RPCs.
@@ -271,11 +273,15 @@ pub async fn run_with<N: crate::vip::NetOps>(
     let quorum_lost_after =
         Duration::from_millis(raft_cfg.election_timeout_max * 5).max(Duration::from_secs(1));
     let peers = PeerTable::default();
+    // Built once: building a client later, when descriptors may have run out, could fail.
+    let http = crate::raft::network::http_client()
+        .map_err(|e| RunError::Net(format!("cannot build the HTTP client: {e}")))?;
     let network = Network::new(
         id,
         key.clone(),
         peers.clone(),
         Duration::from_millis(raft_cfg.heartbeat_interval * 4),
+        http.clone(),
     );
     let raft = Raft::new(id, Arc::new(raft_cfg), network, log_store, state_machine)
         .await
@@ -287,6 +293,7 @@ pub async fn run_with<N: crate::vip::NetOps>(
         config,
         raft: raft.clone(),
         key,
+        http,
         replica,
         peers,
         leader_contact: Mutex::new(None),
@@ -498,9 +505,13 @@ async fn bootstrap(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             return;
         }
         for peer in &cfg.peers {
-            let client = ApiClient::new(peer.address.to_string(), shared.key.clone())
-                .for_node(peer.name.clone())
-                .with_timeout(Duration::from_secs(20));
+            let client = ApiClient::with_http(
+                shared.http.clone(),
+                peer.address.to_string(),
+                shared.key.clone(),
+            )
+            .for_node(peer.name.clone())
+            .with_timeout(Duration::from_secs(20));
             match client
                 .post::<_, MembershipReply>(admin_paths::MEMBERS, &request)
                 .await
@@ -522,9 +533,13 @@ async fn bootstrap(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
 /// Whether any peer already runs an initialized cluster.
 async fn existing_cluster(shared: &Shared) -> bool {
     for peer in &shared.config.peers {
-        let client = ApiClient::new(peer.address.to_string(), shared.key.clone())
-            .for_node(peer.name.clone())
-            .with_timeout(Duration::from_millis(700));
+        let client = ApiClient::with_http(
+            shared.http.clone(),
+            peer.address.to_string(),
+            shared.key.clone(),
+        )
+        .for_node(peer.name.clone())
+        .with_timeout(Duration::from_millis(700));
         if let Ok(report) = client.get::<StatusReport>(admin_paths::STATUS).await
             && report.commit_index.is_some()
         {

@@ -377,7 +377,7 @@ pub async fn renew_loop(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                 let c = match &client {
                     Some(c) if c.addr() == addr => c.clone(),
                     _ => {
-                        let c = ApiClient::new(addr, s.key.clone())
+                        let c = ApiClient::with_http(s.http.clone(), addr, s.key.clone())
                             .for_node(name)
                             .with_timeout(timings.renew_every.max(Duration::from_millis(100)));
                         client = Some(c.clone());

@@ -260,7 +260,7 @@ async fn readiness(s: &Shared, holds_addresses: bool) -> Result<String, String> 
         let Some(node) = membership.get_node(&leader) else {
             return Err("waiting for a leader".into());
         };
-        let client = ApiClient::new(node.addr.clone(), s.key.clone())
+        let client = ApiClient::with_http(s.http.clone(), node.addr.clone(), s.key.clone())
             .for_node(node.name.clone())
             .with_timeout(Duration::from_secs(2));
         let report: StatusReport = client
@@ -341,7 +341,7 @@ async fn alive(
             ));
         }
     }
-    let client = ApiClient::new(api_addr, s.key.clone())
+    let client = ApiClient::with_http(s.http.clone(), api_addr, s.key.clone())
         .for_node(s.me.clone())
         .with_timeout(check_timeout);
     client

@@ -142,6 +142,7 @@ impl Cluster {
             self.specs[self.index(name)].addr.to_string(),
             self.key.clone(),
         )
+        .expect("an HTTP client")
     }
 
     async fn leader(&self) -> String {
@@ -544,7 +545,7 @@ async fn late_learner_catches_up_from_a_snapshot_after_log_compaction() {
     // snapshot over HTTP, and ends up with the whole history.
     c.start_node("n4").await;
     let n4 = c.specs[3].addr;
-    let n4_client = ApiClient::new(n4.to_string(), c.key.clone());
+    let n4_client = ApiClient::new(n4.to_string(), c.key.clone()).expect("an HTTP client");
     eventually("n4 has every note", Duration::from_secs(15), || async {
         let events: Vec<clusterd::model::Event> = n4_client.get("/v1/history").await.ok()?;
         let notes: Vec<String> = events
@@ -1558,7 +1559,7 @@ async fn oversized_requests_are_refused_at_intake_and_the_cluster_keeps_committi
 
 /// The notes in a node's whole history.
 async fn history_notes(c: &Cluster, addr: SocketAddr) -> Option<Vec<String>> {
-    let client = ApiClient::new(addr.to_string(), c.key.clone());
+    let client = ApiClient::new(addr.to_string(), c.key.clone()).expect("an HTTP client");
     let events: Vec<clusterd::model::Event> = client.get("/v1/history").await.ok()?;
     Some(
         events

@@ -554,7 +554,8 @@ fn a_resumed_owner_renewing_while_its_takeover_is_being_committed_never_holds_al
             by: "test".into(),
             at_ms: clusterd::auth::unix_ms(),
         };
-        let leader_api = ApiClient::new(addr_of(&leader).to_string(), key.clone());
+        let leader_api =
+            ApiClient::new(addr_of(&leader).to_string(), key.clone()).expect("an HTTP client");
         let _: Applied = client
             .block_on(with_retries(|| leader_api.post("/v1/propose", &move_to)))
             .expect("planned move accepted");

@@ -182,6 +182,7 @@ async fn wrong_key_gets_401_and_changes_nothing() {
     let addr = lab.specs[0].addr.to_string();
     let events_before = eventually("history settles", Duration::from_secs(5), || async {
         let e: Vec<clusterd::model::Event> = ApiClient::new(addr.clone(), key.clone())
+            .expect("an HTTP client")
             .get("/v1/history")
             .await
             .ok()?;
@@ -212,6 +213,7 @@ async fn wrong_key_gets_401_and_changes_nothing() {
 
     // A wrongly signed write, an unsigned one, and a wrongly signed Raft RPC: all 401.
     let err = ApiClient::new(addr.clone(), wrong.clone())
+        .expect("an HTTP client")
         .post::<_, serde_json::Value>("/v1/note", &serde_json::json!({"text": "forged"}))
         .await
         .unwrap_err();
@@ -244,6 +246,7 @@ async fn wrong_key_gets_401_and_changes_nothing() {
     // Nothing changed: the history holds no note and membership is unchanged.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let events: Vec<clusterd::model::Event> = ApiClient::new(addr.clone(), key.clone())
+        .expect("an HTTP client")
         .get("/v1/history")
         .await
         .unwrap();

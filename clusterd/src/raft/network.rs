@@ -80,7 +80,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct Network {
     me: NodeId,
     key: ClusterKey,
-    clients: HashMap<NodeId, reqwest::Client>,
+    http: reqwest::Client,
     budgets: HashMap<NodeId, Arc<Mutex<Batch>>>,
     peers: PeerTable,
     backoff: Duration,
@@ -140,38 +140,41 @@ impl Batch {
 impl Network {
     /// A network for node `me`, signing with `key`, recording peer observations in `peers`.
     /// `backoff` is how long openraft waits before retrying an unreachable peer.
-    pub fn new(me: NodeId, key: ClusterKey, peers: PeerTable, backoff: Duration) -> Self {
+    /// Every peer connection goes through `http` (one pool, built once at start).
+    pub fn new(
+        me: NodeId,
+        key: ClusterKey,
+        peers: PeerTable,
+        backoff: Duration,
+        http: reqwest::Client,
+    ) -> Self {
         Network {
             me,
             key,
             budgets: HashMap::new(),
-            clients: HashMap::new(),
+            http,
             peers,
             backoff,
         }
     }
 }
 
-/// The HTTP client settings shared by peer RPCs and API forwarding.
-pub fn http_client() -> reqwest::Client {
+/// The HTTP client settings shared by peer RPCs and API forwarding. Building one can fail
+/// when the environment is short of resources (it opens files, e.g. with no descriptor left):
+/// the daemon builds it once at start and shares it, so a starved node never fails here later.
+pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(2))
         .pool_idle_timeout(Duration::from_secs(30))
         .tcp_nodelay(true)
         .build()
-        // Only fails when the TLS backend cannot initialise, which is a broken build.
-        .expect("HTTP client")
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerClient {
-        let client = self
-            .clients
-            .entry(target)
-            .or_insert_with(http_client)
-            .clone();
+        let client = self.http.clone();
         PeerClient {
             me: self.me,
             target,

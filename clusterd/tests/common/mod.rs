@@ -156,6 +156,7 @@ where
 /// The status report of the node at `addr`, if it answers.
 pub async fn status(addr: SocketAddr, key: &ClusterKey) -> Option<StatusReport> {
     ApiClient::new(addr.to_string(), key.clone())
+        .expect("an HTTP client")
         .with_timeout(Duration::from_secs(2))
         .get::<StatusReport>("/v1/status?limit=100")
         .await
