@@ -258,6 +258,13 @@ pub async fn run<N: NetOps>(s: Arc<Shared>, net: Arc<N>, mut stop: watch::Receiv
                 }
             };
             if let Some(epoch) = want.hold.get(&f.key) {
+                // This pass decided at `now`; if the daemon froze since, the lease it decided
+                // on may have ended (and the address been taken): add nothing on that stale
+                // decision. The next pass, deciding afresh, lets go.
+                if deadline.is_none_or(|d| d <= Instant::now()) {
+                    clean = false;
+                    continue;
+                }
                 if (!configured || renewed)
                     && let Err(e) = net.add(&f.interface, f.prefix, lifetime).await
                 {

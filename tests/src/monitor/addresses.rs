@@ -645,6 +645,16 @@ impl SamplerRun {
         match reading {
             Ok(g) => {
                 let read = GuardRead::new(at, n, &g);
+                let had_guard = self
+                    .reads
+                    .iter()
+                    .rev()
+                    .find(|r| r.node == n)
+                    .is_some_and(|last| last.allows.is_some());
+                if had_guard && read.allows.is_none() {
+                    let msg = format!("{}: its guard table vanished", self.names[n]);
+                    self.event_errors.push((at, msg));
+                }
                 // Consecutive equal readings (the same deadlines) add nothing.
                 let same = self
                     .reads
@@ -791,6 +801,27 @@ impl SamplerRun {
         let mut events = event_timeline(&self.names, own, &self.initial, &self.events, &self.reads);
         events.started = self.started;
         events.errors = std::mem::take(&mut self.event_errors);
+        // What led to an overlap, for its report: the involved nodes' events and guard
+        // readings in the 1.5 s before it.
+        for d in events.duplicates() {
+            let from = d.from.saturating_sub(Duration::from_millis(1500));
+            let until = d.until.unwrap_or(d.from) + Duration::from_millis(100);
+            let involved = |n: usize| d.holders.contains(&self.names[n]);
+            for e in self.events.iter().filter(|e| involved(e.node)) {
+                if e.at >= from && e.at <= until && e.ip == d.ip {
+                    let what = if e.added { "added" } else { "removed" };
+                    let msg = format!("{}: {} {what} (kernel event)", self.names[e.node], e.ip);
+                    events.notes.push((e.at, msg));
+                }
+            }
+            for r in self.reads.iter().filter(|r| involved(r.node)) {
+                if r.at >= from && r.at <= until {
+                    let msg = format!("{}: guard reading {:?}", self.names[r.node], r.allows);
+                    events.notes.push((r.at, msg));
+                }
+            }
+        }
+        events.notes.sort_by_key(|(at, _)| *at);
         Sampled {
             sampled: self.sampled,
             events,

@@ -38,6 +38,8 @@ pub struct HolderTimeline {
     pub last_sample: Duration,
     /// Errors while sampling (e.g. a namespace that vanished), with time; kept, not fatal.
     pub errors: Vec<(Duration, String)>,
+    /// What the monitor adds to explain what it saw (e.g. the events before an overlap).
+    pub notes: Vec<(Duration, String)>,
     /// When the monitor started: the origin of every time in this timeline.
     pub started: Option<Instant>,
 }
@@ -170,6 +172,9 @@ impl HolderTimeline {
         }
         for (at, e) in &self.errors {
             let _ = writeln!(s, "  {at:>12?}  error: {e}");
+        }
+        for (at, n) in &self.notes {
+            let _ = writeln!(s, "  {at:>12?}  note: {n}");
         }
         s
     }
