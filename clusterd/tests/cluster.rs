@@ -129,6 +129,15 @@ impl Cluster {
         }
     }
 
+    /// The first node that is not `name`.
+    fn other_than(&self, name: &str) -> String {
+        self.specs
+            .iter()
+            .find(|s| s.name != name)
+            .map(|s| s.name.clone())
+            .unwrap_or_else(|| panic!("no node besides {name}"))
+    }
+
     fn index(&self, name: &str) -> usize {
         self.specs.iter().position(|s| s.name == name).unwrap()
     }
@@ -286,13 +295,7 @@ async fn killed_leader_is_replaced_by_a_new_leader_in_a_higher_term() {
 async fn writes_through_a_follower_reach_every_replica() {
     let mut c = Cluster::start(&["n1", "n2", "n3"], &["n1", "n2", "n3"]).await;
     let leader = c.leader().await;
-    let follower = c
-        .specs
-        .iter()
-        .find(|s| s.name != leader)
-        .unwrap()
-        .name
-        .clone();
+    let follower = c.other_than(&leader);
     let client = c.client(&follower);
     let note = NoteRequest {
         text: "maintenance starts".into(),
@@ -1435,13 +1438,7 @@ async fn send_captured(
 async fn captured_signed_requests_can_be_neither_replayed_nor_sent_to_another_node() {
     let mut c = Cluster::start(&["n1", "n2", "n3"], &["n1", "n2", "n3"]).await;
     let leader = c.leader().await;
-    let other = c
-        .specs
-        .iter()
-        .find(|s| s.name != leader)
-        .unwrap()
-        .name
-        .clone();
+    let other = c.other_than(&leader);
     let (at_leader, at_other) = (
         c.specs[c.index(&leader)].addr,
         c.specs[c.index(&other)].addr,
@@ -1490,13 +1487,7 @@ async fn captured_signed_requests_can_be_neither_replayed_nor_sent_to_another_no
 async fn oversized_requests_are_refused_at_intake_and_the_cluster_keeps_committing() {
     let mut c = Cluster::start(&["n1", "n2", "n3"], &["n1", "n2", "n3"]).await;
     let leader = c.leader().await;
-    let follower = c
-        .specs
-        .iter()
-        .find(|s| s.name != leader)
-        .unwrap()
-        .name
-        .clone();
+    let follower = c.other_than(&leader);
     let client = c.client(&follower);
     let refused = |r: Result<Applied, ClientError>| match r {
         Err(ClientError::Api {
@@ -1576,13 +1567,7 @@ async fn history_notes(c: &Cluster, addr: SocketAddr) -> Option<Vec<String>> {
 async fn a_follower_behind_a_state_larger_than_one_request_body_catches_up_by_snapshot() {
     let mut c = Cluster::start(&["n1", "n2", "n3"], &["n1", "n2", "n3"]).await;
     let leader = c.leader().await;
-    let behind = c
-        .specs
-        .iter()
-        .find(|s| s.name != leader)
-        .unwrap()
-        .name
-        .clone();
+    let behind = c.other_than(&leader);
     let client = c.client(&leader);
     // Notes of 999 bytes fill the 500-event history: a state of over half a megabyte, whose
     // snapshot is larger than a single request body used to be allowed to be.

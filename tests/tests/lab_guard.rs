@@ -15,29 +15,7 @@ use clusterd::vip::linux::LinuxNet;
 use clusterd_fencing::GUARD_WRITE_WINDOW;
 use clusterd_tests::lab::netns;
 use clusterd_tests::lab::testing::TestLab;
-
-/// One `nft` duration as it prints them: `1s227ms`, `227ms`, `2s`.
-fn parse_nft_duration(text: &str) -> Option<Duration> {
-    let mut total = Duration::ZERO;
-    let mut rest = text;
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
-        let n: u64 = rest[..digits].parse().ok()?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        total += match &rest[..unit_len] {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n * 60),
-            "h" => Duration::from_secs(n * 3600),
-            _ => return None,
-        };
-        rest = &rest[unit_len..];
-    }
-    Some(total)
-}
+use clusterd_tests::monitor::addresses::parse_nft_time;
 
 /// How long the kernel still allows `ip` in the guard's IPv4 set (`None`: not allowed), read
 /// with `nft` in the calling thread's namespace.
@@ -60,23 +38,9 @@ fn allowed_for(ip: IpAddr) -> Result<Option<Duration>> {
         .skip_while(|w| **w != "expires")
         .nth(1)
         .with_context(|| format!("no expiry for {ip} in: {text}"))?;
-    parse_nft_duration(expires)
+    parse_nft_time(expires)
         .with_context(|| format!("cannot read the expiry {expires:?}"))
         .map(Some)
-}
-
-#[test]
-fn nft_durations_parse() {
-    assert_eq!(
-        parse_nft_duration("227ms"),
-        Some(Duration::from_millis(227))
-    );
-    assert_eq!(
-        parse_nft_duration("1s227ms"),
-        Some(Duration::from_millis(1227))
-    );
-    assert_eq!(parse_nft_duration("2s"), Some(Duration::from_secs(2)));
-    assert_eq!(parse_nft_duration("2x"), None);
 }
 
 /// What happened inside the namespace, for the assertions outside it.

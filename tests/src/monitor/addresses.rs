@@ -384,7 +384,7 @@ fn parse_guard(lines: &[String]) -> Guard {
 }
 
 /// An nftables time such as `512ms`, `1s200ms`, `2m3s` or `1h`.
-fn parse_nft_time(word: &str) -> Option<Duration> {
+pub fn parse_nft_time(word: &str) -> Option<Duration> {
     let mut total = Duration::ZERO;
     let mut rest = word;
     while !rest.is_empty() {
