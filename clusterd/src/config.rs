@@ -613,6 +613,13 @@ pub struct DnsConfig {
     /// (false). Default true.
     #[serde(default = "default_true")]
     pub fail_open: bool,
+    /// UDP queries answered per second from one source (an IPv4 address or an IPv6 /64), with
+    /// bursts of twice as many; further queries are dropped, so the server cannot be used to
+    /// flood a spoofed victim. TCP is not limited (its source cannot be spoofed). 0 turns the
+    /// limit off. Default 100: a resolver caches answers for the TTL, so even one serving many
+    /// users asks far less often.
+    #[serde(default = "default_dns_rate_limit")]
+    pub rate_limit: u32,
     /// The zones served. At least one; must be identical on every node.
     #[serde(default)]
     pub zones: Vec<ZoneConfig>,
@@ -687,6 +694,14 @@ fn default_cert_warning() -> Millis {
 fn default_ttl() -> u32 {
     30
 }
+fn default_dns_rate_limit() -> u32 {
+    DEFAULT_DNS_RATE_LIMIT
+}
+
+/// Default `dns.rate_limit`.
+pub const DEFAULT_DNS_RATE_LIMIT: u32 = 100;
+/// Largest `dns.rate_limit` accepted.
+pub const MAX_DNS_RATE_LIMIT: u32 = 1_000_000;
 fn default_true() -> bool {
     true
 }
@@ -1821,6 +1836,16 @@ impl Config {
                     format!("{l} is listed twice; list each address once"),
                 );
             }
+        }
+        if dns.rate_limit > MAX_DNS_RATE_LIMIT {
+            v.push(
+                "dns.rate_limit",
+                format!(
+                    "{} queries per second per source is more than {MAX_DNS_RATE_LIMIT}; write a \
+                     smaller number (default {DEFAULT_DNS_RATE_LIMIT}), or 0 to turn the limit off",
+                    dns.rate_limit
+                ),
+            );
         }
         if !(1..=86_400).contains(&dns.ttl) {
             v.push(
@@ -3160,6 +3185,19 @@ names = { imap = ["imap"], smtp = ["smtp"], mail = ["imap", "smtp"] }
         let mut c = base();
         c.metrics.listen = Some("192.0.2.11:53".parse().unwrap());
         assert_refused(&c, "dns.listen[0]", "overlaps metrics.listen");
+    }
+
+    #[test]
+    fn dns_rate_limit_defaults_on_and_one_past_its_maximum_is_refused() {
+        let c = base();
+        assert_eq!(c.dns.as_ref().unwrap().rate_limit, DEFAULT_DNS_RATE_LIMIT);
+        let mut c = base();
+        c.dns.as_mut().unwrap().rate_limit = MAX_DNS_RATE_LIMIT;
+        assert_valid(&c);
+        c.dns.as_mut().unwrap().rate_limit = MAX_DNS_RATE_LIMIT + 1;
+        assert_refused(&c, "dns.rate_limit", "0 to turn the limit off");
+        c.dns.as_mut().unwrap().rate_limit = 0;
+        assert_valid(&c);
     }
 
     #[test]

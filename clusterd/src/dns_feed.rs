@@ -90,6 +90,17 @@ pub fn snapshot(dns: &DnsConfig, state: &State) -> Snapshot {
 }
 
 /// Serve DNS on every `dns.listen` address until `stop`, following the replica.
+/// The server's options from `[dns]`: the per-source rate limit (bursts of twice the rate).
+pub fn serve_options(dns: &DnsConfig) -> ServeOptions {
+    ServeOptions {
+        rate_limit: (dns.rate_limit > 0).then(|| clusterd_dns::RateLimit {
+            queries_per_second: dns.rate_limit,
+            burst: dns.rate_limit.saturating_mul(2),
+        }),
+        ..ServeOptions::default()
+    }
+}
+
 pub async fn run(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     // A node with nothing to serve idles until the daemon stops (the daemon supervises this
     // task and takes an early end for a failure).
@@ -131,7 +142,7 @@ pub async fn run(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         udp,
         tcp,
         rx,
-        ServeOptions::default(),
+        serve_options(&dns),
         s.metrics.dns.clone(),
         async move {
             let _ = server_stop.wait_for(|s| *s).await;
@@ -187,11 +198,22 @@ mod tests {
     use crate::config::ZoneConfig;
     use crate::model::{AddressSpec, Command, Health, HealthReport, Member, MoveReason};
 
+    #[test]
+    fn the_rate_limit_of_the_config_reaches_the_server_and_zero_turns_it_off() {
+        let mut d = dns();
+        let limit = serve_options(&d).rate_limit.expect("on by default");
+        assert_eq!(limit.queries_per_second, 100);
+        assert_eq!(limit.burst, 200);
+        d.rate_limit = 0;
+        assert!(serve_options(&d).rate_limit.is_none());
+    }
+
     fn dns() -> DnsConfig {
         DnsConfig {
             listen: vec![],
             ttl: 30,
             fail_open: true,
+            rate_limit: crate::config::DEFAULT_DNS_RATE_LIMIT,
             zones: vec![ZoneConfig {
                 name: "mail.example.com.".into(),
                 mx: vec![],
