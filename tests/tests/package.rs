@@ -2,7 +2,8 @@
 //! release build, man pages and completions generated from the clap definitions, cargo-deb),
 //! installed into a fresh Debian root, and checked there: files and modes, the conffile, the
 //! system user and state directory made by the maintainer script, `clusterctl check-config`
-//! accepting the shipped example config with no flags, the systemd unit (`systemd-analyze
+//! refusing the shipped example config until `clusterctl keygen` made its key and accepting it
+//! then, with no flags, the systemd unit (`systemd-analyze
 //! verify` and its hardening score), the man pages and the completions.
 //!
 //! Why debootstrap and not a root assembled with `dpkg -x`: a minimal Debian root (minbase,
@@ -193,7 +194,16 @@ fn debian_package_installs_into_a_fresh_debian_root_with_unit_man_pages_and_conf
         "/var/lib/clusterd is not owned by clusterd"
     );
 
-    // clusterctl reads /etc/clusterd/clusterd.toml by default and accepts the shipped example.
+    // clusterctl reads /etc/clusterd/clusterd.toml by default and accepts the shipped example
+    // once the cluster key it names exists (check-config refuses what the daemon would).
+    let refused = chroot(&root, &["clusterctl", "check-config"]);
+    ensure!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("clusterctl keygen")),
+        "check-config without a key file: {refused:?}"
+    );
+    chroot(&root, &["clusterctl", "keygen"])?;
     let checked = chroot(&root, &["clusterctl", "check-config"])?;
     ensure!(
         checked.contains("/etc/clusterd/clusterd.toml: ok"),
