@@ -696,38 +696,86 @@ impl SamplerRun {
         }
     }
 
-    /// One sample: every node's guard and addresses.
+    /// What node `n` answers for now (its guard, then its addresses), and every address
+    /// configured there; `None` when its addresses could not be read.
+    fn held_by(
+        &mut self,
+        n: usize,
+        own: &BTreeMap<IpAddr, String>,
+    ) -> Option<(BTreeSet<IpAddr>, Vec<IpAddr>)> {
+        let allowed = self.read_guard(n);
+        match self.dumps[n].dump() {
+            Ok(addrs) => {
+                let answers = addrs
+                    .iter()
+                    .filter(|ip| match &allowed {
+                        Guard::Absent => true,
+                        Guard::Allows(set) => set.contains_key(ip) || own.contains_key(ip),
+                    })
+                    .copied()
+                    .collect();
+                Some((answers, addrs))
+            }
+            Err(e) => {
+                let at = self.since_start();
+                let msg = format!("{}: {e}", self.names[n]);
+                self.sampled.errors.push((at, msg));
+                None
+            }
+        }
+    }
+
+    /// One sample: every node's guard and addresses, one node after another. Reading the nodes
+    /// takes a few milliseconds under load, so a handover that completes between two nodes'
+    /// reads would look like two holders: an address seen on two nodes is read again on those
+    /// nodes, in the opposite order, and counts as held twice only if that agrees. (The event
+    /// view places overlaps exactly, whatever their length.)
     fn sample(&mut self, own: &BTreeMap<IpAddr, String>) {
         let at = self.since_start();
         let first = self.initial.is_empty();
         let mut holders: Holders = BTreeMap::new();
         for n in 0..self.names.len() {
-            let allowed = self.read_guard(n);
-            let name = self.names[n].clone();
-            match self.dumps[n].dump() {
-                Ok(addrs) => {
-                    if first {
-                        self.initial.push(addrs.iter().copied().collect());
-                    }
-                    for ip in addrs {
-                        let answers = match &allowed {
-                            Guard::Absent => true,
-                            Guard::Allows(set) => set.contains_key(&ip) || own.contains_key(&ip),
-                        };
-                        if answers {
-                            holders.entry(ip).or_default().insert(name.clone());
-                        }
-                    }
-                }
-                Err(e) => {
-                    if first {
-                        self.initial.push(BTreeSet::new());
-                    }
-                    self.sampled.errors.push((at, format!("{name}: {e}")));
-                }
+            let held = self.held_by(n, own);
+            if first {
+                self.initial.push(
+                    held.as_ref()
+                        .map(|(_, all)| all.iter().copied().collect())
+                        .unwrap_or_default(),
+                );
+            }
+            for ip in held.map(|(answers, _)| answers).unwrap_or_default() {
+                holders.entry(ip).or_default().insert(self.names[n].clone());
             }
         }
         holders.retain(|ip, who| !(who.len() == 1 && own.get(ip).is_some_and(|o| who.contains(o))));
+        let doubled: Vec<IpAddr> = holders
+            .iter()
+            .filter(|(_, who)| who.len() > 1)
+            .map(|(ip, _)| *ip)
+            .collect();
+        if !doubled.is_empty() {
+            let involved: BTreeSet<usize> = (0..self.names.len())
+                .filter(|n| {
+                    doubled
+                        .iter()
+                        .any(|ip| holders[ip].contains(&self.names[*n]))
+                })
+                .collect();
+            for n in involved.into_iter().rev() {
+                let again = self
+                    .held_by(n, own)
+                    .map(|(answers, _)| answers)
+                    .unwrap_or_default();
+                for ip in &doubled {
+                    if !again.contains(ip)
+                        && let Some(who) = holders.get_mut(ip)
+                    {
+                        who.remove(&self.names[n]);
+                    }
+                }
+            }
+            holders.retain(|_, who| !who.is_empty());
+        }
         self.sampled.record(at, holders);
     }
 
