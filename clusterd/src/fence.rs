@@ -10,6 +10,7 @@
 //! its deadline in a task of its own (placement of other addresses goes on meanwhile), and
 //! records the reply or the error.
 
+use crate::lock;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -204,10 +205,6 @@ impl Fencing {
             },
         ))
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Apply the fence gate to the planner's input: expired nodes that must be fenced first are

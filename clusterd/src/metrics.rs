@@ -10,9 +10,10 @@
 //! It must not decide anything or propose commands; recording is a few atomic or briefly
 //! locked operations so that no caller waits on a scrape.
 
+use crate::lock;
 use std::collections::BTreeMap;
 use std::fmt::{Display, Write as _};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -49,10 +50,6 @@ pub struct Registry {
     probes: Mutex<BTreeMap<String, ProbeStats>>,
     /// Addresses configured on this node, with the epoch they were added at.
     held: Mutex<BTreeMap<String, u64>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Registry {

@@ -7,10 +7,11 @@
 //! exec: a Nagios-style plugin. Everything runs under the check's timeout; a failed test login,
 //! a deep postfix queue or a certificate near expiry make the result a warning, never critical.
 
+use crate::lock;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
@@ -694,10 +695,6 @@ impl Drop for QueueWatch {
             read.abort();
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A warning when the postfix queue holds more than `threshold` messages (one JSON object per

@@ -14,11 +14,12 @@
 
 pub mod event;
 
+use crate::lock;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use openraft::ServerState;
@@ -92,10 +93,6 @@ pub struct Hooks {
     next_id: AtomicU64,
     runs: Mutex<BTreeMap<&'static str, u64>>,
     dropped: AtomicU64,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Hooks {

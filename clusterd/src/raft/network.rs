@@ -6,6 +6,7 @@
 //! time maps to `Timeout`. Every outcome updates [`PeerSeen`], which `status` reports as
 //! reachability and last contact.
 
+use crate::lock;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -70,10 +71,6 @@ pub struct PeerSeen {
 
 /// Shared map of peer observations, written by the network and read by `status`.
 pub type PeerTable = Arc<Mutex<HashMap<NodeId, PeerSeen>>>;
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// Builds one [`PeerClient`] per target, each reusing that peer's HTTP client.
 #[derive(Debug, Clone)]
