@@ -336,8 +336,9 @@ fn sigterm_stops_a_daemon_cleanly() {
     assert!(log.contains("stopped"), "{log}");
 }
 
-#[test]
-fn check_config_accepts_good_and_names_the_field_of_bad_configs() {
+/// A key and the configs of three voters n1, n2, n3 in a fresh directory (kept alive by the
+/// returned guard).
+fn three_voters() -> (tempfile::TempDir, std::path::PathBuf, Vec<NodeSpec>) {
     let dir = tempfile::tempdir().unwrap();
     let key = write_key(dir.path());
     let specs = write_configs(
@@ -347,6 +348,12 @@ fn check_config_accepts_good_and_names_the_field_of_bad_configs() {
         &["n1", "n2", "n3"],
         &|_| String::new(),
     );
+    (dir, key, specs)
+}
+
+#[test]
+fn check_config_accepts_good_and_names_the_field_of_bad_configs() {
+    let (dir, _key, specs) = three_voters();
     let out = ctl(&["check-config", path_str(&specs[0].config_path)]);
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
@@ -378,15 +385,7 @@ fn check_config_accepts_good_and_names_the_field_of_bad_configs() {
 #[test]
 fn check_config_refuses_a_key_file_the_daemon_would_refuse() {
     use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().unwrap();
-    let key = write_key(dir.path());
-    let specs = write_configs(
-        dir.path(),
-        &key,
-        &["n1", "n2", "n3"],
-        &["n1", "n2", "n3"],
-        &|_| String::new(),
-    );
+    let (_dir, key, specs) = three_voters();
     let config = path_str(&specs[0].config_path).to_string();
     let refused = |what: &str, needle: &str| {
         let out = ctl(&["check-config", &config]);

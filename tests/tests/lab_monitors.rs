@@ -37,20 +37,24 @@ fn check_sampling(t: &HolderTimeline, ran_for: Duration) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn monitors_report_one_floating_address_configured_on_two_nodes() -> Result<()> {
+/// A lab without daemons or mail services, its first floating address (and as a /24), and the
+/// interfaces of mx1 and mx2: addresses are put on them by hand.
+fn bare_lab() -> Result<(TestLab, IpAddr, String, String, String)> {
     let lab = TestLab::up(LabSpec {
         mail_services: false,
         run_daemons: false,
         ..LabSpec::default()
     })?;
     let floating = lab.state().floating[0].ip;
+    let if1 = lab.node("mx1")?.iface.clone();
+    let if2 = lab.node("mx2")?.iface.clone();
+    Ok((lab, floating, format!("{floating}/24"), if1, if2))
+}
+
+#[test]
+fn monitors_report_one_floating_address_configured_on_two_nodes() -> Result<()> {
+    let (lab, floating, cidr, if1, if2) = bare_lab()?;
     let ip: IpAddr = floating;
-    let cidr = format!("{floating}/24");
-    let (if1, if2) = (
-        lab.node("mx1")?.iface.clone(),
-        lab.node("mx2")?.iface.clone(),
-    );
 
     let sampler = AddressSampler::start(&lab)?;
     let arp = ArpProber::start(&lab)?;
@@ -121,17 +125,7 @@ fn monitors_report_one_floating_address_configured_on_two_nodes() -> Result<()> 
 
 #[test]
 fn monitors_accept_a_clean_handover() -> Result<()> {
-    let lab = TestLab::up(LabSpec {
-        mail_services: false,
-        run_daemons: false,
-        ..LabSpec::default()
-    })?;
-    let floating = lab.state().floating[0].ip;
-    let cidr = format!("{floating}/24");
-    let (if1, if2) = (
-        lab.node("mx1")?.iface.clone(),
-        lab.node("mx2")?.iface.clone(),
-    );
+    let (lab, floating, cidr, if1, if2) = bare_lab()?;
     let sampler = AddressSampler::start(&lab)?;
     let arp = ArpProber::start(&lab)?;
     let step = Duration::from_millis(200);
@@ -164,17 +158,7 @@ fn monitors_accept_a_clean_handover() -> Result<()> {
 
 #[test]
 fn kernel_events_catch_an_overlap_too_short_for_sampling() -> Result<()> {
-    let lab = TestLab::up(LabSpec {
-        mail_services: false,
-        run_daemons: false,
-        ..LabSpec::default()
-    })?;
-    let floating = lab.state().floating[0].ip;
-    let cidr = format!("{floating}/24");
-    let (if1, if2) = (
-        lab.node("mx1")?.iface.clone(),
-        lab.node("mx2")?.iface.clone(),
-    );
+    let (lab, _, cidr, if1, if2) = bare_lab()?;
     let sampler = AddressSampler::start(&lab)?;
     lab.ip("mx1", &["addr", "add", &cidr, "dev", &if1])?;
     sleep(Duration::from_millis(100));
