@@ -464,12 +464,14 @@ pub async fn propose(s: &Shared, cmd: Command) -> Result<Applied, ApiError> {
 }
 
 async fn propose_inner(s: &Shared, cmd: Command, forwarded: bool) -> Result<Applied, ApiError> {
-    intake(&cmd)?;
     let applied = match leader_route(s, forwarded)? {
+        // `write_here` checks the size at intake.
         LeaderRoute::Here => write_here(s, cmd).await?.applied,
         LeaderRoute::Forward(client) => {
             let body = serde_json::to_vec(&cmd)
                 .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+            // Refused here rather than by the leader: no use sending it.
+            crate::model::CommandTooLarge::check(body.len()).map_err(too_large)?;
             client
                 .send(
                     "POST",
@@ -488,12 +490,14 @@ async fn propose_inner(s: &Shared, cmd: Command, forwarded: bool) -> Result<Appl
 
 /// Refuse a command too large to be a log entry, before it can reach the log.
 fn intake(cmd: &Command) -> Result<(), ApiError> {
-    cmd.check_size().map_err(|e| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("{e}: one log entry must stay far below what a follower accepts"),
-        )
-    })
+    cmd.check_size().map_err(too_large)
+}
+
+fn too_large(e: crate::model::CommandTooLarge) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("{e}: one log entry must stay far below what a follower accepts"),
+    )
 }
 
 /// A write this leader committed: the state machine's answer (which may be a refusal) and

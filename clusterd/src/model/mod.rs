@@ -797,7 +797,13 @@ pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
 impl Command {
     /// Refuse a command whose encoding is larger than [`MAX_COMMAND_BYTES`].
     pub fn check_size(&self) -> Result<(), CommandTooLarge> {
-        let bytes = serde_json::to_vec(self).map_or(usize::MAX, |v| v.len());
+        CommandTooLarge::check(serde_json::to_vec(self).map_or(usize::MAX, |v| v.len()))
+    }
+}
+
+impl CommandTooLarge {
+    /// Refuse an encoding of `bytes` bytes if it is larger than [`MAX_COMMAND_BYTES`].
+    pub fn check(bytes: usize) -> Result<(), CommandTooLarge> {
         if bytes > MAX_COMMAND_BYTES {
             Err(CommandTooLarge { bytes })
         } else {
