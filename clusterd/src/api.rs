@@ -26,7 +26,8 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::auth::{
-    self, HEADER_NODE, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TARGET, HEADER_TIME, Presented,
+    self, HEADER_BODY, HEADER_NODE, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TARGET, HEADER_TIME,
+    Presented,
 };
 use crate::client::{ApiClient, ClientError};
 use crate::daemon::Shared;
@@ -211,7 +212,18 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-/// Verify the signature of every request before any handler sees it.
+/// How long an authenticated client has to send its whole body.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most bytes of an unauthenticated request's body read (and thrown away) before the 401 is
+/// sent, so that a client that sent a small body reads the answer rather than a reset.
+const DRAIN_UNAUTHENTICATED: u64 = 16 * 1024;
+/// How long that draining may take.
+const DRAIN_TIME: Duration = Duration::from_millis(500);
+
+/// Verify the signature of every request before any handler sees it, on its headers alone:
+/// the body of a request that is not signed with the cluster key is never read. A signed
+/// request's body is then read within its route's limit and [`BODY_TIMEOUT`] and checked
+/// against the signed hash.
 async fn authenticate(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -224,7 +236,7 @@ async fn authenticate(
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(
-                "request body over {limit} bytes (the limit of {}), or not received whole",
+                "request body over {limit} bytes (the limit of {})",
                 parts.uri.path()
             ),
         )
@@ -238,9 +250,6 @@ async fn authenticate(
     if declared.is_some_and(|n| n > limit as u64) {
         return too_large();
     }
-    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
-        return too_large();
-    };
     let path = parts
         .uri
         .path_and_query()
@@ -258,54 +267,82 @@ async fn authenticate(
                 nonce: header(HEADER_NONCE),
                 target: header(HEADER_TARGET),
                 signature: header(HEADER_SIGNATURE),
+                body: header(HEADER_BODY),
             },
-            &bytes,
             now,
             &shared.me,
         )
         .and_then(|signed| {
-            let mut log = shared
-                .unauthorized
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            log.replays.admit(signed.time_ms, signed.nonce, now)
+            crate::lock(&shared.unauthorized)
+                .replays
+                .admit(signed.time_ms, signed.nonce, now)
         });
     if let Err(e) = verdict {
-        let mut log = shared
-            .unauthorized
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let due = log
-            .last
-            .is_none_or(|t| t.elapsed() >= UNAUTHORIZED_LOG_EVERY);
-        // A client that did not know which node it reached learns it and signs again: routine.
-        let routine = matches!(&e, auth::AuthError::WrongTarget { named, .. }
-            if named == auth::UNKNOWN_TARGET);
-        if due && !routine {
-            warn!(
-                from = %peer,
-                path = %parts.uri.path(),
-                reason = %e,
-                suppressed = log.suppressed,
-                "rejected unauthenticated request"
-            );
-            log.last = Some(Instant::now());
-            log.suppressed = 0;
-        } else if !routine {
-            log.suppressed += 1;
+        if declared.is_some_and(|n| n <= DRAIN_UNAUTHENTICATED) {
+            let drain = axum::body::to_bytes(body, DRAIN_UNAUTHENTICATED as usize);
+            let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
         }
-        let mut response = ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            format!("unauthorized: {e}; requests must be signed with the cluster key"),
-        )
-        .into_response();
-        if let Ok(me) = axum::http::HeaderValue::from_str(&shared.me) {
-            response.headers_mut().insert(HEADER_NODE, me);
+        return unauthorized(&shared, peer, parts.uri.path(), e);
+    }
+    let bytes = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(_)) => return too_large(),
+        Err(_) => {
+            return ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the body did not arrive within {} s",
+                    BODY_TIMEOUT.as_secs()
+                ),
+            )
+            .into_response();
         }
-        return response;
+    };
+    if !header(HEADER_BODY).is_some_and(|h| auth::body_matches(h, &bytes)) {
+        return unauthorized(
+            &shared,
+            peer,
+            parts.uri.path(),
+            auth::AuthError::BodyMismatch,
+        );
     }
     next.run(Request::from_parts(parts, Body::from(bytes)))
         .await
+}
+
+/// The 401 answer to a request that failed authentication, logged at most once per
+/// [`UNAUTHORIZED_LOG_EVERY`].
+fn unauthorized(shared: &Shared, peer: SocketAddr, path: &str, e: auth::AuthError) -> Response {
+    let mut log = crate::lock(&shared.unauthorized);
+    let due = log
+        .last
+        .is_none_or(|t| t.elapsed() >= UNAUTHORIZED_LOG_EVERY);
+    // A client that did not know which node it reached learns it and signs again: routine.
+    let routine = matches!(&e, auth::AuthError::WrongTarget { named, .. }
+        if named == auth::UNKNOWN_TARGET);
+    if due && !routine {
+        warn!(
+            from = %peer,
+            path = %path,
+            reason = %e,
+            suppressed = log.suppressed,
+            "rejected unauthenticated request"
+        );
+        log.last = Some(Instant::now());
+        log.suppressed = 0;
+    } else if !routine {
+        log.suppressed += 1;
+    }
+    drop(log);
+    let mut response = ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        format!("unauthorized: {e}; requests must be signed with the cluster key"),
+    )
+    .into_response();
+    if let Ok(me) = axum::http::HeaderValue::from_str(&shared.me) {
+        response.headers_mut().insert(HEADER_NODE, me);
+    }
+    response
 }
 
 async fn raft_append(

@@ -2,8 +2,10 @@
 //!
 //! Every peer RPC and admin request carries an HMAC-SHA256 signature made with the cluster key
 //! over the method, path, a timestamp, a random nonce, the name of the node it is meant for and
-//! the body's hash. The key itself never crosses the network and never reaches a log line (its
-//! `Debug` is redacted). A request whose timestamp is further than [`MAX_SKEW_MS`] from the
+//! the body's hash. The hash travels in its own header ([`HEADER_BODY`]), so that a node checks
+//! the signature on the headers alone and reads no body of a request it has not authenticated;
+//! the body is then checked against the signed hash ([`body_matches`]). The key itself never
+//! crosses the network and never reaches a log line (its `Debug` is redacted). A request whose timestamp is further than [`MAX_SKEW_MS`] from the
 //! receiver's clock is refused, a request meant for another node is refused, and every node
 //! remembers the nonces it accepted within that window ([`ReplayGuard`]) and refuses a second
 //! use: a captured request can be neither replayed nor sent to another node.
@@ -27,6 +29,8 @@ pub const HEADER_SIGNATURE: &str = "x-clusterd-signature";
 pub const HEADER_NONCE: &str = "x-clusterd-nonce";
 /// Header naming the node the request is meant for.
 pub const HEADER_TARGET: &str = "x-clusterd-target";
+/// Header carrying the SHA-256 of the body (64 hex digits), covered by the signature.
+pub const HEADER_BODY: &str = "x-clusterd-body-sha256";
 /// Header of a 401 answer naming the node that answered, so that a client that did not know
 /// whom it reached can sign for it and try once more.
 pub const HEADER_NODE: &str = "x-clusterd-node";
@@ -114,6 +118,9 @@ pub enum AuthError {
     /// This nonce was accepted before: a replay.
     #[error("replayed request (its nonce was already used)")]
     Replayed,
+    /// The body is not the one the signature covers.
+    #[error("the body does not match its signed hash")]
+    BodyMismatch,
 }
 
 /// The parts of a request a signature covers besides its body.
@@ -142,6 +149,8 @@ pub struct Presented<'a> {
     pub target: Option<&'a str>,
     /// [`HEADER_SIGNATURE`].
     pub signature: Option<&'a str>,
+    /// [`HEADER_BODY`].
+    pub body: Option<&'a str>,
 }
 
 /// A fresh random nonce.
@@ -156,7 +165,8 @@ pub fn sign_headers(
     path: &str,
     target: &str,
     body: &[u8],
-) -> [(&'static str, String); 4] {
+) -> [(&'static str, String); 5] {
+    let digest: [u8; 32] = Sha256::digest(body).into();
     let signed = Signed {
         method,
         path,
@@ -168,8 +178,16 @@ pub fn sign_headers(
         (HEADER_TIME, signed.time_ms.to_string()),
         (HEADER_NONCE, format!("{:032x}", signed.nonce)),
         (HEADER_TARGET, target.to_string()),
-        (HEADER_SIGNATURE, key.sign(&signed, body)),
+        (HEADER_SIGNATURE, key.sign(&signed, &digest)),
+        (HEADER_BODY, hex::encode(digest)),
     ]
+}
+
+/// Whether `body` is the one whose hash a verified request presented (the hex of
+/// [`HEADER_BODY`], as [`ClusterKey::verify`] accepted it).
+pub fn body_matches(presented_hex: &str, body: &[u8]) -> bool {
+    let digest = Sha256::digest(body);
+    hex::decode(presented_hex).is_ok_and(|given| bool::from(digest.as_slice().ct_eq(&given)))
 }
 
 /// The nonces a node accepted within the skew window, to refuse their second use. Bounded by
@@ -297,30 +315,35 @@ impl ClusterKey {
         file.sync_all().map_err(io)
     }
 
-    /// The signature of a request.
-    pub fn sign(&self, signed: &Signed<'_>, body: &[u8]) -> String {
-        hex::encode(self.mac(signed, body).finalize().into_bytes())
+    /// The signature of a request whose body hashes (SHA-256) to `body_digest`.
+    pub fn sign(&self, signed: &Signed<'_>, body_digest: &[u8; 32]) -> String {
+        hex::encode(self.mac(signed, body_digest).finalize().into_bytes())
     }
 
-    /// Check a request's time, target and signature against this key, for the node `me`;
-    /// returns what was signed (the caller checks the nonce against its [`ReplayGuard`]).
+    /// Check a request's time, target and signature against this key, for the node `me`, from
+    /// its headers alone; returns what was signed. The caller checks the nonce against its
+    /// [`ReplayGuard`] and, once it has read the body, the body with [`body_matches`].
     pub fn verify<'a>(
         &self,
         method: &'a str,
         path: &'a str,
         presented: Presented<'a>,
-        body: &[u8],
         now_ms: u64,
         me: &str,
     ) -> Result<Signed<'a>, AuthError> {
-        let (Some(time), Some(nonce), Some(target), Some(signature)) = (
+        let (Some(time), Some(nonce), Some(target), Some(signature), Some(body)) = (
             presented.time,
             presented.nonce,
             presented.target,
             presented.signature,
+            presented.body,
         ) else {
             return Err(AuthError::Missing);
         };
+        let body_digest: [u8; 32] = hex::decode(body)
+            .ok()
+            .and_then(|d| d.try_into().ok())
+            .ok_or(AuthError::BadSignature)?;
         let time_ms: u64 = time.parse().map_err(|_| AuthError::Stale)?;
         if time_ms.abs_diff(now_ms) > MAX_SKEW_MS {
             return Err(AuthError::Stale);
@@ -337,7 +360,7 @@ impl ClusterKey {
             target,
         };
         let given = hex::decode(signature).map_err(|_| AuthError::BadSignature)?;
-        let expected = self.mac(&signed, body).finalize().into_bytes();
+        let expected = self.mac(&signed, &body_digest).finalize().into_bytes();
         if !bool::from(expected.as_slice().ct_eq(&given)) {
             return Err(AuthError::BadSignature);
         }
@@ -350,10 +373,9 @@ impl ClusterKey {
         Ok(signed)
     }
 
-    fn mac(&self, signed: &Signed<'_>, body: &[u8]) -> Hmac<Sha256> {
+    fn mac(&self, signed: &Signed<'_>, body_digest: &[u8; 32]) -> Hmac<Sha256> {
         // new_from_slice only fails for key lengths HMAC cannot take; 32 bytes always works.
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("32-byte HMAC key");
-        let body_hash = Sha256::digest(body);
         mac.update(b"clusterd-v2\n");
         for part in [signed.method, signed.path] {
             mac.update(part.as_bytes());
@@ -365,7 +387,7 @@ impl ClusterKey {
         mac.update(b"\n");
         mac.update(signed.target.as_bytes());
         mac.update(b"\n");
-        mac.update(&body_hash);
+        mac.update(body_digest);
         mac
     }
 }
@@ -396,19 +418,23 @@ mod tests {
         }
     }
 
-    /// The headers of `s` signed with `k`, as a receiver sees them.
-    fn presented(k: &ClusterKey, s: &Signed<'_>, body: &[u8]) -> (String, String, String) {
+    /// The headers of `s` signed with `k` (time, nonce, signature, body hash), as a receiver
+    /// sees them.
+    fn presented(k: &ClusterKey, s: &Signed<'_>, body: &[u8]) -> (String, String, String, String) {
+        let digest: [u8; 32] = Sha256::digest(body).into();
         (
             s.time_ms.to_string(),
             format!("{:032x}", s.nonce),
-            k.sign(s, body),
+            k.sign(s, &digest),
+            hex::encode(digest),
         )
     }
 
+    /// What a node does with a request: the headers first, then the body it read.
     fn check(
         k: &ClusterKey,
         s: &Signed<'_>,
-        headers: &(String, String, String),
+        headers: &(String, String, String, String),
         body: &[u8],
         now: u64,
         me: &str,
@@ -421,12 +447,16 @@ mod tests {
                 nonce: Some(&headers.1),
                 target: Some(s.target),
                 signature: Some(&headers.2),
+                body: Some(&headers.3),
             },
-            body,
             now,
             me,
-        )
-        .map(|_| ())
+        )?;
+        if body_matches(&headers.3, body) {
+            Ok(())
+        } else {
+            Err(AuthError::BodyMismatch)
+        }
     }
 
     #[test]
@@ -454,6 +484,18 @@ mod tests {
         let h = presented(&k, &s, b"a");
         assert_eq!(
             check(&k, &s, &h, b"b", 1000, "mx1"),
+            Err(AuthError::BodyMismatch)
+        );
+        // A hash header rewritten to match another body breaks the signature.
+        let mut rehashed = h.clone();
+        rehashed.3 = hex::encode(Sha256::digest(b"b"));
+        assert_eq!(
+            check(&k, &s, &rehashed, b"b", 1000, "mx1"),
+            Err(AuthError::BadSignature)
+        );
+        rehashed.3 = "00".into();
+        assert_eq!(
+            check(&k, &s, &rehashed, b"b", 1000, "mx1"),
             Err(AuthError::BadSignature)
         );
         let path = Signed {
@@ -518,7 +560,7 @@ mod tests {
     fn missing_headers_are_refused() {
         assert_eq!(
             key(1)
-                .verify("GET", "/", Presented::default(), b"", 0, "mx1")
+                .verify("GET", "/", Presented::default(), 0, "mx1")
                 .map(|_| ()),
             Err(AuthError::Missing)
         );

@@ -172,6 +172,25 @@ impl Shared {
             .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
     }
 
+    /// Whether `ip` is the address of a member node (a configured peer, this node, or a node
+    /// of the current Raft membership): connections from it get their own share
+    /// ([`crate::http_server`]).
+    pub fn is_member_address(&self, ip: std::net::IpAddr) -> bool {
+        let node = &self.config.node;
+        if node.listen.ip() == ip
+            || node.advertise.is_some_and(|a| a.ip() == ip)
+            || self.config.peers.iter().any(|p| p.address.ip() == ip)
+        {
+            return true;
+        }
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.membership_config
+            .membership()
+            .nodes()
+            .any(|(_, n)| n.addr.parse::<SocketAddr>().is_ok_and(|a| a.ip() == ip))
+    }
+
     /// ms since the leader last reached this node.
     pub fn leader_contact_ms(&self) -> Option<u64> {
         self.leader_contact
@@ -315,17 +334,19 @@ pub async fn run_with<N: crate::vip::NetOps>(
         .map(|a| a.to_string())
         .unwrap_or_else(|_| "?".into());
     let app = api::router(shared.clone());
-    let mut server_stop = stop_rx.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = server_stop.wait_for(|s| *s).await;
-        })
-        .await
-    });
+    let is_member: crate::http_server::IsMember = {
+        let shared = shared.clone();
+        Arc::new(move |ip| shared.is_member_address(ip))
+    };
+    let server = tokio::spawn(crate::http_server::serve(
+        "api",
+        listener,
+        app,
+        crate::http_server::Bounds::default(),
+        is_member,
+        shared.metrics.http.clone(),
+        stop_rx.clone(),
+    ));
     info!(node = %me, "listening on {addr}");
 
     if let Some(listener) = metrics_listener {
@@ -428,10 +449,8 @@ pub async fn run_with<N: crate::vip::NetOps>(
         warn!("the Raft store is still in use 5 s after shutdown");
     }
     let _ = tokio::task::spawn_blocking(move || drop(database)).await;
-    match served {
-        Ok(Ok(())) => {}
-        Ok(Err(source)) => return Err(RunError::Serve { addr, source }),
-        Err(e) => warn!(error = %e, "API server task failed"),
+    if let Err(e) = served {
+        warn!(error = %e, "API server task failed");
     }
     info!(node = %me, "stopped");
     match ended {

@@ -11,6 +11,7 @@ pub mod drill;
 pub mod fence;
 pub mod health;
 pub mod hooks;
+pub mod http_server;
 pub mod lease;
 pub mod metrics;
 pub mod model;

@@ -24,7 +24,6 @@ use axum::routing::get;
 use openraft::ServerState;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::warn;
 
 use crate::daemon::Shared;
 use crate::model::{Health, MoveReason};
@@ -44,6 +43,10 @@ pub const PROBE_BUCKETS: [f64; 13] = [
 pub struct Registry {
     /// The DNS server's query counters (the server counts, `render` reads).
     pub dns: clusterd_dns::QueryStats,
+    /// The API listener's connection counters (the server counts, `render` reads).
+    pub http: Arc<crate::http_server::Stats>,
+    /// The plain metrics listener's.
+    pub metrics_http: Arc<crate::http_server::Stats>,
     announcements: Mutex<BTreeMap<(String, &'static str), u64>>,
     failovers: Mutex<BTreeMap<String, u64>>,
     fences: Mutex<BTreeMap<&'static str, u64>>,
@@ -447,6 +450,38 @@ pub fn render(s: &Shared) -> String {
         );
     }
 
+    // HTTP listeners.
+    let listeners = [
+        ("api", &s.metrics.http),
+        ("metrics", &s.metrics.metrics_http),
+    ];
+    t.family(
+        "clusterd_http_connections",
+        "gauge",
+        "HTTP connections open now, by listener (api, metrics).",
+    );
+    for (name, stats) in listeners {
+        t.sample(
+            "clusterd_http_connections",
+            &[("listener", name)],
+            stats.open(),
+        );
+    }
+    t.family(
+        "clusterd_http_connections_refused_total",
+        "counter",
+        "HTTP connections closed as soon as they were accepted, by listener and the cap they met (per_source, total).",
+    );
+    for (name, stats) in listeners {
+        for (cap, n) in stats.refused() {
+            t.sample(
+                "clusterd_http_connections_refused_total",
+                &[("listener", name), ("cap", cap.token())],
+                n,
+            );
+        }
+    }
+
     // Hooks.
     s.hooks.render_metrics(&mut t);
     t.finish()
@@ -462,16 +497,20 @@ pub fn route() -> axum::routing::MethodRouter<Arc<Shared>> {
 }
 
 /// Serve `GET /metrics` without authentication on `listener` until `stop`.
-pub async fn serve(s: Arc<Shared>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+pub async fn serve(s: Arc<Shared>, listener: TcpListener, stop: watch::Receiver<bool>) {
+    let stats = s.metrics.metrics_http.clone();
     let app = Router::new().route(PATH, route()).with_state(s);
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await;
-    if let Err(e) = served {
-        warn!(error = %e, "metrics listener failed");
-    }
+    // Scrapers are no members: everyone shares the strangers' caps.
+    crate::http_server::serve(
+        "metrics",
+        listener,
+        app,
+        crate::http_server::Bounds::default(),
+        Arc::new(|_| false),
+        stats,
+        stop,
+    )
+    .await;
 }
 
 #[cfg(test)]

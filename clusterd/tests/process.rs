@@ -504,3 +504,227 @@ async fn failing_hooks_are_logged_and_metrics_are_served_plain_and_signed() {
     );
     drop(lab.daemons);
 }
+
+/// Largest resident set (bytes) of `pid` seen while the returned sampler runs; stop it by
+/// setting the flag.
+fn sample_rss(
+    pid: u32,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<u64>,
+) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let sampler = std::thread::spawn(move || {
+        let mut max = 0;
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let kib: u64 = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            max = max.max(kib * 1024);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        max
+    });
+    (stop, sampler)
+}
+
+/// A TCP connection to `to` from the loopback address `from` (all of 127/8 is this host's).
+async fn connect_from(from: std::net::Ipv4Addr, to: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(std::net::SocketAddr::new(from.into(), 0))
+        .unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+/// Whether the server closed `stream` (EOF or reset) within `within`; bytes it sends (an
+/// answer) are read past.
+async fn closed_by_server(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+/// How many of `streams` the server closes within `within` (watched all at once).
+async fn count_closed(streams: &mut [tokio::net::TcpStream], within: Duration) -> usize {
+    futures_util::future::join_all(streams.iter_mut().map(|s| closed_by_server(s, within)))
+        .await
+        .into_iter()
+        .filter(|closed| *closed)
+        .count()
+}
+
+/// Read the status code of the first answer on `stream`, within `within`.
+async fn answer_status(stream: &mut tokio::net::TcpStream, within: Duration) -> Option<u16> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + within;
+    while !got.windows(2).any(|w| w == b"\r\n") {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => return None,
+        }
+    }
+    String::from_utf8_lossy(&got)
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Let this test (and the daemons it starts) hold a few thousand sockets.
+fn raise_descriptor_limit(to: u64) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    setrlimit(Resource::RLIMIT_NOFILE, soft.max(to.min(hard)), hard).unwrap();
+}
+
+/// The attacks of an unauthenticated client on the API listener, one after the other against
+/// a running daemon: bodies that stall, headers that never end, and thousands of idle
+/// connections, from one source and from many. The daemon must stay under 100 MB, keep
+/// answering signed requests and keep committing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_floods_neither_grow_memory_nor_shut_out_signed_requests() {
+    use clusterd::http_server::{HEADER_TIMEOUT, MAX_CONNECTIONS, MAX_PER_SOURCE};
+    use std::net::Ipv4Addr;
+    use tokio::io::AsyncWriteExt;
+    raise_descriptor_limit(8192);
+    let lab = Lab::start();
+    let key = ClusterKey::load(&lab.key_path).unwrap();
+    let target = lab.specs[0].addr;
+    let client = ApiClient::new(target.to_string(), key.clone()).expect("an HTTP client");
+    eventually("a leader", Duration::from_secs(15), || async {
+        let r: StatusReport = client.get("/v1/status").await.ok()?;
+        r.leader.map(|_| ())
+    })
+    .await;
+    let pid = lab.daemons.children[0].id();
+    let (stop_sampler, sampler) = sample_rss(pid);
+    let mut notes = 0;
+    let mut signed_answered = async || {
+        let r: Result<StatusReport, _> = client.get("/v1/status").await;
+        assert!(r.is_ok(), "a signed status during the attack: {r:?}");
+        notes += 1;
+        let out = ctl(&[
+            "--config",
+            path_str(&lab.specs[0].config_path),
+            "note",
+            &format!("during the attack {notes}"),
+        ]);
+        assert!(out.status.success(), "a note during the attack: {out:?}");
+    };
+
+    // 1. Bodies that stall: 40 clients from 40 sources each declare 16 MiB less one byte
+    //    (over the limit) or 100 000 bytes (under it, but unsigned), send 64 KiB and stall.
+    //    Every one is answered at once (413 or 401) without its body being read.
+    let chunk = vec![b'x'; 64 * 1024];
+    let mut stalled = Vec::new();
+    for i in 0..40u8 {
+        let mut s = connect_from(Ipv4Addr::new(127, 0, 1, i + 1), target).await;
+        let (path, len) = if i % 2 == 0 {
+            ("/v1/note", 16 * 1024 * 1024 - 1)
+        } else {
+            ("/raft/append", 100_000)
+        };
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {len}\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        let _ = s.write_all(&chunk).await;
+        stalled.push((path, s));
+    }
+    for (path, s) in &mut stalled {
+        let status = answer_status(s, Duration::from_secs(3)).await;
+        let expected = if *path == "/v1/note" { 413 } else { 401 };
+        assert_eq!(status, Some(expected), "{path}: a stalled body's answer");
+    }
+    signed_answered().await;
+    drop(stalled);
+
+    // 2. Idle connections from one source: it keeps its share, the rest are closed at once.
+    let mut one_source = Vec::new();
+    for _ in 0..100 {
+        one_source.push(connect_from(Ipv4Addr::new(127, 0, 2, 1), target).await);
+    }
+    let closed = count_closed(&mut one_source, Duration::from_millis(500)).await;
+    assert_eq!(
+        closed,
+        100 - MAX_PER_SOURCE,
+        "connections from one source closed at once"
+    );
+    signed_answered().await;
+
+    // 3. Slow headers and idle connections from many sources: strangers together get the
+    //    total, a member (127.0.0.1, the nodes' own address) still gets in.
+    let mut many = Vec::new();
+    for i in 0..(MAX_CONNECTIONS + 44) {
+        let from = Ipv4Addr::new(127, 0, 3 + (i / 250) as u8, 1 + (i % 250) as u8);
+        let mut s = connect_from(from, target).await;
+        if i % 2 == 0 {
+            // Headers that never end.
+            let _ = s
+                .write_all(b"POST /v1/note HTTP/1.1\r\nhost: x\r\nx-slow: ")
+                .await;
+        }
+        many.push(s);
+    }
+    let refused = count_closed(&mut many, Duration::from_millis(500)).await;
+    // The one-source connections still hold their share of the total.
+    assert_eq!(
+        refused,
+        MAX_CONNECTIONS + 44 - (MAX_CONNECTIONS - MAX_PER_SOURCE),
+        "connections over the total closed at once"
+    );
+    signed_answered().await;
+    let (code, metrics) = client
+        .send_raw("GET", "/metrics", Vec::new(), &[])
+        .await
+        .expect("signed metrics during the attack");
+    assert_eq!(code, 200);
+    let metrics = String::from_utf8_lossy(&metrics);
+    let refused_total = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("clusterd_http_connections_refused_total{listener=\"api\",cap=\"total\"}")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(
+        refused_total.is_some_and(|n| n >= 44),
+        "refusals counted: {refused_total:?}"
+    );
+
+    // 4. The server itself closes what stays idle or never finishes its headers.
+    let mut open = one_source;
+    open.extend(many);
+    let total = open.len();
+    assert_eq!(
+        count_closed(&mut open, HEADER_TIMEOUT + Duration::from_secs(3)).await,
+        total,
+        "connections idle for longer than the header timeout were left open"
+    );
+    signed_answered().await;
+
+    stop_sampler.store(true, std::sync::atomic::Ordering::Relaxed);
+    let max_rss = sampler.join().unwrap();
+    assert!(max_rss > 0, "the resident set was never read");
+    assert!(
+        max_rss < 100_000_000,
+        "the daemon grew to {} MB under the attacks",
+        max_rss / 1_000_000
+    );
+    drop(lab.daemons);
+}

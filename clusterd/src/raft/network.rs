@@ -50,6 +50,11 @@ pub fn body_limit(path: &str) -> usize {
     }
 }
 
+/// How long a client keeps an idle connection for reuse: well under the time a server
+/// leaves an idle connection open ([`crate::http_server::HEADER_TIMEOUT`]), so that no request
+/// is sent on a connection the server is closing.
+pub const CLIENT_IDLE: Duration = Duration::from_secs(5);
+
 /// HTTP paths of the peer RPCs.
 pub mod paths {
     /// AppendEntries.
@@ -162,7 +167,7 @@ impl Network {
 pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(2))
-        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_idle_timeout(CLIENT_IDLE)
         .tcp_nodelay(true)
         .build()
 }
