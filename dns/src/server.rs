@@ -46,6 +46,9 @@ pub struct ServeOptions {
     pub tcp_idle_timeout: Duration,
     /// Open TCP connections per listener; further ones are closed at once until some end.
     pub max_tcp_connections: usize,
+    /// Open TCP connections per listener from one source address; its further ones are closed
+    /// at once, so one source cannot take every slot.
+    pub max_tcp_per_source: usize,
     /// Per-source limit for UDP queries; `None` (the default) answers everything. Queries over
     /// the limit are dropped. TCP is not limited: its source cannot be spoofed.
     pub rate_limit: Option<RateLimit>,
@@ -57,6 +60,7 @@ impl Default for ServeOptions {
             max_udp_payload: 1232,
             tcp_idle_timeout: Duration::from_secs(10),
             max_tcp_connections: 1024,
+            max_tcp_per_source: 16,
             rate_limit: None,
         }
     }
@@ -134,6 +138,7 @@ pub async fn serve_counted(
             handler.clone(),
             options.tcp_idle_timeout,
             options.max_tcp_connections,
+            options.max_tcp_per_source,
         ));
     }
 

@@ -1,14 +1,16 @@
 //! The TCP side of the server: accept connections, read length-prefixed queries, write answers.
 //!
 //! Owns TCP framing (RFC 1035 4.2.2 two-byte length prefix, RFC 7766 several queries per
-//! connection, answered in order), the idle timeout on every read and write, and the cap on open
-//! connections (one over the cap is closed at once, so a flood of idle connections cannot exhaust
-//! memory or tasks). Parsing and encoding are `wire`'s, answers the shared `Handler`'s; this module
+//! connection, answered in order), the idle timeout on every read and write, and the caps on open
+//! connections, per listener and per source address (one over a cap is closed at once, so a flood
+//! of idle connections can neither exhaust memory or tasks nor, from one source, lock everyone
+//! else out). Parsing and encoding are `wire`'s, answers the shared `Handler`'s; this module
 //! must not decide answers. A connection that sends something unparseable is answered FORMERR if
 //! its header is readable, and closed otherwise.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hickory_net::xfer::Protocol;
@@ -28,10 +30,13 @@ pub(crate) async fn tcp_loop(
     handler: Handler,
     idle: Duration,
     max_connections: usize,
+    max_per_source: usize,
 ) {
     let slots = Arc::new(Semaphore::new(max_connections.max(1)));
+    let per_source = Arc::new(Mutex::new(HashMap::new()));
     let mut connections = JoinSet::new();
     let mut warned_full = false;
+    let mut warned_source = false;
     loop {
         let (stream, src) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -63,11 +68,62 @@ pub(crate) async fn tcp_loop(
             continue; // dropping `stream` closes it
         };
         warned_full = false;
+        let Some(share) = SourceShare::take(&per_source, src.ip(), max_per_source.max(1)) else {
+            if !warned_source {
+                warn!(
+                    %src,
+                    max_per_source,
+                    "dns tcp connections from one source at their cap; closing its new ones"
+                );
+                warned_source = true;
+            }
+            continue;
+        };
+        warned_source = false;
         let handler = handler.clone();
         connections.spawn(async move {
             serve_connection(stream, src, &handler, idle).await;
+            drop(share);
             drop(slot);
         });
+    }
+}
+
+/// One connection's place in its source's count, given back when dropped.
+struct SourceShare {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    source: IpAddr,
+}
+
+impl SourceShare {
+    /// Count one more connection from `source`, unless it already holds `max`.
+    fn take(
+        counts: &Arc<Mutex<HashMap<IpAddr, usize>>>,
+        source: IpAddr,
+        max: usize,
+    ) -> Option<SourceShare> {
+        let mut map = counts.lock().unwrap_or_else(|p| p.into_inner());
+        let held = map.entry(source).or_insert(0);
+        if *held >= max {
+            return None;
+        }
+        *held += 1;
+        Some(SourceShare {
+            counts: counts.clone(),
+            source,
+        })
+    }
+}
+
+impl Drop for SourceShare {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.source);
+            }
+        }
     }
 }
 

@@ -174,7 +174,8 @@ struct RRset {
 #[derive(Debug, Default)]
 struct Node {
     rrsets: Vec<RRset>,
-    /// Every record of the node, answered to QTYPE ANY.
+    /// The answer to QTYPE ANY: the node's smallest RRset alone (RFC 8482 minimal answer, so
+    /// that ANY cannot be used to amplify traffic).
     any: Vec<Record>,
     any_bound: usize,
 }
@@ -200,7 +201,6 @@ fn wire_len(records: &[Record]) -> usize {
 impl Node {
     fn add(&mut self, record: Record, additional: &[Record]) {
         let rtype = record.record_type();
-        self.any.push(record.clone());
         match self.rrsets.iter_mut().find(|r| r.rtype == rtype) {
             Some(set) => {
                 set.records.push(record);
@@ -222,11 +222,19 @@ impl Node {
     }
 
     fn measure(&mut self) {
-        self.any_bound = wire_len(&self.any);
         for set in &mut self.rrsets {
             set.bound = wire_len(&set.records);
             set.additional_bound = wire_len(&set.additional);
         }
+        // The first of the smallest, so the choice is stable from one snapshot to the next.
+        let smallest = self
+            .rrsets
+            .iter()
+            .enumerate()
+            .min_by_key(|(i, set)| (set.bound, *i))
+            .map(|(_, set)| set);
+        self.any = smallest.map(|set| set.records.clone()).unwrap_or_default();
+        self.any_bound = smallest.map_or(0, |set| set.bound);
     }
 }
 

@@ -803,3 +803,79 @@ async fn tcp_connections_over_the_cap_are_closed_and_slots_come_back() {
     }
     server.stop().await;
 }
+
+/// A served TCP connection to `to` from the loopback address `from`.
+async fn tcp_from(from: [u8; 4], to: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket
+        .bind(std::net::SocketAddr::from((from, 0)))
+        .expect("bind a loopback source");
+    socket.connect(to).await.expect("connect")
+}
+
+/// Whether a SOA query on `s` is answered.
+async fn soa_answered(s: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncWriteExt;
+    s.write_all(&framed_query(9, ZONE, RecordType::SOA))
+        .await
+        .is_ok()
+        && try_read_framed(s, DEADLINE).await.is_some()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_source_cannot_take_every_tcp_slot() {
+    let options = ServeOptions {
+        max_tcp_per_source: 2,
+        ..ServeOptions::default()
+    };
+    let server = TestServer::start_with(example_snapshot(1), options).await;
+    let mut first = tcp_from([127, 0, 0, 1], server.addr).await;
+    let mut second = tcp_from([127, 0, 0, 1], server.addr).await;
+    assert!(soa_answered(&mut first).await && soa_answered(&mut second).await);
+    let mut third = tcp_from([127, 0, 0, 1], server.addr).await;
+    assert!(
+        closed_within(&mut third, DEADLINE).await,
+        "a third connection from the same source was not closed"
+    );
+    // Another source is served while the first holds its share.
+    let mut other = tcp_from([127, 0, 0, 2], server.addr).await;
+    assert!(
+        soa_answered(&mut other).await,
+        "another source was locked out"
+    );
+    // The share comes back when a connection ends.
+    drop(first);
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let mut again = tcp_from([127, 0, 0, 1], server.addr).await;
+        if soa_answered(&mut again).await {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the source's share never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_at_the_apex_gets_one_rrset_not_every_record() {
+    let server = TestServer::start(example_snapshot(1)).await;
+    for transport in ["+notcp", "+tcp"] {
+        let out = dig(server.addr, &[transport, ZONE, "ANY"]).await;
+        assert_eq!(dig_status(&out), "NOERROR", "{out}");
+        let answers = dig_section(&out, "ANSWER");
+        assert!(!answers.is_empty(), "{out}");
+        let types: BTreeSet<&str> = answers.iter().map(|f| f[3].as_str()).collect();
+        assert_eq!(types.len(), 1, "one RRset (RFC 8482): {out}");
+        let mx = dig(server.addr, &[transport, ZONE, "MX"]).await;
+        let soa = dig(server.addr, &[transport, ZONE, "SOA"]).await;
+        assert!(
+            !dig_section(&mx, "ANSWER").is_empty() && !dig_section(&soa, "ANSWER").is_empty(),
+            "the apex holds several RRsets: {mx}{soa}"
+        );
+    }
+    server.stop().await;
+}
