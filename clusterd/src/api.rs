@@ -306,8 +306,45 @@ async fn authenticate(
             auth::AuthError::BodyMismatch,
         );
     }
-    next.run(Request::from_parts(parts, Body::from(bytes)))
+    let path = parts.uri.path().to_string();
+    json_errors(
+        next.run(Request::from_parts(parts, Body::from(bytes)))
+            .await,
+        &path,
+    )
+    .await
+}
+
+/// Most bytes of a plain-text error kept when it is turned into JSON.
+const MAX_ERROR_TEXT: usize = 4096;
+
+/// Turn an error answer that is not JSON (axum's own rejections of a body, query or path it
+/// cannot parse, an unknown route, a wrong method) into our `{"error": ...}`, so that every
+/// error a client sees has one shape.
+async fn json_errors(resp: Response, path: &str) -> Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let text = axum::body::to_bytes(resp.into_body(), MAX_ERROR_TEXT)
         .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let message = match (status, text.is_empty()) {
+        (StatusCode::NOT_FOUND, true) => format!("no such route: {path}"),
+        (StatusCode::METHOD_NOT_ALLOWED, true) => format!("method not allowed on {path}"),
+        (_, true) => status
+            .canonical_reason()
+            .unwrap_or("request failed")
+            .to_string(),
+        (_, false) => text,
+    };
+    ApiError::new(status, message).into_response()
 }
 
 /// The 401 answer to a request that failed authentication, logged at most once per
@@ -930,13 +967,17 @@ async fn delete_member(
     Path(name): Path<String>,
     Query(q): Query<RemoveMemberQuery>,
     method: Method,
+    uri: axum::http::Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let path = if q.force {
-        format!("/v1/members/{name}?force=true")
-    } else {
-        format!("/v1/members/{name}")
-    };
+    // Every member's name passed this check when it joined; anything else is no member.
+    if let Err(problem) = crate::config::check_member_name(&name) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, problem));
+    }
+    // Forwarded as received: a path rebuilt from the decoded name could differ from it.
+    let path = uri
+        .path_and_query()
+        .map_or_else(|| uri.path().to_string(), |p| p.as_str().to_string());
     if let Some(resp) = forward_unless_leader(&s, &method, &path, &headers, Vec::new()).await? {
         return Ok(resp);
     }
@@ -1193,6 +1234,15 @@ pub fn build_status(s: &Shared, event_limit: usize) -> StatusReport {
                 kind: d.kind.clone(),
                 by: d.by.clone(),
                 since_ms: d.started_ms,
+            })
+            .collect(),
+        stuck_loops: s
+            .loops
+            .stuck(crate::systemd::LOOP_SILENCE)
+            .into_iter()
+            .map(|(name, silent)| crate::status::StuckLoop {
+                name: name.to_string(),
+                silent_ms: silent.as_millis() as u64,
             })
             .collect(),
     }

@@ -83,6 +83,18 @@ impl Supervised {
         self.tasks.push((task, tokio::spawn(f)));
     }
 
+    /// [`Supervised::spawn`] a loop that must also beat in `loops` (the watchdog and `status`
+    /// report it when it falls silent).
+    fn spawn_watched(
+        &mut self,
+        loops: &crate::systemd::Loops,
+        task: &'static str,
+        f: impl Future<Output = ()> + Send + 'static,
+    ) {
+        loops.watch(task);
+        self.spawn(task, f);
+    }
+
     /// The first task to end, and how; pends for ever while all run (or there are none).
     async fn first_end(&mut self) -> (&'static str, String) {
         if self.tasks.is_empty() {
@@ -366,27 +378,38 @@ pub async fn run_with<N: crate::vip::NetOps>(
     let (hooks_stop, hooks_stop_rx) = watch::channel(false);
     let hook_runner = tokio::spawn(crate::hooks::run(shared.clone(), hooks_stop_rx));
 
+    use crate::systemd::{DNS, DUTIES, HEALTH, HOOKS, LEADERSHIP, LEASE_RENEWAL, PLACEMENT};
     let mut background = Supervised::default();
-    background.spawn("duties", duties(shared.clone(), stop_rx.clone()));
-    background.spawn(
-        "hook observer",
+    let loops = &shared.loops;
+    background.spawn_watched(loops, DUTIES, duties(shared.clone(), stop_rx.clone()));
+    background.spawn_watched(
+        loops,
+        HOOKS,
         crate::hooks::observe(shared.clone(), stop_rx.clone()),
     );
-    background.spawn(
-        "placement",
+    background.spawn_watched(
+        loops,
+        PLACEMENT,
         crate::lease::placement_loop(shared.clone(), policy, stop_rx.clone()),
     );
-    background.spawn("DNS", crate::dns_feed::run(shared.clone(), stop_rx.clone()));
-    background.spawn(
-        "health",
+    background.spawn_watched(
+        loops,
+        DNS,
+        crate::dns_feed::run(shared.clone(), stop_rx.clone()),
+    );
+    background.spawn_watched(
+        loops,
+        HEALTH,
         crate::health::run(shared.clone(), stop_rx.clone()),
     );
-    background.spawn(
-        "leadership check",
+    background.spawn_watched(
+        loops,
+        LEADERSHIP,
         crate::lease::confirm_loop(shared.clone(), stop_rx.clone()),
     );
     let net = net.filter(|_| !shared.config.node.dry_run);
     if let Ok(local) = local {
+        // The watchdog itself: not watched by itself.
         background.spawn(
             "service manager",
             crate::systemd::run(
@@ -399,12 +422,14 @@ pub async fn run_with<N: crate::vip::NetOps>(
     }
     if let Some(net) = net {
         // Only a node that can hold addresses takes leases for them.
-        background.spawn(
-            "lease renewal",
+        background.spawn_watched(
+            loops,
+            LEASE_RENEWAL,
             crate::lease::renew_loop(shared.clone(), stop_rx.clone()),
         );
-        background.spawn(
-            "address runtime",
+        background.spawn_watched(
+            loops,
+            crate::systemd::ADDRESSES,
             crate::vip::run(shared.clone(), net, stop_rx.clone()),
         );
     }

@@ -10,10 +10,11 @@
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use clusterd_dns::{Address, NameServer, ServeOptions, Snapshot, Zone};
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::{Config, DnsConfig};
 use crate::daemon::Shared;
@@ -110,7 +111,7 @@ pub async fn run(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         .clone()
         .filter(|_| s.config.node.role == Role::Mail)
     else {
-        let _ = stop.wait_for(|s| *s).await;
+        idle_until_stop(&s, &mut stop).await;
         return;
     };
     let mut replica = s.replica.clone();
@@ -134,11 +135,11 @@ pub async fn run(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     }
     if udp.is_empty() {
         warn!("no DNS listener could be opened; this node serves no DNS");
-        let _ = stop.wait_for(|s| *s).await;
+        idle_until_stop(&s, &mut stop).await;
         return;
     }
     let mut server_stop = stop.clone();
-    let server = tokio::spawn(clusterd_dns::serve_counted(
+    let mut server = tokio::spawn(clusterd_dns::serve_counted(
         udp,
         tcp,
         rx,
@@ -149,6 +150,7 @@ pub async fn run(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         },
     ));
     loop {
+        s.loops.beat(crate::systemd::DNS);
         tokio::select! {
             changed = replica.changed() => {
                 if changed.is_err() {
@@ -159,6 +161,13 @@ pub async fn run(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                     tx.send_replace(Arc::new(next));
                 }
             }
+            _ = tokio::time::sleep(BEAT) => {}
+            // The server ending on its own ends this task, which the daemon takes for a
+            // failure: never serve stale answers, or none, while looking alive.
+            ended = &mut server => {
+                error!(how = ?ended.map(|r| r.map_err(|e| e.to_string())), "the DNS server ended on its own");
+                return;
+            }
             _ = stop.wait_for(|s| *s) => break,
         }
     }
@@ -166,6 +175,20 @@ pub async fn run(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         warn!(error = %e, "DNS server stopped with an error");
     }
     info!("DNS stopped");
+}
+
+/// How often the feed beats while nothing changes.
+const BEAT: Duration = Duration::from_secs(1);
+
+/// A node that serves no DNS still beats, so that the watchdog and `status` see the task alive.
+async fn idle_until_stop(s: &Shared, stop: &mut watch::Receiver<bool>) {
+    loop {
+        s.loops.beat(crate::systemd::DNS);
+        tokio::select! {
+            _ = tokio::time::sleep(BEAT) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
 }
 
 /// What `me` answers now for every configured name, or `None` without a `[dns]` section.

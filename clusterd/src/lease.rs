@@ -287,6 +287,7 @@ pub async fn confirm_loop(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let every = (s.leases.timings.quorum_fresh / 3).max(Duration::from_millis(10));
     let mut pause = every;
     loop {
+        s.loops.beat(crate::systemd::LEADERSHIP);
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
             _ = stop.wait_for(|s| *s) => return,
@@ -364,6 +365,7 @@ pub async fn renew_loop(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut client: Option<ApiClient> = None;
     let mut had_lease = false;
     loop {
+        s.loops.beat(crate::systemd::LEASE_RENEWAL);
         let sent_at = Instant::now();
         let leader = crate::raft::leader_member(&s.raft.metrics().borrow());
         // A node drill: behave like a dead node for the addresses (renew nothing), so they take
@@ -426,6 +428,7 @@ pub async fn placement_loop(s: Arc<Shared>, policy: Policy, mut stop: watch::Rec
     let tick = Duration::from_millis(50);
     let mut metrics_rx = s.raft.metrics();
     loop {
+        s.loops.beat(crate::systemd::PLACEMENT);
         // The loop notices its own election as it happens (the table has not seen the term yet)
         // and wakes when the quiet period ends, rather than on the next tick, so a new
         // leader's first takeover is not up to two ticks late.

@@ -47,6 +47,19 @@ pub struct StatusReport {
     /// Failover drills in progress.
     #[serde(default)]
     pub drills: Vec<DrillStatus>,
+    /// The answering node's own loops that fell silent (a wedged duty): empty when all beat.
+    #[serde(default)]
+    pub stuck_loops: Vec<StuckLoop>,
+}
+
+/// A loop of the answering node that has not beaten for a while (`status --json`
+/// `stuck_loops[]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StuckLoop {
+    /// The loop's name, e.g. "placement".
+    pub name: String,
+    /// How long it has been silent, ms.
+    pub silent_ms: u64,
 }
 
 /// A running failover drill (`status --json` `drills[]`).
@@ -374,6 +387,16 @@ pub fn render(report: &StatusReport, now_ms: u64) -> String {
         );
     }
     render_fencing(&mut out, &report.fencing, now_ms);
+    for l in &report.stuck_loops {
+        let _ = writeln!(
+            out,
+            "\nSTUCK on {}: its {} loop has been silent for {} (the watchdog restarts a node \
+             whose loops stay silent)",
+            report.answered_by,
+            l.name,
+            age(l.silent_ms)
+        );
+    }
     if !report.events.is_empty() {
         out.push_str("\nrecent events:\n");
         for e in report.events.iter().rev().take(5).rev() {
@@ -540,6 +563,7 @@ mod tests {
             health: vec![],
             fencing: vec![],
             drills: vec![],
+            stuck_loops: vec![],
         }
     }
 
@@ -656,6 +680,24 @@ mod tests {
         }
         assert_eq!(v["nodes"][0]["role"], "mail");
         assert_eq!(v["events"][0]["kind"]["type"], "leader_elected");
+    }
+
+    #[test]
+    fn table_names_a_stuck_loop_of_the_answering_node() {
+        let mut r = report();
+        assert!(!render(&r, 61_000).contains("STUCK"));
+        r.stuck_loops.push(StuckLoop {
+            name: "placement".into(),
+            silent_ms: 12_000,
+        });
+        let text = render(&r, 61_000);
+        assert!(
+            text.contains(&format!(
+                "STUCK on {}: its placement loop has been silent for 12s",
+                r.answered_by
+            )),
+            "{text}"
+        );
     }
 
     #[test]

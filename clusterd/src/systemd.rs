@@ -26,23 +26,75 @@ use crate::client::ApiClient;
 use crate::daemon::Shared;
 use crate::status::StatusReport;
 
-/// Loop names the watchdog knows.
+/// The leader-duty loop (`daemon`).
 pub const DUTIES: &str = "duties";
 /// The address runtime's loop.
-pub const ADDRESSES: &str = "addresses";
+pub const ADDRESSES: &str = "address runtime";
+/// The placement loop (`lease`).
+pub const PLACEMENT: &str = "placement";
+/// The lease renewal loop (`lease`).
+pub const LEASE_RENEWAL: &str = "lease renewal";
+/// The leadership confirmation loop (`lease`).
+pub const LEADERSHIP: &str = "leadership check";
+/// The health reporter (`health`).
+pub const HEALTH: &str = "health";
+/// The DNS feed (`dns_feed`).
+pub const DNS: &str = "DNS";
+/// The hook observer (`hooks`).
+pub const HOOKS: &str = "hook observer";
+/// How long a watched loop may stay silent before `status` reports it (the watchdog allows
+/// half its interval). Every watched loop beats at least once a second when healthy, and once
+/// per proposal it waits for (at most 5 s) when the leader is slow.
+pub const LOOP_SILENCE: Duration = Duration::from_secs(10);
+/// The least silence the watchdog allows a loop, whatever its interval.
+pub const WATCHDOG_LOOP_FLOOR: Duration = Duration::from_secs(3);
 
 /// How often readiness is checked until the node is ready.
 const READY_POLL: Duration = Duration::from_millis(250);
 
 /// Where the daemon's loops report that they are alive, and the address runtime that it
 /// converged once.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Loops {
     beats: std::sync::Mutex<BTreeMap<&'static str, Instant>>,
+    /// The loops that must beat (registered as the daemon starts them).
+    watched: std::sync::Mutex<Vec<&'static str>>,
+    since: Instant,
     converged: AtomicBool,
 }
 
+impl Default for Loops {
+    fn default() -> Self {
+        Loops {
+            beats: Default::default(),
+            watched: Default::default(),
+            since: Instant::now(),
+            converged: AtomicBool::new(false),
+        }
+    }
+}
+
 impl Loops {
+    /// Loop `name` runs from now on and must beat.
+    pub fn watch(&self, name: &'static str) {
+        let mut watched = crate::lock(&self.watched);
+        if !watched.contains(&name) {
+            watched.push(name);
+        }
+    }
+
+    /// The watched loops silent for longer than `limit`, with how long.
+    pub fn stuck(&self, limit: Duration) -> Vec<(&'static str, Duration)> {
+        let watched = crate::lock(&self.watched).clone();
+        stuck_loops(
+            &self.snapshot(),
+            &watched,
+            self.since,
+            Instant::now(),
+            limit,
+        )
+    }
+
     /// Loop `name` is alive now.
     pub fn beat(&self, name: &'static str) {
         self.beats
@@ -170,11 +222,6 @@ pub async fn run(
         }
     };
     let watchdog = watchdog_interval();
-    let started = Instant::now();
-    let mut expected = vec![DUTIES];
-    if holds_addresses {
-        expected.push(ADDRESSES);
-    }
     let mut ready = false;
     let mut last_status = String::new();
     let mut next_ping = Instant::now();
@@ -205,9 +252,11 @@ pub async fn run(
         if let Some(interval) = watchdog
             && Instant::now() >= next_ping
         {
-            // A loop may be silent for half the interval; checks get a quarter each.
-            let limit = interval / 2;
-            match alive(&s, &api_addr, &expected, started, limit, interval / 4).await {
+            // A loop may be silent for half the interval (at least WATCHDOG_LOOP_FLOOR, so that
+            // a loop waiting on one slow proposal is not taken for wedged under a very short
+            // interval); checks get a quarter each.
+            let limit = (interval / 2).max(WATCHDOG_LOOP_FLOOR);
+            match alive(&s, &api_addr, limit, interval / 4).await {
                 Ok(()) => {
                     send("WATCHDOG=1");
                     next_ping = Instant::now() + interval / 4;
@@ -312,18 +361,10 @@ fn summary(s: &Shared) -> String {
 async fn alive(
     s: &Shared,
     api_addr: &str,
-    expected: &[&'static str],
-    started: Instant,
     limit: Duration,
     check_timeout: Duration,
 ) -> Result<(), String> {
-    let stuck = stuck_loops(
-        &s.loops.snapshot(),
-        expected,
-        started,
-        Instant::now(),
-        limit,
-    );
+    let stuck = s.loops.stuck(limit);
     if !stuck.is_empty() {
         let list: Vec<String> = stuck
             .iter()
@@ -369,6 +410,29 @@ pub fn reachable(local: std::net::SocketAddr) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn watched_loops_that_never_beat_or_stop_beating_are_stuck_others_not() {
+        let loops = Loops::default();
+        loops.watch(PLACEMENT);
+        loops.watch(DNS);
+        loops.watch(DNS);
+        loops.beat(HEALTH); // beats but is not watched: ignored
+        std::thread::sleep(Duration::from_millis(30));
+        let names = |stuck: Vec<(&'static str, Duration)>| -> Vec<&'static str> {
+            stuck.into_iter().map(|(n, _)| n).collect()
+        };
+        assert_eq!(
+            names(loops.stuck(Duration::from_millis(10))),
+            vec![PLACEMENT, DNS]
+        );
+        loops.beat(DNS);
+        assert_eq!(
+            names(loops.stuck(Duration::from_millis(10))),
+            vec![PLACEMENT]
+        );
+        assert!(loops.stuck(Duration::from_secs(5)).is_empty());
+    }
 
     #[test]
     fn loops_silent_longer_than_the_limit_are_stuck() {

@@ -603,6 +603,7 @@ async fn unauthenticated_floods_neither_grow_memory_nor_shut_out_signed_requests
     use tokio::io::AsyncWriteExt;
     raise_descriptor_limit(8192);
     let lab = Lab::start();
+    let started = std::time::Instant::now();
     let key = ClusterKey::load(&lab.key_path).unwrap();
     let target = lab.specs[0].addr;
     let client = ApiClient::new(target.to_string(), key.clone()).expect("an HTTP client");
@@ -718,6 +719,19 @@ async fn unauthenticated_floods_neither_grow_memory_nor_shut_out_signed_requests
     );
     signed_answered().await;
 
+    // Every loop of the attacked daemon kept beating (a loop that never beat since the start
+    // would be listed once the silence limit has passed).
+    tokio::time::sleep(
+        clusterd::systemd::LOOP_SILENCE.saturating_sub(started.elapsed()) + Duration::from_secs(1),
+    )
+    .await;
+    let report: StatusReport = client.get("/v1/status").await.unwrap();
+    assert!(
+        report.stuck_loops.is_empty(),
+        "loops silent after the attacks: {:?}",
+        report.stuck_loops
+    );
+
     stop_sampler.store(true, std::sync::atomic::Ordering::Relaxed);
     let max_rss = sampler.join().unwrap();
     assert!(max_rss > 0, "the resident set was never read");
@@ -725,6 +739,89 @@ async fn unauthenticated_floods_neither_grow_memory_nor_shut_out_signed_requests
         max_rss < 100_000_000,
         "the daemon grew to {} MB under the attacks",
         max_rss / 1_000_000
+    );
+    drop(lab.daemons);
+}
+
+/// Descriptors `pid` holds open now.
+fn open_descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// Set the soft descriptor limit of the running process `pid` (util-linux `prlimit`).
+fn set_descriptor_limit(pid: u32, limit: usize) {
+    let out = Command::new("prlimit")
+        .arg(format!("--pid={pid}"))
+        .arg(format!("--nofile={limit}:"))
+        .output()
+        .expect("prlimit (util-linux) must be installed: apt-get install util-linux");
+    assert!(out.status.success(), "prlimit: {out:?}");
+}
+
+/// A daemon that runs out of file descriptors (its limit lowered to what it holds, and the
+/// rest taken by idle connections) keeps running, and once descriptors are back its health
+/// reporting works again: a check that failed meanwhile reaches the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_out_of_descriptors_recovers_and_reports_the_health_it_missed() {
+    use clusterd::model::Health;
+    use std::net::Ipv4Addr;
+    raise_descriptor_limit(8192);
+    let health = tempfile::tempdir().unwrap();
+    let dir = health.path().to_path_buf();
+    let lab = Lab::start_with(&move |n: &str| common::addresses_with_health(n, Some(&dir)));
+    let key = ClusterKey::load(&lab.key_path).unwrap();
+    let imap_of = |r: &StatusReport, node: &str| {
+        r.health
+            .iter()
+            .find(|h| h.node == node && h.check == "imap")
+            .map(|h| h.state)
+    };
+    let via_n1 = ApiClient::new(lab.specs[0].addr.to_string(), key.clone()).unwrap();
+    eventually("n2's imap passing", Duration::from_secs(20), || async {
+        let r: StatusReport = via_n1.get("/v1/status").await.ok()?;
+        (imap_of(&r, "n2") == Some(Health::Passing)).then_some(())
+    })
+    .await;
+
+    // Starve n2: its limit lowered to what it holds plus a few, those few taken by idle
+    // connections from strangers.
+    let pid = lab.daemons.children[1].id();
+    let normal = open_descriptors(pid);
+    set_descriptor_limit(pid, normal + 4);
+    let mut hogs = Vec::new();
+    for i in 0..64u8 {
+        hogs.push(connect_from(Ipv4Addr::new(127, 0, 4, i + 1), lab.specs[1].addr).await);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Its imap check fails while it cannot tell anyone (nor even start the check's process).
+    std::fs::write(health.path().join("n2-imap-down"), b"").unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        lab.daemons.children[1].id() == pid && open_descriptors(pid) > 0,
+        "n2 is gone"
+    );
+
+    // Descriptors come back: the failure reaches the leader, and n2 never panicked.
+    drop(hogs);
+    set_descriptor_limit(pid, 8192);
+    eventually(
+        "n2's imap failure reaches the cluster",
+        Duration::from_secs(30),
+        || async {
+            let r: StatusReport = via_n1.get("/v1/status").await.ok()?;
+            (imap_of(&r, "n2") == Some(Health::Critical)).then_some(())
+        },
+    )
+    .await;
+    let log = lab.log("n2");
+    assert!(
+        log.contains("cannot accept a connection") || log.contains("Too many open files"),
+        "n2 never ran out of descriptors:\n{log}"
+    );
+    assert!(!log.contains("panicked"), "n2 panicked:\n{log}");
+    assert!(
+        std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok(),
+        "n2 exited"
     );
     drop(lab.daemons);
 }

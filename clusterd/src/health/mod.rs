@@ -207,6 +207,7 @@ async fn report_loop(s: &Shared, stop: &mut watch::Receiver<bool>) {
     let mut reset_done = false;
     let mut replica = s.replica.clone();
     loop {
+        s.loops.beat(crate::systemd::HEALTH);
         let ok = reconcile(s, &checks, &mut reset_done).await;
         tokio::select! {
             _ = s.probes.changed.notified() => {}

@@ -380,6 +380,7 @@ pub async fn observe(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut watch = NodeWatch::default();
     let mut leader_since: Option<(u64, Instant)> = None;
     loop {
+        s.loops.beat(crate::systemd::HOOKS);
         let replica = replica_rx.borrow_and_update().clone();
         let metrics = s.raft.metrics().borrow().clone();
         let leading = leads(&s, &metrics);
