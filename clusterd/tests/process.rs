@@ -411,6 +411,40 @@ fn check_config_refuses_a_key_file_the_daemon_would_refuse() {
 }
 
 #[test]
+fn check_config_refuses_a_fence_password_file_open_to_others() {
+    use std::io::Write as _;
+    use std::os::unix::fs::PermissionsExt;
+    let (dir, _key, specs) = three_voters();
+    let pass = dir.path().join("bmc.pass");
+    std::fs::write(&pass, "pw\n").unwrap();
+    std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let mut config = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&specs[0].config_path)
+        .unwrap();
+    write!(
+        config,
+        "\n[fencing.nodes.n2]\nagent = \"exec\"\ncommand = [\"/usr/sbin/fence_ipmilan\"]\n\
+         password_file = {:?}\n",
+        pass.display().to_string()
+    )
+    .unwrap();
+    drop(config);
+    let config = path_str(&specs[0].config_path).to_string();
+    let out = ctl(&["check-config", &config]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("fencing.nodes.n2.password_file")
+            && stderr.contains(&format!("chmod 600 {}", pass.display())),
+        "{stderr}"
+    );
+    std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = ctl(&["check-config", &config]);
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[test]
 fn keygen_writes_a_private_key_and_refuses_to_overwrite() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();

@@ -20,6 +20,12 @@ use std::time::{Duration, Instant};
 /// Longest agent reply kept (in the history and in errors), in bytes.
 pub const MAX_REPLY: usize = 2000;
 
+/// Most bytes of an HTTP answer's body the Redfish and webhook agents read. A Redfish
+/// resource or an API's reply is a few KiB; an endpoint that sends more (broken, or not what
+/// the config says it is) must not make the leader buffer it while a fence waits. A Redfish
+/// answer that is longer is refused; a webhook's is kept up to here.
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
 /// What an agent is asked to do with a node's power.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PowerAction {
@@ -52,6 +58,19 @@ pub enum FenceError {
         path: PathBuf,
         /// What is wrong with it.
         reason: String,
+    },
+    /// Group or others have some access to a secret file (any bit of mode 0o077), the rule the
+    /// cluster key file follows too.
+    #[error(
+        "secret file {shown} is open to group or others (mode {mode:04o}); run `chmod 600 \
+         {shown}` and make it owned by the user clusterd runs as",
+        shown = path.display()
+    )]
+    SecretTooOpen {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
     },
     /// The TLS trust settings could not be used.
     #[error("TLS settings: {0}")]
@@ -187,23 +206,35 @@ impl fmt::Debug for Secret {
 }
 
 impl Secret {
-    /// Read the first line of `path`. Refused when the file is readable by everyone, missing,
-    /// or empty.
+    /// Read the first line of `path`. Refused when group or others have any access to the
+    /// file ([`Secret::check_mode`]), or when it is missing or its first line empty.
     pub fn read(path: &Path) -> Result<Secret, FenceError> {
         let err = |reason: String| FenceError::Secret {
             path: path.to_path_buf(),
             reason,
         };
         let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
-        if meta.permissions().mode() & 0o004 != 0 {
-            return Err(err("it is readable by every user".into()));
-        }
+        Secret::check_mode(path, meta.permissions().mode())?;
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
         let line = text.lines().next().unwrap_or("").trim_end_matches('\r');
         if line.is_empty() {
             return Err(err("its first line is empty".into()));
         }
         Ok(Secret(line.to_string()))
+    }
+
+    /// Refuse a secret file whose `mode` gives group or others any access (0o077), as the
+    /// cluster key file is refused: a password that powers nodes off is worth as much as the
+    /// key. The one rule for fences and for `check-config`.
+    pub fn check_mode(path: &Path, mode: u32) -> Result<(), FenceError> {
+        let mode = mode & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(FenceError::SecretTooOpen {
+                path: path.to_path_buf(),
+                mode,
+            });
+        }
+        Ok(())
     }
 
     /// The value, for the one place that sends it.
@@ -214,6 +245,50 @@ impl Secret {
     /// `text` with every occurrence of the secret masked.
     pub fn mask(&self, text: &str) -> String {
         text.replace(&self.0, "***")
+    }
+}
+
+/// An HTTP answer's body as far as an agent read it.
+#[derive(Debug)]
+pub(crate) struct Body {
+    /// What was read, at most [`MAX_RESPONSE_BYTES`], as text (invalid UTF-8 replaced).
+    pub(crate) text: String,
+    /// Why reading stopped.
+    pub(crate) end: BodyEnd,
+}
+
+/// Why reading an HTTP answer's body stopped.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum BodyEnd {
+    /// At its end: the text is the whole body.
+    Complete,
+    /// At [`MAX_RESPONSE_BYTES`]: the body is longer, the rest was not read.
+    TooLong,
+    /// The connection failed (or the request timed out) before the end.
+    Failed(String),
+}
+
+/// Read `resp`'s body chunk by chunk, stopping at [`MAX_RESPONSE_BYTES`]. Dropping the answer
+/// then closes the connection, so the rest is never received.
+pub(crate) async fn read_body(mut resp: reqwest::Response) -> Body {
+    let mut kept = Vec::new();
+    let end = loop {
+        match resp.chunk().await {
+            Ok(None) => break BodyEnd::Complete,
+            Ok(Some(chunk)) => {
+                let room = MAX_RESPONSE_BYTES - kept.len();
+                if chunk.len() > room {
+                    kept.extend_from_slice(&chunk[..room]);
+                    break BodyEnd::TooLong;
+                }
+                kept.extend_from_slice(&chunk);
+            }
+            Err(e) => break BodyEnd::Failed(crate::tls::error_chain(&e)),
+        }
+    };
+    Body {
+        text: String::from_utf8_lossy(&kept).into_owned(),
+        end,
     }
 }
 
@@ -322,10 +397,6 @@ mod tests {
 
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let e = Secret::read(&path).unwrap_err().to_string();
-        assert!(
-            e.contains("readable by every user") && e.contains("chmod 600"),
-            "{e}"
-        );
         assert!(!e.contains("s3cret"), "{e}");
 
         std::fs::write(&path, "\n").unwrap();
@@ -340,6 +411,79 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(missing.contains("nope"), "{missing}");
+    }
+
+    #[test]
+    fn a_secret_file_open_to_group_or_others_is_refused_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bmc.pass");
+        std::fs::write(&path, "s3cret\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(Secret::read(&path).unwrap().expose(), "s3cret");
+        for (mode, shown) in [(0o640, "0640"), (0o604, "0604")] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = Secret::read(&path).unwrap_err();
+            assert!(
+                matches!(err, FenceError::SecretTooOpen { mode: m, .. } if m == mode),
+                "{err}"
+            );
+            let text = err.to_string();
+            assert!(text.contains(&format!("(mode {shown})")), "{text}");
+            assert!(
+                text.contains(&format!("chmod 600 {}", path.display())),
+                "{text}"
+            );
+            assert!(
+                text.contains("owned by the user clusterd runs as"),
+                "{text}"
+            );
+            assert!(!text.contains("s3cret"), "{text}");
+        }
+    }
+
+    /// Serves `body` at every path, announcing `announced` bytes (more than sent: the rest
+    /// never comes).
+    async fn body_of(body: Vec<u8>, announced: Option<usize>) -> Body {
+        let server = crate::test_http::serve(move |_, _| crate::test_http::Answer {
+            status: 200,
+            body: body.clone(),
+            announced,
+        })
+        .await;
+        let client = crate::tls::client(&crate::Trust::System, Duration::from_secs(60)).unwrap();
+        let resp = client
+            .get(format!("http://{}/", server.addr))
+            .send()
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), read_body(resp))
+            .await
+            .expect("the body was read within 5 s")
+    }
+
+    #[tokio::test]
+    async fn a_body_at_the_limit_is_read_whole() {
+        let body = body_of(vec![b'x'; MAX_RESPONSE_BYTES], None).await;
+        assert_eq!(body.end, BodyEnd::Complete);
+        assert_eq!(body.text.len(), MAX_RESPONSE_BYTES);
+    }
+
+    #[tokio::test]
+    async fn a_body_one_byte_over_the_limit_is_cut_at_the_limit() {
+        let body = body_of(vec![b'x'; MAX_RESPONSE_BYTES + 1], None).await;
+        assert_eq!(body.end, BodyEnd::TooLong);
+        assert_eq!(body.text.len(), MAX_RESPONSE_BYTES);
+    }
+
+    #[tokio::test]
+    async fn reading_stops_at_the_limit_without_waiting_for_the_rest() {
+        let body = body_of(
+            vec![b'x'; MAX_RESPONSE_BYTES + 1],
+            Some(10 * MAX_RESPONSE_BYTES),
+        )
+        .await;
+        assert_eq!(body.end, BodyEnd::TooLong);
+        assert_eq!(body.text.len(), MAX_RESPONSE_BYTES);
     }
 
     #[test]

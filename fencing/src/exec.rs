@@ -10,8 +10,11 @@
 //!   (it would be visible in the process list).
 //!
 //! Exit code 0 means done (fence-agents confirm the power state themselves before exiting 0);
-//! anything else is a failure whose output (masked) goes into the error. The environment also
-//! carries `CLUSTERD_FENCE_NODE` and `CLUSTERD_FENCE_ACTION` for scripts written for clusterd.
+//! anything else is a failure whose output (masked) goes into the error.
+//!
+//! The command does not inherit the daemon's environment: it gets `PATH` (the daemon's, else
+//! [`DEFAULT_PATH`]), as hooks do, and `CLUSTERD_FENCE_NODE` and `CLUSTERD_FENCE_ACTION` for
+//! scripts written for clusterd; nothing else.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -20,6 +23,10 @@ use std::process::Stdio;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::agent::{FenceError, Fencer, MAX_REPLY, PowerAction, Secret, bounded};
+
+/// `PATH` of the command when the daemon has none. The same list clusterd gives its hooks
+/// (this crate cannot use clusterd's, which depends on it).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// How the options reach the command.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -110,8 +117,12 @@ impl Fencer for Exec {
         let c = &self.config;
         let program = c.command.first().cloned().unwrap_or_default();
         let password = c.password_file.as_deref().map(Secret::read).transpose()?;
+        let path = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());
         let mut cmd = tokio::process::Command::new(&program);
         cmd.args(&c.command[1.min(c.command.len())..])
+            // Nothing of the daemon's environment reaches a program that is handed a password.
+            .env_clear()
+            .env("PATH", path)
             .env("CLUSTERD_FENCE_NODE", &c.node)
             .env("CLUSTERD_FENCE_ACTION", action.to_string())
             .stdin(Stdio::piped())
@@ -192,6 +203,40 @@ mod tests {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
+    }
+
+    #[tokio::test]
+    async fn the_command_sees_only_path_and_the_clusterd_variables() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("env");
+        let prog = dir.path().join("fence_env");
+        std::fs::write(&prog, format!("#!/bin/sh\nenv > {}\n", out.display())).unwrap();
+        std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let agent = Exec::new(ExecConfig {
+            node: "mx2".into(),
+            command: vec![prog.display().to_string()],
+            options: options(),
+            via: OptionsVia::Stdin,
+            password_file: None,
+        });
+        agent.power(PowerAction::Off).await.unwrap();
+        let text = std::fs::read_to_string(&out).unwrap();
+        assert!(text.contains("CLUSTERD_FENCE_NODE=mx2\n"), "{text}");
+        assert!(text.contains("CLUSTERD_FENCE_ACTION=off\n"), "{text}");
+        let path = std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.into());
+        assert!(text.contains(&format!("PATH={path}\n")), "{text}");
+        // cargo sets it for the test process; the command must not see it.
+        assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some());
+        assert!(!text.contains("CARGO_MANIFEST_DIR="), "{text}");
+        for line in text.lines() {
+            let name = line.split('=').next().unwrap();
+            assert!(
+                name.starts_with("CLUSTERD_FENCE_")
+                    || ["PATH", "PWD", "SHLVL", "_"].contains(&name),
+                "unexpected variable {line}"
+            );
+        }
     }
 
     #[test]

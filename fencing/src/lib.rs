@@ -11,6 +11,8 @@ pub mod exec;
 pub mod gate;
 pub mod lease;
 pub mod redfish;
+#[cfg(test)]
+mod test_http;
 pub mod tls;
 pub mod webhook;
 

@@ -4,14 +4,17 @@
 //! `ComputerSystem.Reset` with `ResetType: ForceOff` to the action target the system resource
 //! names, then poll `PowerState` until it reads `Off`. On: `ResetType: On`, polled until `On`.
 //! Authentication is HTTP basic or a Redfish session (`X-Auth-Token`, deleted afterwards).
-//! The password is read from its file at each fence and never logged.
+//! The password is read from its file at each fence and never logged. An answer longer than
+//! [`MAX_RESPONSE_BYTES`] is refused after that many bytes, the rest unread.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::agent::{FenceError, Fencer, PowerAction, Secret, bounded};
+use crate::agent::{
+    BodyEnd, FenceError, Fencer, MAX_RESPONSE_BYTES, PowerAction, Secret, bounded, read_body,
+};
 use crate::tls::{self, Trust};
 
 /// Longest wait for the power state to change, whatever the caller's deadline.
@@ -97,9 +100,9 @@ impl Conversation<'_> {
             reason: self.password.mask(&tls::error_chain(&e)),
         })?;
         let status = resp.status();
-        let text = resp.text().await.unwrap_or_default();
+        let answer = read_body(resp).await;
         if !status.is_success() {
-            let mut body = bounded(&self.password.mask(text.trim()));
+            let mut body = bounded(&self.password.mask(answer.text.trim()));
             if status.as_u16() == 401 {
                 body.push_str(" (check username and password_file)");
             }
@@ -109,6 +112,27 @@ impl Conversation<'_> {
                 body,
             });
         }
+        match answer.end {
+            BodyEnd::Complete => {}
+            BodyEnd::TooLong => {
+                return Err(FenceError::Protocol {
+                    url,
+                    what: format!(
+                        "the answer is longer than {MAX_RESPONSE_BYTES} bytes, the most clusterd \
+                         reads from a BMC; check that url is the BMC's Redfish service"
+                    ),
+                });
+            }
+            BodyEnd::Failed(reason) => {
+                return Err(FenceError::Unreachable {
+                    url,
+                    reason: self
+                        .password
+                        .mask(&format!("the answer broke off: {reason}")),
+                });
+            }
+        }
+        let text = answer.text;
         if text.trim().is_empty() {
             return Ok(Value::Null);
         }
@@ -160,7 +184,7 @@ impl Conversation<'_> {
                 .and_then(|v| v.to_str().ok())
                 .map(session_path);
             if !status.is_success() {
-                let body = resp.text().await.unwrap_or_default();
+                let body = read_body(resp).await.text;
                 return Err(FenceError::Http {
                     url,
                     status: status.as_u16(),
@@ -260,7 +284,7 @@ impl Conversation<'_> {
             })?;
         let status = resp.status();
         if !status.is_success() {
-            let body = resp.text().await.unwrap_or_default();
+            let body = read_body(resp).await.text;
             return Err(FenceError::Http {
                 url,
                 status: status.as_u16(),
@@ -340,6 +364,68 @@ async fn power_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_http::{Answer, Server, serve};
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A system resource of exactly `len` bytes whose PowerState is Off.
+    fn system_of_len(len: usize) -> Vec<u8> {
+        let (head, tail) = (r#"{"PowerState": "Off", "Padding": ""#, r#""}"#);
+        format!("{head}{}{tail}", "x".repeat(len - head.len() - tail.len())).into_bytes()
+    }
+
+    /// A BMC on loopback answering every request with `body` (announcing `announced` bytes),
+    /// and an agent with basic auth pointed at it.
+    async fn bmc_answering(
+        body: Vec<u8>,
+        announced: Option<usize>,
+    ) -> (tempfile::TempDir, Server, Redfish) {
+        let server = serve(move |_, _| Answer {
+            status: 200,
+            body: body.clone(),
+            announced,
+        })
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let password_file = dir.path().join("bmc.pass");
+        std::fs::write(&password_file, "pw\n").unwrap();
+        std::fs::set_permissions(&password_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let agent = Redfish::new(RedfishConfig {
+            url: format!("http://{}", server.addr),
+            system: Some("/redfish/v1/Systems/1".into()),
+            username: "admin".into(),
+            password_file,
+            auth: RedfishAuth::Basic,
+            trust: Trust::System,
+            request_timeout: Duration::from_secs(60),
+            poll_every: Duration::from_millis(50),
+        })
+        .unwrap();
+        (dir, server, agent)
+    }
+
+    #[tokio::test]
+    async fn a_bmc_answer_at_the_limit_is_used() {
+        let (_dir, _server, agent) = bmc_answering(system_of_len(MAX_RESPONSE_BYTES), None).await;
+        let reply = agent.power(PowerAction::Off).await.unwrap();
+        assert!(reply.contains("already Off"), "{reply}");
+    }
+
+    #[tokio::test]
+    async fn a_bmc_answer_over_the_limit_is_refused_without_reading_the_rest() {
+        let announced = Some(10 * MAX_RESPONSE_BYTES);
+        let (_dir, mut server, agent) =
+            bmc_answering(system_of_len(MAX_RESPONSE_BYTES + 1), announced).await;
+        let err = tokio::time::timeout(Duration::from_secs(5), agent.power(PowerAction::Off))
+            .await
+            .expect("the agent answered without waiting for the rest")
+            .unwrap_err();
+        assert!(matches!(err, FenceError::Protocol { .. }), "{err}");
+        assert!(err.to_string().contains("longer than 65536 bytes"), "{err}");
+        tokio::time::timeout(Duration::from_secs(5), server.hung_up.recv())
+            .await
+            .expect("the agent closed the connection")
+            .unwrap();
+    }
 
     #[test]
     fn session_location_is_kept_as_a_path() {

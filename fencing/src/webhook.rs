@@ -4,12 +4,13 @@
 //! It POSTs a body made from a template to a URL made from a template, with an optional bearer
 //! token read from a file at each call. Templates may use `{node}` and `{action}` (`off` or
 //! `on`). Any 2xx answer is success, so the API should answer only once the machine is off (or
-//! wrap an asynchronous API in a script and use the exec agent).
+//! wrap an asynchronous API in a script and use the exec agent). Of the answer's body, at most
+//! [`MAX_RESPONSE_BYTES`](crate::agent::MAX_RESPONSE_BYTES) are read; the reply keeps its start.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::agent::{FenceError, Fencer, PowerAction, Secret, bounded};
+use crate::agent::{FenceError, Fencer, PowerAction, Secret, bounded, read_body};
 use crate::tls::{self, Trust};
 
 /// A webhook agent's settings.
@@ -80,7 +81,7 @@ impl Fencer for Webhook {
             reason: mask(&tls::error_chain(&e)),
         })?;
         let status = resp.status();
-        let text = mask(resp.text().await.unwrap_or_default().trim());
+        let text = mask(read_body(resp).await.text.trim());
         if status.is_success() {
             Ok(bounded(&format!("HTTP {}: {text}", status.as_u16())))
         } else {
@@ -96,6 +97,38 @@ impl Fencer for Webhook {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::MAX_RESPONSE_BYTES;
+    use crate::test_http::{Answer, serve};
+
+    #[tokio::test]
+    async fn a_reply_over_the_limit_is_kept_cut_without_reading_the_rest() {
+        let mut server = serve(|_, _| Answer {
+            status: 200,
+            body: vec![b'x'; MAX_RESPONSE_BYTES + 1],
+            announced: Some(10 * MAX_RESPONSE_BYTES),
+        })
+        .await;
+        let agent = Webhook::new(WebhookConfig {
+            node: "mx2".into(),
+            url: format!("http://{}/fence/{{node}}/{{action}}", server.addr),
+            body: "{}".into(),
+            content_type: "application/json".into(),
+            token_file: None,
+            trust: Trust::System,
+            request_timeout: Duration::from_secs(60),
+        })
+        .unwrap();
+        let reply = tokio::time::timeout(Duration::from_secs(5), agent.power(PowerAction::Off))
+            .await
+            .expect("the agent answered without waiting for the rest")
+            .unwrap();
+        assert!(reply.starts_with("HTTP 200: xxx"), "{reply}");
+        assert!(reply.ends_with("bytes cut)"), "{reply}");
+        tokio::time::timeout(Duration::from_secs(5), server.hung_up.recv())
+            .await
+            .expect("the agent closed the connection")
+            .unwrap();
+    }
 
     #[test]
     fn templates_get_node_and_action() {

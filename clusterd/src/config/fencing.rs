@@ -2,7 +2,9 @@
 //! node's addresses to another. Must be identical on every node (any node may lead).
 //!
 //! Secrets (BMC passwords, API tokens) are named by file, never written in the config; the
-//! files are read when a fence runs, so they must exist on every node that may lead.
+//! files are read when a fence runs, so they must exist on every node that may lead, with mode
+//! 0600 (a fence refuses a file group or others may read; `check-config` reports one, from
+//! `crate::fence`, since this module does no IO).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -64,7 +66,8 @@ pub struct FenceAgentConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
     /// redfish (required) and exec (optional): absolute path of a file whose first line is the
-    /// password; exec passes it as `password=...` on standard input. Not readable by others.
+    /// password; exec passes it as `password=...` on standard input. Mode 0600, owned by the
+    /// user clusterd runs as: a fence refuses a file group or others may read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_file: Option<PathBuf>,
     /// redfish: "session" (log in once per fence, X-Auth-Token; default) or "basic".
@@ -102,7 +105,7 @@ pub struct FenceAgentConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_type: Option<String>,
     /// webhook: absolute path of a file holding a bearer token (first line), sent as
-    /// `Authorization: Bearer ...`. Optional.
+    /// `Authorization: Bearer ...`. Optional. Mode 0600, like password_file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
 }

@@ -41,8 +41,6 @@ const OBSERVE_TICK: Duration = Duration::from_millis(200);
 const STDERR_GRACE: Duration = Duration::from_millis(200);
 /// Bytes of stderr kept from one run.
 const STDERR_KEEP: usize = 4096;
-/// PATH given to scripts when the daemon has none.
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// How one run of one script ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -221,7 +219,9 @@ pub async fn run_script(
     env: &[(&'static str, String)],
     timeout: Duration,
 ) -> Outcome {
-    let path = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());
+    // PATH given to scripts when the daemon has none: the same as fence agents get.
+    let path =
+        std::env::var_os("PATH").unwrap_or_else(|| clusterd_fencing::exec::DEFAULT_PATH.into());
     let spawned = tokio::process::Command::new(script)
         .env_clear()
         .env("PATH", path)
