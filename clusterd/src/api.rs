@@ -18,9 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest,
-};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest};
 use openraft::{ChangeMembers, ServerState};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
@@ -402,15 +400,17 @@ async fn raft_vote(
     Json(s.raft.vote(req).await)
 }
 
-async fn raft_snapshot(
-    State(s): State<Arc<Shared>>,
-    Json(req): Json<InstallSnapshotRequest<TypeConfig>>,
-) -> impl IntoResponse {
+async fn raft_snapshot(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
+    let req = match crate::raft::network::decode_snapshot_chunk(&body) {
+        Ok(req) => req,
+        Err(why) => return ApiError::new(StatusCode::BAD_REQUEST, why).into_response(),
+    };
+    drop(body);
     let res = s.raft.install_snapshot(req).await;
     if res.is_ok() {
         s.note_leader_contact();
     }
-    Json(res)
+    Json(res).into_response()
 }
 
 async fn get_status(
@@ -460,7 +460,8 @@ async fn add_live_probe_latency(s: &Shared, report: &mut StatusReport) {
 async fn get_history(
     State(s): State<Arc<Shared>>,
     Query(q): Query<EventsQuery>,
-) -> Json<Vec<crate::model::Event>> {
+) -> Json<Vec<Arc<crate::model::Event>>> {
+    // Shares the events (serialized as they are), copies no text.
     let replica = s.replica.borrow().clone();
     let limit = q.limit.unwrap_or(usize::MAX);
     let events = &replica.state.events;
@@ -1194,7 +1195,7 @@ pub fn build_status(s: &Shared, event_limit: usize) -> StatusReport {
         },
         nodes,
         addresses,
-        events: events.iter().skip(skip).cloned().collect(),
+        events: events.iter().skip(skip).map(|e| (**e).clone()).collect(),
         fencing: replica
             .state
             .fencing

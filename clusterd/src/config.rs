@@ -190,10 +190,15 @@ pub struct RaftConfig {
     /// Log entries since the last snapshot before a new snapshot is taken. At least 10.
     /// Default 1000.
     pub snapshot_after: u64,
-    /// Number of events kept in the replicated history (`clusterctl history`). 10 to 100000.
-    /// Default 500.
+    /// Number of events kept in the replicated history (`clusterctl history`). 10 to
+    /// [`MAX_HISTORY_LIMIT`]. Default 500.
     pub history_limit: u64,
 }
+
+/// Most events the history may keep: the state budget ([`crate::model::MAX_STATE_BYTES`])
+/// over the largest event ([`crate::model::MAX_EVENT_BYTES`]).
+pub const MAX_HISTORY_LIMIT: u64 =
+    (crate::model::MAX_STATE_BYTES / crate::model::MAX_EVENT_BYTES) as u64;
 
 impl Default for RaftConfig {
     fn default() -> Self {
@@ -1484,12 +1489,16 @@ impl Config {
                 ),
             );
         }
-        if !(10..=100_000).contains(&r.history_limit) {
+        if !(10..=MAX_HISTORY_LIMIT).contains(&r.history_limit) {
             v.push(
                 "raft.history_limit",
                 format!(
-                    "{} is out of range; write a number from 10 to 100000 (default 500)",
-                    r.history_limit
+                    "{} is out of range; write a number from 10 to {MAX_HISTORY_LIMIT} \
+                     (default 500): events of up to {} KiB each must keep the replicated state, \
+                     and so every snapshot, under {} MiB",
+                    r.history_limit,
+                    crate::model::MAX_EVENT_BYTES / 1024,
+                    crate::model::MAX_STATE_BYTES / (1024 * 1024)
                 ),
             );
         }
@@ -2844,11 +2853,15 @@ names = { imap = ["imap"], smtp = ["smtp"], mail = ["imap", "smtp"] }
 
     #[test]
     fn history_limit_out_of_range_refused() {
-        for bad in [9, 100_001] {
+        for bad in [9, MAX_HISTORY_LIMIT + 1, 100_000] {
             let mut c = base();
             c.raft.history_limit = bad;
-            assert_refused(&c, "raft.history_limit", "10 to 100000");
+            assert_refused(&c, "raft.history_limit", "10 to 8192");
+            assert_refused(&c, "raft.history_limit", "under 64 MiB");
         }
+        let mut c = base();
+        c.raft.history_limit = MAX_HISTORY_LIMIT;
+        assert!(c.validate().is_ok());
     }
 
     // ----- addresses -----

@@ -1681,3 +1681,97 @@ async fn a_follower_behind_a_state_larger_than_one_request_body_catches_up_by_sn
     .await;
     c.stop_all().await;
 }
+
+/// Drill reports in the history of the node at `addr`, and the size of that history encoded.
+async fn drill_reports(c: &Cluster, addr: SocketAddr) -> Option<(Vec<String>, usize)> {
+    let client = ApiClient::new(addr.to_string(), c.key.clone())
+        .ok()?
+        .with_timeout(Duration::from_secs(30));
+    let events: Vec<clusterd::model::Event> = client.get("/v1/history").await.ok()?;
+    let bytes = serde_json::to_vec(&events).ok()?.len();
+    let reports = events
+        .into_iter()
+        .filter_map(|e| match e.kind {
+            EventKind::DrillReport { result, .. } => Some(result[..8].to_string()),
+            _ => None,
+        })
+        .collect();
+    Some((reports, bytes))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_and_a_new_learner_catch_up_across_a_20_mb_snapshot() {
+    // 5200 drill reports of 4000 bytes: a replicated state of about 21 MB, within the budget
+    // check-config allows (history_limit 6000 of at most 8192).
+    const REPORTS: usize = 5200;
+    let extra = |n: &str| format!("{}\n[raft]\nhistory_limit = 6000\n", two_addresses(n));
+    let mut c = Cluster::start_with(
+        &["n1", "n2", "n3", "n4"],
+        &["n1", "n2", "n3"],
+        &extra,
+        &["n1", "n2", "n3"],
+    )
+    .await;
+    let leader = c.leader().await;
+    let behind = c.other_than(&leader);
+    c.stop_node(&behind).await;
+    let client = c.client(&leader);
+    let writers = (0..4).map(|w| {
+        let client = client.clone();
+        async move {
+            for i in (w..REPORTS).step_by(4) {
+                let cmd = Command::DrillReport {
+                    node: "n1".into(),
+                    result: format!("{i:07} {}", "r".repeat(3992)),
+                    at_ms: 0,
+                };
+                // A loaded machine may make the leader miss its quorum for a moment: retry
+                // (a retried report may land twice; the history is compared as it is).
+                let mut tries = 0;
+                loop {
+                    match client.post::<_, Applied>("/v1/propose", &cmd).await {
+                        Ok(applied) => {
+                            assert!(applied.refused.is_none(), "{applied:?}");
+                            break;
+                        }
+                        Err(_) if tries < 50 => {
+                            tries += 1;
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                        Err(e) => panic!("report {i}: {e}"),
+                    }
+                }
+            }
+        }
+    });
+    futures_util::future::join_all(writers).await;
+    let at_leader = c.specs[c.index(&leader)].addr;
+    let (expected, bytes) = drill_reports(&c, at_leader).await.unwrap();
+    let distinct: std::collections::BTreeSet<&String> = expected.iter().collect();
+    assert_eq!(distinct.len(), REPORTS);
+    assert!(bytes > 20_000_000, "the history is only {bytes} bytes");
+    eventually("log compaction", Duration::from_secs(30), || async {
+        let r = status(at_leader, &c.key).await?;
+        (r.purged_index.unwrap_or(0) > 1000).then_some(())
+    })
+    .await;
+
+    // The stopped follower and a learner with an empty store both need the snapshot.
+    c.start_node(&behind).await;
+    c.start_node("n4").await;
+    for node in [behind.clone(), "n4".to_string()] {
+        let addr = c.specs[c.index(&node)].addr;
+        eventually(
+            &format!("{node} has the leader's history"),
+            Duration::from_secs(60),
+            || async {
+                let (mine, _) = drill_reports(&c, addr).await?;
+                (mine == expected).then_some(())
+            },
+        )
+        .await;
+    }
+    let r = status(c.specs[3].addr, &c.key).await.unwrap();
+    assert!(r.nodes.iter().any(|n| n.name == "n4" && !n.voter));
+    c.stop_all().await;
+}

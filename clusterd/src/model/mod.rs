@@ -834,8 +834,9 @@ pub struct State {
     pub declared: BTreeMap<String, Declared>,
     /// Membership as last recorded in the history: (voters, learners).
     pub recorded_membership: (Vec<String>, Vec<String>),
-    /// Bounded event history, oldest first.
-    pub events: VecDeque<Event>,
+    /// Bounded event history, oldest first. Each event is shared, so that publishing the state
+    /// after every apply copies pointers, not the history (which may reach tens of MB).
+    pub events: VecDeque<std::sync::Arc<Event>>,
     /// Sequence number of the next event.
     pub next_event_seq: u64,
     /// How many events to keep.
@@ -1334,15 +1335,61 @@ impl State {
     }
 
     fn push_event(&mut self, at_ms: u64, kind: EventKind) {
-        self.events.push_back(Event {
+        self.events.push_back(std::sync::Arc::new(Event {
             seq: self.next_event_seq,
             at_ms,
-            kind,
-        });
+            kind: bounded(kind),
+        }));
         self.next_event_seq += 1;
         while self.events.len() > self.history_limit {
             self.events.pop_front();
         }
+    }
+}
+
+/// Largest encoded event the history keeps whole: a longer one has its long texts (a probe's
+/// output, an agent's error) cut, so that the replicated state stays within
+/// `history_limit * MAX_EVENT_BYTES` (the budget `check-config` enforces).
+pub const MAX_EVENT_BYTES: usize = 8 * 1024;
+/// Largest replicated state the configuration may allow: what a snapshot may reach.
+pub const MAX_STATE_BYTES: usize = 64 * 1024 * 1024;
+
+/// `kind`, with its longest texts cut until it encodes within [`MAX_EVENT_BYTES`]. Pure and
+/// deterministic, as everything `apply` does: every node cuts the same way.
+fn bounded(kind: EventKind) -> EventKind {
+    let encoded = |k: &serde_json::Value| serde_json::to_vec(k).map_or(usize::MAX, |v| v.len());
+    let Ok(mut value) = serde_json::to_value(&kind) else {
+        return kind;
+    };
+    if encoded(&value) <= MAX_EVENT_BYTES {
+        return kind;
+    }
+    for keep in [1024, 256, 64] {
+        clip_texts(&mut value, keep);
+        if encoded(&value) <= MAX_EVENT_BYTES {
+            break;
+        }
+    }
+    serde_json::from_value(value).unwrap_or(kind)
+}
+
+/// Cut every string in `v` longer than `keep` bytes to `keep` (at a character boundary),
+/// marking the cut.
+fn clip_texts(v: &mut serde_json::Value, keep: usize) {
+    match v {
+        serde_json::Value::String(s) if s.len() > keep => {
+            let mut end = keep;
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            s.truncate(end);
+            s.push_str(" [cut]");
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|i| clip_texts(i, keep)),
+        serde_json::Value::Object(fields) => {
+            fields.values_mut().for_each(|f| clip_texts(f, keep));
+        }
+        _ => {}
     }
 }
 
@@ -1415,6 +1462,64 @@ pub fn describe_difference(cluster: &[AddressSpec], declared: &[AddressSpec]) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn size(kind: &EventKind) -> usize {
+        serde_json::to_vec(kind).unwrap().len()
+    }
+
+    #[test]
+    fn an_event_with_a_huge_text_is_cut_to_the_event_limit_the_same_way_everywhere() {
+        let failed = |error: String| EventKind::FenceFailed {
+            node: "mx2".into(),
+            agent: "redfish".into(),
+            attempt: 3,
+            error,
+            retry_in_ms: 5000,
+        };
+        let huge = failed("é".repeat(30_000));
+        assert!(size(&huge) > MAX_EVENT_BYTES);
+        let cut = bounded(huge.clone());
+        assert!(size(&cut) <= MAX_EVENT_BYTES, "{} bytes", size(&cut));
+        assert_eq!(cut, bounded(huge));
+        let EventKind::FenceFailed {
+            node,
+            error,
+            attempt,
+            ..
+        } = cut
+        else {
+            panic!("the kind changed");
+        };
+        assert_eq!((node.as_str(), attempt), ("mx2", 3));
+        assert!(error.ends_with(" [cut]") && error.starts_with("éé"));
+        // What fits is kept whole: the longest drill report is.
+        let report = EventKind::DrillReport {
+            node: "mx1".into(),
+            result: "r".repeat(MAX_NOTE_LEN * 4),
+        };
+        assert_eq!(bounded(report.clone()), report);
+    }
+
+    #[test]
+    fn the_history_at_its_limit_stays_within_the_state_budget_it_was_configured_for() {
+        let limit = 50;
+        let mut s = State::new(limit);
+        for i in 0..(limit as u64 * 2) {
+            s.push_event(
+                i,
+                EventKind::HealthChanged {
+                    node: "mx1".into(),
+                    check: "imap".into(),
+                    from: Some(Health::Passing),
+                    to: Health::Critical,
+                    reason: format!("{i} {}", "x".repeat(20_000)),
+                },
+            );
+        }
+        assert_eq!(s.events.len(), limit);
+        let bytes = serde_json::to_vec(&s.events).unwrap().len();
+        assert!(bytes <= limit * MAX_EVENT_BYTES, "{bytes} bytes");
+    }
 
     fn spec(ip: &str, home: &str) -> AddressSpec {
         AddressSpec {

@@ -35,9 +35,54 @@ pub const APPEND_BODY_LIMIT: usize =
     MAX_APPEND_ENTRIES as usize * (crate::model::MAX_COMMAND_BYTES + 1024) + 64 * 1024;
 /// Snapshot bytes sent per InstallSnapshot request (openraft's `snapshot_max_chunk_size`).
 pub const SNAPSHOT_CHUNK: u64 = 1024 * 1024;
-/// Largest InstallSnapshot body a node accepts: one chunk as JSON (a byte takes up to 4
-/// characters) plus the snapshot's metadata.
-pub const SNAPSHOT_BODY_LIMIT: usize = 4 * SNAPSHOT_CHUNK as usize + 64 * 1024;
+/// Largest metadata part of a snapshot chunk ([`encode_snapshot_chunk`]).
+pub const MAX_CHUNK_META: usize = 64 * 1024;
+/// Largest InstallSnapshot body a node accepts: one chunk's bytes as they are, plus its
+/// metadata.
+pub const SNAPSHOT_BODY_LIMIT: usize = SNAPSHOT_CHUNK as usize + MAX_CHUNK_META;
+/// Content type of a snapshot chunk on the wire.
+pub const SNAPSHOT_CONTENT_TYPE: &str = "application/vnd.clusterd.snapshot-chunk";
+
+/// A snapshot chunk on the wire: the length of the metadata (4 bytes, big-endian), the
+/// request without its data as JSON, then the data's bytes as they are (JSON would spend up to
+/// four characters on each byte).
+pub fn encode_snapshot_chunk(
+    req: &InstallSnapshotRequest<TypeConfig>,
+) -> Result<Vec<u8>, serde_json::Error> {
+    let meta = serde_json::to_vec(&InstallSnapshotRequest::<TypeConfig> {
+        vote: req.vote,
+        meta: req.meta.clone(),
+        offset: req.offset,
+        data: Vec::new(),
+        done: req.done,
+    })?;
+    let len = u32::try_from(meta.len()).unwrap_or(u32::MAX);
+    let mut body = Vec::with_capacity(4 + meta.len() + req.data.len());
+    body.extend_from_slice(&len.to_be_bytes());
+    body.extend_from_slice(&meta);
+    body.extend_from_slice(&req.data);
+    Ok(body)
+}
+
+/// The request [`encode_snapshot_chunk`] wrote, or why `body` is not one.
+pub fn decode_snapshot_chunk(body: &[u8]) -> Result<InstallSnapshotRequest<TypeConfig>, String> {
+    let (len, rest) = body
+        .split_first_chunk::<4>()
+        .ok_or("a snapshot chunk shorter than its length prefix")?;
+    let len = u32::from_be_bytes(*len) as usize;
+    if len > MAX_CHUNK_META || len > rest.len() {
+        return Err(format!(
+            "a snapshot chunk's metadata of {len} bytes (at most {MAX_CHUNK_META}, and no more \
+             than the {} bytes that follow)",
+            rest.len()
+        ));
+    }
+    let (meta, data) = rest.split_at(len);
+    let mut req: InstallSnapshotRequest<TypeConfig> = serde_json::from_slice(meta)
+        .map_err(|e| format!("a snapshot chunk's metadata does not parse: {e}"))?;
+    req.data = data.to_vec();
+    Ok(req)
+}
 /// Largest body of every other request (votes and the admin API).
 pub const SMALL_BODY_LIMIT: usize = 128 * 1024;
 
@@ -225,7 +270,27 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let result = self.call_inner(action, path, req, option).await;
+        let body = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        self.call_with(action, path, body, "application/json", option)
+            .await
+    }
+
+    /// [`PeerClient::call`] with a body already encoded as `content_type`.
+    async fn call_with<Resp, E>(
+        &self,
+        action: RPCTypes,
+        path: &str,
+        body: Vec<u8>,
+        content_type: &'static str,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, Member, E>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let result = self
+            .call_inner(action, path, body, content_type, option)
+            .await;
         self.note(match &result {
             Ok(_) | Err(RPCError::RemoteError(_)) => Ok(()),
             Err(e) => Err(e.to_string()),
@@ -233,25 +298,24 @@ impl PeerClient {
         result
     }
 
-    async fn call_inner<Req, Resp, E>(
+    async fn call_inner<Resp, E>(
         &self,
         action: RPCTypes,
         path: &str,
-        req: &Req,
+        body: Vec<u8>,
+        content_type: &'static str,
         option: &RPCOption,
     ) -> Result<Resp, RPCError<NodeId, Member, E>>
     where
-        Req: Serialize,
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let body = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let url = format!("http://{}{}", self.node.addr, path);
         let mut request = self
             .client
             .post(&url)
             .timeout(option.hard_ttl())
-            .header(reqwest::header::CONTENT_TYPE, "application/json");
+            .header(reqwest::header::CONTENT_TYPE, content_type);
         for (name, value) in auth::sign_headers(&self.key, "POST", path, &self.node.name, &body) {
             request = request.header(name, value);
         }
@@ -340,8 +404,16 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.call(RPCTypes::InstallSnapshot, paths::SNAPSHOT, &rpc, &option)
-            .await
+        let body =
+            encode_snapshot_chunk(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        self.call_with(
+            RPCTypes::InstallSnapshot,
+            paths::SNAPSHOT,
+            body,
+            SNAPSHOT_CONTENT_TYPE,
+            &option,
+        )
+        .await
     }
 
     async fn vote(
@@ -360,6 +432,58 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn chunk(data: Vec<u8>) -> InstallSnapshotRequest<TypeConfig> {
+        InstallSnapshotRequest {
+            vote: openraft::Vote::new_committed(3, 7),
+            meta: openraft::SnapshotMeta {
+                last_log_id: Some(openraft::LogId::new(
+                    openraft::CommittedLeaderId::new(3, 7),
+                    42,
+                )),
+                last_membership: Default::default(),
+                snapshot_id: "3-42".into(),
+            },
+            offset: 1024,
+            data,
+            done: false,
+        }
+    }
+
+    #[test]
+    fn a_snapshot_chunk_travels_as_its_bytes_and_comes_back_whole() {
+        let data: Vec<u8> = (0..=255u8).cycle().take(SNAPSHOT_CHUNK as usize).collect();
+        let req = chunk(data.clone());
+        let body = encode_snapshot_chunk(&req).unwrap();
+        // The data costs one byte per byte: a full chunk fits the route's limit.
+        assert!(body.len() <= SNAPSHOT_BODY_LIMIT, "{} bytes", body.len());
+        assert!(body.len() < data.len() + 1024);
+        let back = decode_snapshot_chunk(&body).unwrap();
+        assert_eq!(back.data, data);
+        assert_eq!(back.offset, 1024);
+        assert_eq!(back.meta.snapshot_id, "3-42");
+        assert_eq!(back.vote, req.vote);
+        assert!(!back.done);
+    }
+
+    #[test]
+    fn a_malformed_snapshot_chunk_is_refused_not_trusted() {
+        let good = encode_snapshot_chunk(&chunk(vec![1, 2, 3])).unwrap();
+        assert!(decode_snapshot_chunk(&[]).is_err());
+        assert!(decode_snapshot_chunk(&[0, 0]).is_err());
+        // A length past the end, or past the metadata limit.
+        let mut long = good.clone();
+        long[..4].copy_from_slice(&(good.len() as u32).to_be_bytes());
+        assert!(decode_snapshot_chunk(&long).is_err());
+        let mut huge = good.clone();
+        huge[..4].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(decode_snapshot_chunk(&huge).is_err());
+        // Metadata that is not the request's.
+        let mut garbled = good.clone();
+        garbled[4] = b'[';
+        assert!(decode_snapshot_chunk(&garbled).is_err());
+        assert_eq!(decode_snapshot_chunk(&good).unwrap().data, vec![1, 2, 3]);
+    }
 
     #[test]
     fn a_batch_takes_entries_up_to_its_budget_and_always_one() {

@@ -42,7 +42,12 @@ const KEY_VOTE: &str = "vote";
 const KEY_COMMITTED: &str = "committed";
 const KEY_PURGED: &str = "last_purged";
 const KEY_STATE: &str = "state";
-const KEY_SNAPSHOT: &str = "snapshot";
+/// The latest snapshot as one JSON value with its bytes as a number array (older stores; read,
+/// never written).
+const KEY_SNAPSHOT_LEGACY: &str = "snapshot";
+/// The latest snapshot's metadata (JSON) and its bytes (as they are).
+const KEY_SNAPSHOT_META: &str = "snapshot.meta";
+const KEY_SNAPSHOT_DATA: &str = "snapshot.data";
 
 /// The file name of the store inside the data directory.
 pub const DB_FILE: &str = "clusterd.redb";
@@ -345,9 +350,41 @@ struct StoredSnapshot {
     data: Vec<u8>,
 }
 
+/// The latest snapshot stored in `db`, in either layout.
+fn get_snapshot(db: &Database) -> StorageResult<Option<StoredSnapshot>> {
+    let meta: Option<SnapshotMeta<NodeId, Member>> = get_json(db, SM, KEY_SNAPSHOT_META)?;
+    if let Some(meta) = meta {
+        let txn = db.begin_read().map_err(read_err)?;
+        let table = txn.open_table(SM).map_err(read_err)?;
+        let data = table
+            .get(KEY_SNAPSHOT_DATA)
+            .map_err(read_err)?
+            .map(|v| v.value().to_vec())
+            .unwrap_or_default();
+        return Ok(Some(StoredSnapshot { meta, data }));
+    }
+    get_json(db, SM, KEY_SNAPSHOT_LEGACY)
+}
+
+/// Write `snap` as the latest snapshot into `table` (its bytes as they are).
+fn put_snapshot(
+    table: &mut redb::Table<'_, &str, &[u8]>,
+    snap: &StoredSnapshot,
+) -> StorageResult<()> {
+    let meta = serde_json::to_vec(&snap.meta).map_err(write_err)?;
+    table
+        .insert(KEY_SNAPSHOT_META, meta.as_slice())
+        .map_err(write_err)?;
+    table
+        .insert(KEY_SNAPSHOT_DATA, snap.data.as_slice())
+        .map_err(write_err)?;
+    table.remove(KEY_SNAPSHOT_LEGACY).map_err(write_err)?;
+    Ok(())
+}
+
 fn load_state_machine(db: &Database) -> StorageResult<SmData> {
     let persisted: Option<SmData> = get_json(db, SM, KEY_STATE)?;
-    let snapshot: Option<StoredSnapshot> = get_json(db, SM, KEY_SNAPSHOT)?;
+    let snapshot = get_snapshot(db)?;
     let from_snapshot = match snapshot {
         Some(s) => Some(serde_json::from_slice::<SmData>(&s.data).map_err(read_err)?),
         None => None,
@@ -457,29 +494,36 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StorageResult<()> {
         let bytes = snapshot.into_inner();
-        let mut data: SmData = serde_json::from_slice(&bytes)
-            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), any(e)))?;
-        data.state.history_limit = self.data.state.history_limit;
-        data.last_applied = meta.last_log_id;
-        data.last_membership = meta.last_membership.clone();
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data: bytes,
-        };
         let db = self.db.clone();
-        let to_persist = data.clone();
-        blocking(move || {
+        let history_limit = self.data.state.history_limit;
+        let meta_owned = meta.clone();
+        // Parsing and writing tens of MB: off the runtime's threads, so that heartbeats and
+        // votes keep flowing meanwhile.
+        let data = blocking(move || {
+            let mut data: SmData = serde_json::from_slice(&bytes).map_err(|e| {
+                StorageError::from(StorageIOError::read_snapshot(
+                    Some(meta_owned.signature()),
+                    any(e),
+                ))
+            })?;
+            data.state.history_limit = history_limit;
+            data.last_applied = meta_owned.last_log_id;
+            data.last_membership = meta_owned.last_membership.clone();
+            let stored = StoredSnapshot {
+                meta: meta_owned,
+                data: bytes,
+            };
             let mut txn = db.begin_write().map_err(write_err)?;
             txn.set_durability(Durability::Immediate)
                 .map_err(write_err)?;
             {
                 let mut t = txn.open_table(SM).map_err(write_err)?;
-                let state = serde_json::to_vec(&to_persist).map_err(write_err)?;
-                let snap = serde_json::to_vec(&stored).map_err(write_err)?;
+                let state = serde_json::to_vec(&data).map_err(write_err)?;
                 t.insert(KEY_STATE, state.as_slice()).map_err(write_err)?;
-                t.insert(KEY_SNAPSHOT, snap.as_slice()).map_err(write_err)?;
+                put_snapshot(&mut t, &stored)?;
             }
-            txn.commit().map_err(write_err)
+            txn.commit().map_err(write_err)?;
+            Ok(data)
         })
         .await?;
         self.data = data;
@@ -494,8 +538,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
         let db = self.db.clone();
-        let stored: Option<StoredSnapshot> =
-            blocking(move || get_json(&db, SM, KEY_SNAPSHOT)).await?;
+        let stored = blocking(move || get_snapshot(&db)).await?;
         Ok(stored.map(|s| Snapshot {
             meta: s.meta,
             snapshot: Box::new(Cursor::new(s.data)),
@@ -513,7 +556,6 @@ pub struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
-        let bytes = serde_json::to_vec(&self.data).map_err(write_err)?;
         let snapshot_id = match self.data.last_applied {
             Some(l) => format!("{}-{}-{}", l.leader_id, l.index, self.seq),
             None => format!("empty-{}", self.seq),
@@ -523,13 +565,26 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             last_membership: self.data.last_membership.clone(),
             snapshot_id,
         };
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data: bytes.clone(),
-        };
         let db = self.db.clone();
-        blocking(move || put_json(&db, SM, &[(KEY_SNAPSHOT, &stored)], Durability::Immediate))
-            .await?;
+        let data = std::mem::take(&mut self.data);
+        let stored_meta = meta.clone();
+        // Encoding and writing tens of MB: off the runtime's threads.
+        let bytes = blocking(move || {
+            let stored = StoredSnapshot {
+                meta: stored_meta,
+                data: serde_json::to_vec(&data).map_err(write_err)?,
+            };
+            let mut txn = db.begin_write().map_err(write_err)?;
+            txn.set_durability(Durability::Immediate)
+                .map_err(write_err)?;
+            {
+                let mut t = txn.open_table(SM).map_err(write_err)?;
+                put_snapshot(&mut t, &stored)?;
+            }
+            txn.commit().map_err(write_err)?;
+            Ok(stored.data)
+        })
+        .await?;
         tracing::debug!(snapshot = %meta.snapshot_id, "built a snapshot");
         Ok(Snapshot {
             meta,
@@ -551,6 +606,51 @@ mod tests {
             let (log, sm, _rx) = open(dir.path(), 100).map_err(write_err)?;
             Ok((dir, log, sm))
         }
+    }
+
+    #[test]
+    fn a_snapshot_is_stored_as_its_bytes_and_one_in_the_older_layout_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("t.redb")).unwrap();
+        let snap = |id: &str, data: Vec<u8>| StoredSnapshot {
+            meta: SnapshotMeta {
+                last_log_id: None,
+                last_membership: Default::default(),
+                snapshot_id: id.into(),
+            },
+            data,
+        };
+        // The older layout: one JSON value, bytes as numbers.
+        put_json(
+            &db,
+            SM,
+            &[(KEY_SNAPSHOT_LEGACY, &snap("old", vec![7, 8, 9]))],
+            Durability::Immediate,
+        )
+        .unwrap();
+        let loaded = get_snapshot(&db).unwrap().unwrap();
+        assert_eq!(
+            (loaded.meta.snapshot_id.as_str(), loaded.data),
+            ("old", vec![7, 8, 9])
+        );
+        // The current layout replaces it; its bytes are stored as they are.
+        let data: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut t = txn.open_table(SM).unwrap();
+            put_snapshot(&mut t, &snap("new", data.clone())).unwrap();
+        }
+        txn.commit().unwrap();
+        let loaded = get_snapshot(&db).unwrap().unwrap();
+        assert_eq!(loaded.meta.snapshot_id, "new");
+        assert_eq!(loaded.data, data);
+        let txn = db.begin_read().unwrap();
+        let t = txn.open_table(SM).unwrap();
+        assert_eq!(
+            t.get(KEY_SNAPSHOT_DATA).unwrap().unwrap().value().len(),
+            100_000
+        );
+        assert!(t.get(KEY_SNAPSHOT_LEGACY).unwrap().is_none());
     }
 
     #[test]
