@@ -65,7 +65,7 @@ pub mod zones;
 pub use answers::{FailTransition, NameAnswer, NameState, fail_transitions, name_answers};
 pub use bind::{bind_tcp, bind_udp};
 pub use ratelimit::RateLimit;
-pub use server::{ServeError, ServeOptions, serve, serve_counted};
+pub use server::{Responder, ServeError, ServeOptions, serve, serve_counted};
 pub use snapshot::{Address, NameServer, Snapshot, SnapshotError, Srv, Zone};
 pub use stats::{QueryCount, QueryStats};
 pub use zones::{Answer, Outcome, SOA_MINIMUM, Zones};

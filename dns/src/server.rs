@@ -484,3 +484,52 @@ async fn send<'a, R: ResponseHandler>(
         }
     }
 }
+
+/// The server's answer path without sockets: what the UDP loop (answer cache included) and a
+/// TCP connection do with one message. For fuzzing and tests of the whole path from bytes in to
+/// bytes out.
+#[derive(Debug)]
+pub struct Responder {
+    handler: Handler,
+    cache: crate::cache::AnswerCache,
+    outbox: crate::wire::Outbox,
+}
+
+impl Responder {
+    /// A responder serving `snapshot` with `options` (an invalid snapshot serves nothing).
+    pub fn new(snapshot: &Snapshot, options: &ServeOptions) -> Responder {
+        let current = Arc::new(ArcSwap::from_pointee(Zones::empty()));
+        install(&current, snapshot);
+        let handler = Handler {
+            zones: current,
+            limiter: options.rate_limit.map(|l| Arc::new(Limiter::new(l))),
+            max_udp_payload: options.max_udp_payload.max(512),
+            stats: QueryStats::new().shard(),
+        };
+        let cache = crate::cache::AnswerCache::new(handler.zones().clone());
+        Responder {
+            handler,
+            cache,
+            outbox: crate::wire::Outbox::default(),
+        }
+    }
+
+    /// The answer to `message` received over UDP from `src`, if one is sent.
+    pub async fn udp(&mut self, message: &[u8], src: std::net::SocketAddr) -> Option<Vec<u8>> {
+        crate::cache::answer_udp(&self.handler, &mut self.cache, message, src, &self.outbox).await;
+        self.outbox.take().into_iter().next().map(|(wire, _)| wire)
+    }
+
+    /// The answer to `message` received over TCP from `src`, if one is sent.
+    pub async fn tcp(&self, message: &[u8], src: std::net::SocketAddr) -> Option<Vec<u8>> {
+        crate::wire::answer_message(
+            &self.handler,
+            message,
+            src,
+            hickory_net::xfer::Protocol::Tcp,
+            &self.outbox,
+        )
+        .await;
+        self.outbox.take().into_iter().next().map(|(wire, _)| wire)
+    }
+}

@@ -71,9 +71,31 @@ pub(crate) async fn answer_message(
     }
 }
 
+/// Whether the first question's name uses a compression pointer. The first name of a message
+/// has nothing before it to point to but the header, so such a query is malformed; it must not
+/// reach the handler either, because the response echoes the question's bytes as received and
+/// the pointer would then land in the response's own (different) header.
+fn first_name_compressed(bytes: &[u8]) -> bool {
+    let mut at = HEADER_BYTES;
+    while let Some(&len) = bytes.get(at) {
+        if len & 0xC0 != 0 {
+            return true;
+        }
+        if len == 0 {
+            return false;
+        }
+        at += usize::from(len) + 1;
+    }
+    false
+}
+
+/// Length of a DNS header.
+const HEADER_BYTES: usize = 12;
+
 /// Parses one message from `src` into a request for the handler. A message whose header is
-/// readable but whose body is not gets FORMERR (queued into `outbox`); a response, or a message
-/// without a readable header, gets nothing. `None` unless there is a query to answer.
+/// readable but whose body is not (or whose question name is compressed) gets FORMERR (queued
+/// into `outbox`); a response, or a message without a readable header, gets nothing. `None`
+/// unless there is a query to answer.
 pub(crate) fn parse_query(
     handler: &Handler,
     bytes: &[u8],
@@ -81,7 +103,12 @@ pub(crate) fn parse_query(
     protocol: Protocol,
     outbox: &Outbox,
 ) -> Option<Request> {
-    match Request::from_bytes(bytes.to_vec(), src, protocol) {
+    let parsed = if first_name_compressed(bytes) {
+        Err("the question's name is compressed".to_string())
+    } else {
+        Request::from_bytes(bytes.to_vec(), src, protocol).map_err(|e| e.to_string())
+    };
+    match parsed {
         Ok(request) => (request.metadata.message_type != MessageType::Response).then_some(request),
         Err(e) => {
             let mut decoder = BinDecoder::new(bytes);

@@ -879,3 +879,25 @@ async fn any_at_the_apex_gets_one_rrset_not_every_record() {
     }
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_question_with_a_compressed_name_gets_formerr_not_a_broken_echo() {
+    // Found by fuzzing: the name is a pointer into the header. Echoed as received, it would
+    // point into the response's own header, whose flags differ: an undecodable answer.
+    let server = TestServer::start(example_snapshot(1)).await;
+    let query = [
+        0x42, 0x42, 0x01, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // header
+        0xc0, 0x02, // the question's name: a pointer to offset 2
+        0x00, 0x01, 0x00, 0x01, // A, IN
+    ];
+    let answer = raw_udp(server.addr, &query, DEADLINE)
+        .await
+        .expect("an answer");
+    let m = Message::from_vec(&answer).expect("an answer that is a DNS message");
+    assert_eq!(m.metadata.id, 0x4242);
+    assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
+    // The server still answers normally.
+    let out = dig(server.addr, &[&fqdn("imap"), "A"]).await;
+    assert_eq!(dig_status(&out), "NOERROR", "{out}");
+    server.stop().await;
+}

@@ -541,13 +541,14 @@ fn unix_now() -> i64 {
 /// A warning when a certificate valid until `not_after` (unix s) expires within `warn` of
 /// `now`, or already expired.
 pub fn expiry_warning(not_after: i64, warn: Duration, now: i64) -> Option<String> {
-    let left = not_after - now;
+    // Saturating: the time comes from a certificate the server chose.
+    let left = not_after.saturating_sub(now);
     if left < 0 {
         Some(format!(
             "the certificate expired {} days ago",
-            (-left) / 86_400
+            left.unsigned_abs() / 86_400
         ))
-    } else if (left as u64) < warn.as_secs() {
+    } else if left.unsigned_abs() < warn.as_secs() {
         Some(format!("the certificate expires in {} days", left / 86_400))
     } else {
         None

@@ -548,6 +548,9 @@ fn expiry_warnings() {
     let day = 86_400;
     let warn = Duration::from_secs(14 * day as u64);
     assert_eq!(expiry_warning(100 * day, warn, 0), None);
+    // Extreme times a hostile certificate could carry (found by fuzzing): no overflow.
+    assert!(expiry_warning(i64::MIN, warn, i64::MAX).is_some());
+    assert_eq!(expiry_warning(i64::MAX, warn, i64::MIN), None);
     assert_eq!(
         expiry_warning(3 * day, warn, 0).as_deref(),
         Some("the certificate expires in 3 days")

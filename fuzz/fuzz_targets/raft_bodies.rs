@@ -1,0 +1,29 @@
+//! Any bytes as the body of a Raft RPC (AppendEntries, vote, a snapshot chunk) or of its answer:
+//! decoded without a panic; a snapshot chunk that decodes encodes back to the same request.
+#![no_main]
+
+use clusterd::model::NodeId;
+use clusterd::raft::TypeConfig;
+use clusterd::raft::network::{decode_snapshot_chunk, encode_snapshot_chunk};
+use libfuzzer_sys::fuzz_target;
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotResponse, VoteRequest, VoteResponse,
+};
+
+fuzz_target!(|data: &[u8]| {
+    let _ = serde_json::from_slice::<AppendEntriesRequest<TypeConfig>>(data);
+    let _ = serde_json::from_slice::<VoteRequest<NodeId>>(data);
+    let _ =
+        serde_json::from_slice::<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>>(data);
+    let _ = serde_json::from_slice::<Result<VoteResponse<NodeId>, RaftError<NodeId>>>(data);
+    let _ = serde_json::from_slice::<
+        Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
+    >(data);
+    if let Ok(req) = decode_snapshot_chunk(data) {
+        let again = encode_snapshot_chunk(&req).expect("a decoded chunk encodes");
+        let back = decode_snapshot_chunk(&again).expect("an encoded chunk decodes");
+        assert_eq!(back.data, req.data);
+        assert_eq!(back.offset, req.offset);
+    }
+});
