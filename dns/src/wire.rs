@@ -71,20 +71,30 @@ pub(crate) async fn answer_message(
     }
 }
 
-/// Whether the first question's name uses a compression pointer. The first name of a message
-/// has nothing before it to point to but the header, so such a query is malformed; it must not
-/// reach the handler either, because the response echoes the question's bytes as received and
-/// the pointer would then land in the response's own (different) header.
-fn first_name_compressed(bytes: &[u8]) -> bool {
+/// Whether a name in the question section uses a compression pointer. The response echoes
+/// the question section's bytes as received, where a pointer into the header (or anywhere its
+/// bytes differ) would land in the response's own header: no client compresses its question
+/// (the first name of a message has nothing before it to point to), and a query with several
+/// questions may be refused anyway (RFC 9619), so such a query gets FORMERR.
+fn question_compressed(bytes: &[u8]) -> bool {
+    let questions = bytes
+        .get(4..6)
+        .map_or(0, |c| u16::from_be_bytes([c[0], c[1]]));
     let mut at = HEADER_BYTES;
-    while let Some(&len) = bytes.get(at) {
-        if len & 0xC0 != 0 {
-            return true;
+    for _ in 0..questions {
+        loop {
+            let Some(&len) = bytes.get(at) else {
+                return false;
+            };
+            if len & 0xC0 != 0 {
+                return true;
+            }
+            at += usize::from(len) + 1;
+            if len == 0 {
+                break;
+            }
         }
-        if len == 0 {
-            return false;
-        }
-        at += usize::from(len) + 1;
+        at += 4; // type and class
     }
     false
 }
@@ -93,7 +103,7 @@ fn first_name_compressed(bytes: &[u8]) -> bool {
 const HEADER_BYTES: usize = 12;
 
 /// Parses one message from `src` into a request for the handler. A message whose header is
-/// readable but whose body is not (or whose question name is compressed) gets FORMERR (queued
+/// readable but whose body is not (or whose question section is compressed) gets FORMERR (queued
 /// into `outbox`); a response, or a message without a readable header, gets nothing. `None`
 /// unless there is a query to answer.
 pub(crate) fn parse_query(
@@ -103,8 +113,8 @@ pub(crate) fn parse_query(
     protocol: Protocol,
     outbox: &Outbox,
 ) -> Option<Request> {
-    let parsed = if first_name_compressed(bytes) {
-        Err("the question's name is compressed".to_string())
+    let parsed = if question_compressed(bytes) {
+        Err("a question's name is compressed".to_string())
     } else {
         Request::from_bytes(bytes.to_vec(), src, protocol).map_err(|e| e.to_string())
     };
@@ -192,5 +202,36 @@ impl ResponseHandler for Collector {
         };
         self.outbox.push(wire, self.dst);
         Ok(info)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A query header with `questions` questions, then `rest`.
+    fn query(questions: u8, rest: &[u8]) -> Vec<u8> {
+        let mut q = vec![0x42, 0x42, 0x01, 0x00, 0x00, questions, 0, 0, 0, 0, 0, 0];
+        q.extend_from_slice(rest);
+        q
+    }
+
+    #[test]
+    fn a_pointer_in_any_question_is_found_and_plain_names_pass() {
+        let plain = b"\x04imap\x04mail\x00\x00\x01\x00\x01";
+        assert!(!question_compressed(&query(1, plain)));
+        assert!(question_compressed(&query(1, b"\xc0\x02\x00\x01\x00\x01")));
+        assert!(question_compressed(&query(
+            1,
+            b"\x04imap\xc0\x02\x00\x01\x00\x01"
+        )));
+        // The second question points back: found too.
+        let mut two = plain.to_vec();
+        two.extend_from_slice(b"\x03pop\xc0\x0c\x00\x01\x00\x01");
+        assert!(question_compressed(&query(2, &two)));
+        // Truncated or empty: left to the parser.
+        assert!(!question_compressed(&query(1, b"\x04im")));
+        assert!(!question_compressed(&query(0, b"")));
+        assert!(!question_compressed(&[0x42]));
     }
 }
