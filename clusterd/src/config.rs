@@ -2105,7 +2105,7 @@ fn check_absolute(v: &mut Problems, field: &str, path: &Path, example: &str) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A valid two-mail-nodes-plus-witness configuration, seen from mx1.
@@ -2150,7 +2150,7 @@ mx = ["mail"]
 names = { imap = ["imap"], smtp = ["smtp"], mail = ["imap", "smtp"] }
 "#;
 
-    pub(super) fn base() -> Config {
+    pub(crate) fn base() -> Config {
         match parse(BASE) {
             Ok(c) => c,
             Err(e) => panic!("BASE must validate:\n{e}"),

@@ -305,8 +305,8 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<(), Failure> 
             // The daemon refuses to start without a usable key: so does check-config.
             ClusterKey::load(&cfg.node.key_file)
                 .map_err(|e| Failure::usage(format!("{}: node.key_file: {e}", path.display())))?;
-            // Every fence would refuse a secret file others may read: check-config says so now.
-            crate::fence::check_secret_files(&cfg.fencing)
+            // Every reader refuses a secret file others may read: check-config says so now.
+            crate::fence::check_secret_files(&cfg)
                 .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
             writeln!(
                 out,

@@ -276,7 +276,7 @@ pub async fn run_with<N: crate::vip::NetOps>(
     let key = ClusterKey::load(&config.node.key_file)?;
     // A fence secret open to others is refused when a fence reads it; say so now, not at the
     // first fence.
-    if let Err(e) = crate::fence::check_secret_files(&config.fencing) {
+    if let Err(e) = crate::fence::check_secret_files(&config) {
         warn!("{e}; fences that need these files will fail until they are fixed");
     }
     // Bound before anything starts, so a taken port stops the daemon with a clear error.

@@ -25,8 +25,8 @@ use tracing::{error, info, warn};
 use crate::api;
 use crate::auth;
 use crate::config::{
-    Config, ConfigError, DEFAULT_WEBHOOK_BODY, FenceAgentConfig, FenceAgentKind, FencingConfig,
-    OptionsViaKind, Problem, RedfishAuthKind,
+    Config, ConfigError, DEFAULT_WEBHOOK_BODY, FenceAgentConfig, FenceAgentKind, OptionsViaKind,
+    Problem, RedfishAuthKind,
 };
 use crate::daemon::Shared;
 use crate::model::plan::Liveness;
@@ -102,30 +102,40 @@ pub fn build_agent(node: &str, a: &FenceAgentConfig) -> Result<Arc<dyn Fencer>, 
     })
 }
 
-/// The secret files of `[fencing]` that every fence would refuse for their mode (group or
-/// others have access: [`Secret::check_mode`]), one problem per file, named by its field;
-/// `check-config` reports them. A file that cannot be inspected (not there yet, or out of this
-/// user's reach) is left to the fence, which names what is wrong with it.
-pub fn check_secret_files(fencing: &FencingConfig) -> Result<(), ConfigError> {
+/// The secret files `config` names (fence agents' password and token files, checks' test
+/// login password files) that would be refused for their mode (group or others have access:
+/// [`Secret::check_mode`]), one problem per file, named by its field; `check-config` reports
+/// them and the daemon warns at start. A file that cannot be inspected (not there yet, or out
+/// of this user's reach) is left to its reader, which names what is wrong with it.
+pub fn check_secret_files(config: &Config) -> Result<(), ConfigError> {
     use std::os::unix::fs::PermissionsExt;
-    let mut problems = Vec::new();
-    for (node, a) in &fencing.nodes {
-        for (field, path) in [
+    let fences = config.fencing.nodes.iter().flat_map(|(node, a)| {
+        [
             ("password_file", &a.password_file),
             ("token_file", &a.token_file),
-        ] {
-            let Some(path) = path else { continue };
-            let Ok(meta) = std::fs::metadata(path) else {
-                continue;
-            };
-            if let Err(e) = Secret::check_mode(path, meta.permissions().mode()) {
-                problems.push(Problem {
-                    field: format!("fencing.nodes.{node}.{field}"),
-                    message: e.to_string(),
-                });
-            }
-        }
-    }
+        ]
+        .into_iter()
+        .filter_map(move |(field, path)| {
+            Some((format!("fencing.nodes.{node}.{field}"), path.as_ref()?))
+        })
+    });
+    let checks = config.checks.iter().filter_map(|(name, c)| {
+        Some((
+            format!("checks.{name}.password_file"),
+            c.password_file.as_ref()?,
+        ))
+    });
+    let problems: Vec<Problem> = fences
+        .chain(checks)
+        .filter_map(|(field, path)| {
+            let mode = std::fs::metadata(path).ok()?.permissions().mode();
+            let e = Secret::check_mode(path, mode).err()?;
+            Some(Problem {
+                field,
+                message: e.to_string(),
+            })
+        })
+        .collect();
     if problems.is_empty() {
         Ok(())
     } else {
@@ -386,12 +396,13 @@ mod tests {
     use crate::model::{AddressSpec, Member, Role};
 
     #[test]
-    fn check_config_refuses_a_fence_secret_file_open_to_group_or_others() {
+    fn check_config_refuses_a_secret_file_open_to_group_or_others() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let pass = dir.path().join("bmc.pass");
         std::fs::write(&pass, "pw\n").unwrap();
-        let fencing: FencingConfig = toml::from_str(&format!(
+        let mut config = crate::config::tests::base();
+        config.fencing = toml::from_str(&format!(
             "[nodes.mx2]\nagent = \"exec\"\ncommand = [\"/usr/sbin/fence_ipmilan\"]\n\
              password_file = {:?}\n\n[nodes.mx3]\nagent = \"exec\"\n\
              command = [\"/usr/sbin/fence_ipmilan\"]\npassword_file = \"/nonexistent/mx3.pass\"\n",
@@ -399,10 +410,10 @@ mod tests {
         ))
         .unwrap();
         std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert_eq!(check_secret_files(&fencing), Ok(()));
+        assert_eq!(check_secret_files(&config), Ok(()));
         for (mode, shown) in [(0o640, "0640"), (0o604, "0604")] {
             std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(mode)).unwrap();
-            let problems = check_secret_files(&fencing).unwrap_err().problems;
+            let problems = check_secret_files(&config).unwrap_err().problems;
             assert_eq!(problems.len(), 1, "{problems:?}");
             assert_eq!(problems[0].field, "fencing.nodes.mx2.password_file");
             let message = &problems[0].message;
@@ -412,6 +423,16 @@ mod tests {
                 "{message}"
             );
         }
+        // A check's test login password file follows the same rule.
+        std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let probe = dir.path().join("probe.pass");
+        std::fs::write(&probe, "pw\n").unwrap();
+        std::fs::set_permissions(&probe, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let check = config.checks.keys().next().cloned().expect("a check");
+        config.checks.get_mut(&check).unwrap().password_file = Some(probe);
+        let problems = check_secret_files(&config).unwrap_err().problems;
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].field, format!("checks.{check}.password_file"));
     }
 
     fn state() -> State {

@@ -517,8 +517,16 @@ fn imap_quote(s: &str) -> String {
     out
 }
 
-/// The test account's password: the first line of the file. Errors never contain it.
-fn read_password(path: &std::path::Path) -> Result<String, String> {
+/// The test account's password: the first line of the file, which like every secret file must
+/// be closed to group and others (`clusterd_fencing::agent::Secret::check_mode`). Errors never
+/// contain it.
+pub(crate) fn read_password(path: &std::path::Path) -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map_err(|e| format!("cannot read password_file {}: {e}", path.display()))?
+        .permissions()
+        .mode();
+    clusterd_fencing::agent::Secret::check_mode(path, mode).map_err(|e| e.to_string())?;
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read password_file {}: {e}", path.display()))?;
     let pass = text.lines().next().unwrap_or("").to_string();

@@ -310,7 +310,7 @@ async fn a_ca_file_makes_the_probe_verify_the_chain_and_name() {
 async fn a_failed_test_login_is_a_warning_and_the_password_is_not_in_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let pass = dir.path().join("pass");
-    std::fs::write(&pass, "s3cret \"x\"\n").unwrap();
+    write_secret(&pass, "s3cret \"x\"\n");
     let script = vec![
         Step::Send("* OK ready"),
         Step::Expect("a1 CAPABILITY"),
@@ -339,7 +339,7 @@ async fn a_failed_test_login_is_a_warning_and_the_password_is_not_in_the_reason(
 async fn a_slow_login_failure_is_a_warning_not_a_timeout_of_the_service() {
     let dir = tempfile::tempdir().unwrap();
     let pass = dir.path().join("pass");
-    std::fs::write(&pass, "pw\n").unwrap();
+    write_secret(&pass, "pw\n");
     // Like dovecot's auth_failure_delay: the NO comes after longer than the probe timeout.
     let script = vec![
         Step::Send("* OK ready"),
@@ -365,7 +365,7 @@ async fn a_slow_login_failure_is_a_warning_not_a_timeout_of_the_service() {
 async fn imap_login_and_select_pass() {
     let dir = tempfile::tempdir().unwrap();
     let pass = dir.path().join("pass");
-    std::fs::write(&pass, "pw\n").unwrap();
+    write_secret(&pass, "pw\n");
     let script = vec![
         Step::Send("* OK ready"),
         Step::Expect("a1 CAPABILITY"),
@@ -398,7 +398,7 @@ async fn imap_bye_greeting_is_critical() {
 async fn pop3_user_pass_and_an_err_greeting() {
     let dir = tempfile::tempdir().unwrap();
     let pass = dir.path().join("pass");
-    std::fs::write(&pass, "pw\n").unwrap();
+    write_secret(&pass, "pw\n");
     let script = vec![
         Step::Send("+OK Dovecot ready."),
         Step::Expect("USER probe"),
@@ -559,4 +559,23 @@ fn expiry_warnings() {
         expiry_warning(0, warn, 2 * day).as_deref(),
         Some("the certificate expired 2 days ago")
     );
+}
+
+/// A password file as an operator must write it (mode 0600).
+fn write_secret(path: &std::path::Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+#[test]
+fn a_password_file_open_to_group_or_others_is_refused_with_the_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let pass = dir.path().join("probe.pass");
+    write_secret(&pass, "pw\n");
+    assert_eq!(super::probe::read_password(&pass).as_deref(), Ok("pw"));
+    std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let e = super::probe::read_password(&pass).unwrap_err();
+    assert!(e.contains("chmod 600") && !e.contains("pw\n"), "{e}");
 }
