@@ -11,6 +11,10 @@ use crate::api::ApiErrorBody;
 use crate::auth::{self, ClusterKey};
 use crate::raft::network::http_client;
 
+/// Largest answer the client reads: twice the largest replicated state (a whole history in one
+/// answer fits), so that no node, however broken, can make a reader hold more.
+pub const MAX_ANSWER_BYTES: usize = 2 * crate::model::MAX_STATE_BYTES;
+
 /// Why an admin request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -254,7 +258,21 @@ impl ApiClient {
             .get(auth::HEADER_NODE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let bytes = resp.bytes().await.map_err(unreachable)?;
+        let bytes = match clusterd_fencing::agent::read_at_most(resp, MAX_ANSWER_BYTES).await {
+            (bytes, clusterd_fencing::agent::BodyEnd::Complete) => bytes,
+            (_, clusterd_fencing::agent::BodyEnd::TooLong) => {
+                return Err(ClientError::Decode {
+                    addr: self.addr.clone(),
+                    reason: format!("the answer is longer than {MAX_ANSWER_BYTES} bytes"),
+                });
+            }
+            (_, clusterd_fencing::agent::BodyEnd::Failed(reason)) => {
+                return Err(ClientError::Unreachable {
+                    addr: self.addr.clone(),
+                    reason,
+                });
+            }
+        };
         if status == 401 {
             let reason = serde_json::from_slice::<ApiErrorBody>(&bytes)
                 .map(|b| b.error)

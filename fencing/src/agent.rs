@@ -259,10 +259,10 @@ pub(crate) struct Body {
 
 /// Why reading an HTTP answer's body stopped.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum BodyEnd {
+pub enum BodyEnd {
     /// At its end: the text is the whole body.
     Complete,
-    /// At [`MAX_RESPONSE_BYTES`]: the body is longer, the rest was not read.
+    /// At the limit: the body is longer, the rest was not read.
     TooLong,
     /// The connection failed (or the request timed out) before the end.
     Failed(String),
@@ -270,13 +270,24 @@ pub(crate) enum BodyEnd {
 
 /// Read `resp`'s body chunk by chunk, stopping at [`MAX_RESPONSE_BYTES`]. Dropping the answer
 /// then closes the connection, so the rest is never received.
-pub(crate) async fn read_body(mut resp: reqwest::Response) -> Body {
+pub(crate) async fn read_body(resp: reqwest::Response) -> Body {
+    let (kept, end) = read_at_most(resp, MAX_RESPONSE_BYTES).await;
+    Body {
+        text: String::from_utf8_lossy(&kept).into_owned(),
+        end,
+    }
+}
+
+/// Read `resp`'s body chunk by chunk, keeping at most `limit` bytes: an answer from anyone
+/// (a BMC, a peer) can never make the reader hold more. Dropping the answer then closes the
+/// connection, so the rest is never received.
+pub async fn read_at_most(mut resp: reqwest::Response, limit: usize) -> (Vec<u8>, BodyEnd) {
     let mut kept = Vec::new();
     let end = loop {
         match resp.chunk().await {
             Ok(None) => break BodyEnd::Complete,
             Ok(Some(chunk)) => {
-                let room = MAX_RESPONSE_BYTES - kept.len();
+                let room = limit.saturating_sub(kept.len());
                 if chunk.len() > room {
                     kept.extend_from_slice(&chunk[..room]);
                     break BodyEnd::TooLong;
@@ -286,10 +297,7 @@ pub(crate) async fn read_body(mut resp: reqwest::Response) -> Body {
             Err(e) => break BodyEnd::Failed(crate::tls::error_chain(&e)),
         }
     };
-    Body {
-        text: String::from_utf8_lossy(&kept).into_owned(),
-        end,
-    }
+    (kept, end)
 }
 
 /// `text` cut to at most [`MAX_REPLY`] bytes (on a character boundary), marked when cut.

@@ -26,6 +26,7 @@ use serde::de::DeserializeOwned;
 use super::TypeConfig;
 use crate::auth::{self, ClusterKey};
 use crate::model::{Member, NodeId};
+use clusterd_fencing::agent::{BodyEnd, read_at_most};
 
 /// Most entries the leader sends in one AppendEntries (openraft's `max_payload_entries`).
 pub const MAX_APPEND_ENTRIES: u64 = 64;
@@ -99,6 +100,9 @@ pub fn body_limit(path: &str) -> usize {
 /// leaves an idle connection open ([`crate::http_server::HEADER_TIMEOUT`]), so that no request
 /// is sent on a connection the server is closing.
 pub const CLIENT_IDLE: Duration = Duration::from_secs(5);
+
+/// Largest answer to a Raft RPC a node reads (answers are a vote and a log id or two).
+pub const MAX_RPC_ANSWER: usize = 64 * 1024;
 
 /// HTTP paths of the peer RPCs.
 pub mod paths {
@@ -345,10 +349,21 @@ impl PeerClient {
             let e = std::io::Error::other(format!("{} answered HTTP {status}", self.node));
             return Err(RPCError::Network(NetworkError::new(&e)));
         }
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let bytes = match read_at_most(response, MAX_RPC_ANSWER).await {
+            (bytes, BodyEnd::Complete) => bytes,
+            (_, BodyEnd::TooLong) => {
+                let e = std::io::Error::other(format!(
+                    "{} answered with more than {MAX_RPC_ANSWER} bytes",
+                    self.node
+                ));
+                return Err(RPCError::Network(NetworkError::new(&e)));
+            }
+            (_, BodyEnd::Failed(why)) => {
+                return Err(RPCError::Network(NetworkError::new(
+                    &std::io::Error::other(why),
+                )));
+            }
+        };
         let reply: Result<Resp, E> =
             serde_json::from_slice(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         reply.map_err(|e| {
