@@ -97,6 +97,13 @@ impl Cluster {
         Self::start_with(names, voters, &two_addresses, names).await
     }
 
+    /// Voters n1-n3 running with `extra` TOML, and n4 (a mail node outside the voter set)
+    /// configured but not started: it joins as a learner when the test starts it.
+    async fn three_voters_and_a_late_learner(extra: &dyn Fn(&str) -> String) -> Cluster {
+        let voters = ["n1", "n2", "n3"];
+        Cluster::start_with(&["n1", "n2", "n3", "n4"], &voters, extra, &voters).await
+    }
+
     /// Write configs for `names` with `extra` TOML, and start the nodes in `running`.
     async fn start_with(
         names: &[&str],
@@ -564,13 +571,7 @@ async fn two_voter_config_is_refused_with_the_witness_explained() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_learner_catches_up_from_a_snapshot_after_log_compaction() {
     let extra = |n: &str| format!("{}\n[raft]\nsnapshot_after = 10\n", two_addresses(n));
-    let mut c = Cluster::start_with(
-        &["n1", "n2", "n3", "n4"],
-        &["n1", "n2", "n3"],
-        &extra,
-        &["n1", "n2", "n3"],
-    )
-    .await;
+    let mut c = Cluster::three_voters_and_a_late_learner(&extra).await;
     let leader = c.leader().await;
     let client = c.client(&leader);
     for i in 0..150 {
@@ -1705,13 +1706,7 @@ async fn a_follower_and_a_new_learner_catch_up_across_a_20_mb_snapshot() {
     // check-config allows (history_limit 6000 of at most 8192).
     const REPORTS: usize = 5200;
     let extra = |n: &str| format!("{}\n[raft]\nhistory_limit = 6000\n", two_addresses(n));
-    let mut c = Cluster::start_with(
-        &["n1", "n2", "n3", "n4"],
-        &["n1", "n2", "n3"],
-        &extra,
-        &["n1", "n2", "n3"],
-    )
-    .await;
+    let mut c = Cluster::three_voters_and_a_late_learner(&extra).await;
     let leader = c.leader().await;
     let behind = c.other_than(&leader);
     c.stop_node(&behind).await;
