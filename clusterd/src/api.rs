@@ -437,8 +437,8 @@ async fn add_live_probe_latency(s: &Shared, report: &mut StatusReport) {
         .map(|n| (n.name.clone(), n.address.clone()))
         .collect();
     let asks = peers.into_iter().map(|(name, addr)| {
-        let client = ApiClient::with_http(s.http.clone(), addr, s.key.clone())
-            .for_node(name.clone())
+        let client = s
+            .client_to(name.clone(), addr)
             .with_timeout(PEER_HEALTH_TIMEOUT);
         async move {
             let live: Result<std::collections::BTreeMap<String, crate::health::LocalCheck>, _> =
@@ -652,9 +652,7 @@ fn leader_route(s: &Shared, forwarded: bool) -> Result<LeaderRoute, ApiError> {
             let (_, node) = crate::raft::leader_member(&metrics).ok_or_else(|| {
                 ApiError::unavailable("the leader is not in the membership yet; retry")
             })?;
-            Ok(LeaderRoute::Forward(
-                ApiClient::with_http(s.http.clone(), node.addr, s.key.clone()).for_node(node.name),
-            ))
+            Ok(LeaderRoute::Forward(s.client_to(node.name, node.addr)))
         }
         None => Err(ApiError::unavailable(format!(
             "{} knows no leader right now (no quorum?); check `clusterctl status` on the other nodes",

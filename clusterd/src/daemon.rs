@@ -184,6 +184,11 @@ impl Shared {
             .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
     }
 
+    /// A signed client for the node `name` at `addr`, over the daemon's one HTTP client.
+    pub fn client_to(&self, name: impl Into<String>, addr: impl Into<String>) -> ApiClient {
+        ApiClient::with_http(self.http.clone(), addr, self.key.clone()).for_node(name)
+    }
+
     /// Whether `ip` is the address of a member node (a configured peer, this node, or a node
     /// of the current Raft membership): connections from it get their own share
     /// ([`crate::http_server`]).
@@ -554,13 +559,9 @@ async fn bootstrap(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             return;
         }
         for peer in &cfg.peers {
-            let client = ApiClient::with_http(
-                shared.http.clone(),
-                peer.address.to_string(),
-                shared.key.clone(),
-            )
-            .for_node(peer.name.clone())
-            .with_timeout(Duration::from_secs(20));
+            let client = shared
+                .client_to(peer.name.clone(), peer.address.to_string())
+                .with_timeout(Duration::from_secs(20));
             match client
                 .post::<_, MembershipReply>(admin_paths::MEMBERS, &request)
                 .await
@@ -582,13 +583,9 @@ async fn bootstrap(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
 /// Whether any peer already runs an initialized cluster.
 async fn existing_cluster(shared: &Shared) -> bool {
     for peer in &shared.config.peers {
-        let client = ApiClient::with_http(
-            shared.http.clone(),
-            peer.address.to_string(),
-            shared.key.clone(),
-        )
-        .for_node(peer.name.clone())
-        .with_timeout(Duration::from_millis(700));
+        let client = shared
+            .client_to(peer.name.clone(), peer.address.to_string())
+            .with_timeout(Duration::from_millis(700));
         if let Ok(report) = client.get::<StatusReport>(admin_paths::STATUS).await
             && report.commit_index.is_some()
         {

@@ -379,8 +379,8 @@ pub async fn renew_loop(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                 let c = match &client {
                     Some(c) if c.addr() == addr => c.clone(),
                     _ => {
-                        let c = ApiClient::with_http(s.http.clone(), addr, s.key.clone())
-                            .for_node(name)
+                        let c = s
+                            .client_to(name, addr)
                             .with_timeout(timings.renew_every.max(Duration::from_millis(100)));
                         client = Some(c.clone());
                         c

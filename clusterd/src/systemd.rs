@@ -22,7 +22,6 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::api::admin_paths;
-use crate::client::ApiClient;
 use crate::daemon::Shared;
 use crate::status::StatusReport;
 
@@ -309,8 +308,8 @@ async fn readiness(s: &Shared, holds_addresses: bool) -> Result<String, String> 
         let Some(node) = membership.get_node(&leader) else {
             return Err("waiting for a leader".into());
         };
-        let client = ApiClient::with_http(s.http.clone(), node.addr.clone(), s.key.clone())
-            .for_node(node.name.clone())
+        let client = s
+            .client_to(node.name.clone(), node.addr.clone())
             .with_timeout(Duration::from_secs(2));
         let report: StatusReport = client
             .get(admin_paths::STATUS)
@@ -382,8 +381,8 @@ async fn alive(
             ));
         }
     }
-    let client = ApiClient::with_http(s.http.clone(), api_addr, s.key.clone())
-        .for_node(s.me.clone())
+    let client = s
+        .client_to(s.me.clone(), api_addr)
         .with_timeout(check_timeout);
     client
         .get::<StatusReport>(&format!("{}?limit=0", admin_paths::STATUS))
