@@ -1357,20 +1357,40 @@ pub const MAX_STATE_BYTES: usize = 64 * 1024 * 1024;
 /// `kind`, with its longest texts cut until it encodes within [`MAX_EVENT_BYTES`]. Pure and
 /// deterministic, as everything `apply` does: every node cuts the same way.
 fn bounded(kind: EventKind) -> EventKind {
-    let encoded = |k: &serde_json::Value| serde_json::to_vec(k).map_or(usize::MAX, |v| v.len());
+    // Every apply comes here: measure without building anything; only an oversized event is
+    // taken apart.
+    if encoded_len(&kind) <= MAX_EVENT_BYTES {
+        return kind;
+    }
     let Ok(mut value) = serde_json::to_value(&kind) else {
         return kind;
     };
-    if encoded(&value) <= MAX_EVENT_BYTES {
-        return kind;
-    }
     for keep in [1024, 256, 64] {
         clip_texts(&mut value, keep);
-        if encoded(&value) <= MAX_EVENT_BYTES {
+        if encoded_len(&value) <= MAX_EVENT_BYTES {
             break;
         }
     }
     serde_json::from_value(value).unwrap_or(kind)
+}
+
+/// Bytes `v` takes as JSON (`usize::MAX` if it does not encode), counted without a buffer.
+fn encoded_len(v: &impl Serialize) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    match serde_json::to_writer(&mut count, v) {
+        Ok(()) => count.0,
+        Err(_) => usize::MAX,
+    }
 }
 
 /// Cut every string in `v` longer than `keep` bytes to `keep` (at a character boundary),
