@@ -142,18 +142,18 @@ impl Admission {
     }
 }
 
-/// Counters of one server, read by the metrics.
+/// One server's connections (who holds how many) and refusals, read by the metrics.
 #[derive(Debug, Default)]
 pub struct Stats {
-    open: AtomicU64,
+    admission: Mutex<Admission>,
     refused_per_source: AtomicU64,
     refused_total: AtomicU64,
 }
 
 impl Stats {
     /// Connections open now.
-    pub fn open(&self) -> u64 {
-        self.open.load(Ordering::Relaxed)
+    pub fn open(&self) -> usize {
+        lock(&self.admission).open()
     }
 
     /// Connections closed at accept, by [`Refusal`].
@@ -191,7 +191,6 @@ pub async fn serve(
     stats: Arc<Stats>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let admission = Arc::new(Mutex::new(Admission::default()));
     let mut connections = JoinSet::new();
     let mut refusals = RefusalLog::default();
     let mut accept_errors = RefusalLog::default();
@@ -216,7 +215,8 @@ pub async fn serve(
         };
         let source = peer.ip().to_canonical();
         let member = is_member(source);
-        if let Err(refusal) = lock(&admission).admit(source, member, &bounds) {
+        let admitted = lock(&stats.admission).admit(source, member, &bounds);
+        if let Err(refusal) = admitted {
             stats.count(refusal);
             if refusals.due() {
                 warn!(listener = name, from = %peer, cap = refusal.token(),
@@ -228,12 +228,10 @@ pub async fn serve(
             continue;
         }
         let ticket = Ticket {
-            admission: admission.clone(),
             stats: stats.clone(),
             source,
             member,
         };
-        stats.open.fetch_add(1, Ordering::Relaxed);
         let _ = stream.set_nodelay(true);
         connections.spawn(serve_one(stream, peer, app.clone(), stop.clone(), ticket));
     }
@@ -254,7 +252,6 @@ pub async fn serve(
 
 /// One admitted connection's place in the counts, given back when it closes.
 struct Ticket {
-    admission: Arc<Mutex<Admission>>,
     stats: Arc<Stats>,
     source: IpAddr,
     member: bool,
@@ -262,8 +259,7 @@ struct Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        lock(&self.admission).release(self.source, self.member);
-        self.stats.open.fetch_sub(1, Ordering::Relaxed);
+        lock(&self.stats.admission).release(self.source, self.member);
     }
 }
 
