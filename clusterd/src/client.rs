@@ -258,21 +258,19 @@ impl ApiClient {
             .get(auth::HEADER_NODE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let bytes = match clusterd_fencing::agent::read_at_most(resp, MAX_ANSWER_BYTES).await {
-            (bytes, clusterd_fencing::agent::BodyEnd::Complete) => bytes,
-            (_, clusterd_fencing::agent::BodyEnd::TooLong) => {
-                return Err(ClientError::Decode {
-                    addr: self.addr.clone(),
-                    reason: format!("the answer is longer than {MAX_ANSWER_BYTES} bytes"),
-                });
-            }
-            (_, clusterd_fencing::agent::BodyEnd::Failed(reason)) => {
-                return Err(ClientError::Unreachable {
-                    addr: self.addr.clone(),
-                    reason,
-                });
-            }
-        };
+        let bytes = clusterd_fencing::agent::read_whole(resp, MAX_ANSWER_BYTES)
+            .await
+            .map_err(|end| {
+                let reason = end.describe(MAX_ANSWER_BYTES);
+                let addr = self.addr.clone();
+                // A connection that broke may work next time; an answer too long will not.
+                match end {
+                    clusterd_fencing::agent::BodyEnd::Failed(_) => {
+                        ClientError::Unreachable { addr, reason }
+                    }
+                    _ => ClientError::Decode { addr, reason },
+                }
+            })?;
         if status == 401 {
             let reason = serde_json::from_slice::<ApiErrorBody>(&bytes)
                 .map(|b| b.error)

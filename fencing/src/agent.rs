@@ -278,6 +278,26 @@ pub(crate) async fn read_body(resp: reqwest::Response) -> Body {
     }
 }
 
+/// `resp`'s whole body if it is at most `limit` bytes, else why not ([`BodyEnd::TooLong`]: the
+/// rest is not read; or [`BodyEnd::Failed`]).
+pub async fn read_whole(resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, BodyEnd> {
+    match read_at_most(resp, limit).await {
+        (bytes, BodyEnd::Complete) => Ok(bytes),
+        (_, end) => Err(end),
+    }
+}
+
+impl BodyEnd {
+    /// Why reading stopped short, for a body read with `limit`.
+    pub fn describe(&self, limit: usize) -> String {
+        match self {
+            BodyEnd::Complete => "the answer was read whole".into(),
+            BodyEnd::TooLong => format!("the answer is longer than {limit} bytes"),
+            BodyEnd::Failed(why) => format!("the answer broke off: {why}"),
+        }
+    }
+}
+
 /// Read `resp`'s body chunk by chunk, keeping at most `limit` bytes: an answer from anyone
 /// (a BMC, a peer) can never make the reader hold more. Dropping the answer then closes the
 /// connection, so the rest is never received.

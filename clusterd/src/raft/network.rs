@@ -26,7 +26,7 @@ use serde::de::DeserializeOwned;
 use super::TypeConfig;
 use crate::auth::{self, ClusterKey};
 use crate::model::{Member, NodeId};
-use clusterd_fencing::agent::{BodyEnd, read_at_most};
+use clusterd_fencing::agent::read_whole;
 
 /// Most entries the leader sends in one AppendEntries (openraft's `max_payload_entries`).
 pub const MAX_APPEND_ENTRIES: u64 = 64;
@@ -349,21 +349,11 @@ impl PeerClient {
             let e = std::io::Error::other(format!("{} answered HTTP {status}", self.node));
             return Err(RPCError::Network(NetworkError::new(&e)));
         }
-        let bytes = match read_at_most(response, MAX_RPC_ANSWER).await {
-            (bytes, BodyEnd::Complete) => bytes,
-            (_, BodyEnd::TooLong) => {
-                let e = std::io::Error::other(format!(
-                    "{} answered with more than {MAX_RPC_ANSWER} bytes",
-                    self.node
-                ));
-                return Err(RPCError::Network(NetworkError::new(&e)));
-            }
-            (_, BodyEnd::Failed(why)) => {
-                return Err(RPCError::Network(NetworkError::new(
-                    &std::io::Error::other(why),
-                )));
-            }
-        };
+        let bytes = read_whole(response, MAX_RPC_ANSWER).await.map_err(|end| {
+            let e =
+                std::io::Error::other(format!("{}: {}", self.node, end.describe(MAX_RPC_ANSWER)));
+            RPCError::Network(NetworkError::new(&e))
+        })?;
         let reply: Result<Resp, E> =
             serde_json::from_slice(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         reply.map_err(|e| {
