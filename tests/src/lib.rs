@@ -9,6 +9,8 @@
 //! - [`probe`] speaks IMAP, POP3 and SMTP from the client namespace like a mail client does.
 //! - [`bmc`] plays the nodes' out-of-band power control: Redfish BMCs and a webhook power API
 //!   over HTTPS with a CA made per run, whose power-off really stops a lab node.
+//! - [`chaos`] runs seeded campaigns of random, overlapping faults and operator actions and
+//!   checks every promise against what the observers saw.
 //! - [`watch`] measures a failover as a client sees it: many overlapping connection attempts,
 //!   which node greeted and when.
 //!
@@ -17,6 +19,7 @@
 //! host's own network namespace beyond creating and deleting its own, prefixed namespaces.
 
 pub mod bmc;
+pub mod chaos;
 pub mod lab;
 pub mod monitor;
 pub mod probe;

@@ -96,6 +96,28 @@ enum Cmd {
     },
     /// Remove leftovers of crashed lab runs (never a lab that is up on purpose).
     Sweep,
+    /// A chaos campaign in a new lab (three mail nodes, mx3 a learner, and the witness):
+    /// random, overlapping faults and operator actions, every invariant observer running, and
+    /// a check of every promise afterwards. Exits 1 on any violation; the schedule and report
+    /// are written to --out.
+    Chaos {
+        /// Number of faults.
+        #[arg(long, default_value_t = 100)]
+        faults: usize,
+        /// The seed (default: from the clock; printed either way).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Start no new burst after this many minutes.
+        #[arg(long)]
+        minutes: Option<u64>,
+        /// Run the schedule in this file (a schedule.json a campaign wrote) instead.
+        #[arg(long, conflicts_with_all = ["faults", "seed"])]
+        replay: Option<PathBuf>,
+        /// Directory for the schedule, the report and, on failure, the daemons' logs
+        /// (default: a new directory under /tmp).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -118,8 +140,25 @@ enum FaultCmd {
         #[arg(long)]
         from: Option<String>,
     },
+    /// One way: the node hears nothing from the other nodes (or --from), but can still send.
+    DeafTo {
+        /// Only this peer.
+        #[arg(long)]
+        from: Option<String>,
+    },
+    /// One way: nothing the node sends reaches the other nodes (or --to), but it hears them.
+    MuteTo {
+        /// Only this peer.
+        #[arg(long)]
+        to: Option<String>,
+    },
     /// Remove the node's partition rules.
     Heal,
+    /// Starve the node's clusterd of CPU (busy loops in its namespace, the daemon at the idle
+    /// scheduling class).
+    Starve,
+    /// End the starvation.
+    Unstarve,
     /// Stop dovecot or postfix (also: imap, pop3, smtp).
     ServiceStop {
         /// dovecot or postfix.
@@ -243,6 +282,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 status.code().unwrap_or(1).clamp(0, 255) as u8
             ))
         }
+        Cmd::Chaos {
+            faults,
+            seed,
+            minutes,
+            replay,
+            out,
+        } => chaos(cli.run_root, faults, seed, minutes, replay, out),
         Cmd::Fault { node, fault } => {
             let mut lab = Lab::attach(&select(&cli.run_root, cli.run_dir.as_deref())?)?;
             let fault = match fault {
@@ -253,7 +299,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 FaultCmd::LinkDown => Fault::LinkDown,
                 FaultCmd::LinkUp => Fault::LinkUp,
                 FaultCmd::Partition { from } => Fault::Partition { from },
+                FaultCmd::DeafTo { from } => Fault::DeafTo { from },
+                FaultCmd::MuteTo { to } => Fault::MuteTo { to },
                 FaultCmd::Heal => Fault::Heal,
+                FaultCmd::Starve => Fault::Starve,
+                FaultCmd::Unstarve => Fault::Unstarve,
                 FaultCmd::ServiceStop { service } => {
                     Fault::ServiceStop(service.parse::<Service>()?)
                 }
@@ -602,5 +652,68 @@ fn print_cluster_status(st: &LabState) {
             }
             Err(e) => println!("clusterctl status on {}: {e}", n.name),
         }
+    }
+}
+
+/// `lab chaos`: generate (or load) a schedule, run it, print the outcome.
+fn chaos(
+    run_root: PathBuf,
+    faults: usize,
+    seed: Option<u64>,
+    minutes: Option<u64>,
+    replay: Option<PathBuf>,
+    out: Option<PathBuf>,
+) -> Result<ExitCode> {
+    use clusterd_tests::chaos::{self, Schedule, Shape};
+    let schedule = match &replay {
+        Some(file) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            serde_json::from_str::<Schedule>(&text)
+                .with_context(|| format!("{} is not a chaos schedule", file.display()))?
+        }
+        None => {
+            let seed = seed.unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_secs())
+            });
+            Schedule::generate(seed, faults, &Shape::standard())
+        }
+    };
+    let out_dir = out.unwrap_or_else(|| {
+        std::env::temp_dir().join(format!(
+            "clusterd-chaos-{}-{}",
+            schedule.seed,
+            std::process::id()
+        ))
+    });
+    eprintln!(
+        "chaos: seed {}, {} faults in {} bursts; schedule and report in {}",
+        schedule.seed,
+        schedule.faults(),
+        schedule.bursts.len(),
+        out_dir.display()
+    );
+    let opts = chaos::Options {
+        schedule,
+        max_duration: minutes.map(|m| Duration::from_secs(m * 60)),
+        out_dir: out_dir.clone(),
+        run_root,
+    };
+    let outcome = chaos::run::run(&opts, &mut |line| eprintln!("chaos: {line}"))?;
+    println!("{}", outcome.summary());
+    for v in &outcome.violations {
+        println!("VIOLATION: {v}");
+    }
+    if outcome.violations.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!(
+            "seed {}; replay with: lab chaos --replay {}",
+            opts.schedule.seed,
+            out_dir.join("schedule.json").display()
+        );
+        Ok(ExitCode::FAILURE)
     }
 }

@@ -160,6 +160,9 @@ pub fn config_toml(state: &LabState, node: &NodeState) -> String {
         // Every mail node serves the lab's zone on its own address.
         let _ = writeln!(t, "\n[dns]");
         let _ = writeln!(t, "listen = [{}]", q(&format!("{}:53", node.ipv4)));
+        if let Some(open) = state.dns_fail_open {
+            let _ = writeln!(t, "fail_open = {open}");
+        }
         let _ = writeln!(t, "\n[[dns.zones]]");
         let _ = writeln!(t, "name = {}", q(LAB_ZONE));
         let _ = writeln!(t, "mx = [\"mail\"]");

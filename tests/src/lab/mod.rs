@@ -36,7 +36,7 @@ pub use mail::Service;
 pub use state::{ClientState, FloatingAddr, LabState, NodeRole, NodeState, Placement};
 
 use error::IoContext;
-use process::{ProcId, ns_command, run};
+use process::{ProcId, describe, ns_command, run};
 
 /// How to build a lab.
 #[derive(Debug, Clone)]
@@ -70,6 +70,10 @@ pub struct LabSpec {
     /// clusterd's `[placement]` (failback) in every node's config; `None`: clusterd's default
     /// (automatic failback after 60 s).
     pub placement: Option<Placement>,
+    /// `[dns] fail_open` in every mail node's config; `None`: clusterd's default (answer every
+    /// address when none passes). `Some(false)` makes every answer a claim that its
+    /// addresses are served, which the chaos campaign checks.
+    pub dns_fail_open: Option<bool>,
 }
 
 impl Default for LabSpec {
@@ -87,6 +91,7 @@ impl Default for LabSpec {
             extra_config: String::new(),
             ipv6_floating: false,
             placement: None,
+            dns_fail_open: None,
         }
     }
 }
@@ -112,8 +117,26 @@ pub enum Fault {
         /// Only cut this one peer.
         from: Option<String>,
     },
+    /// One-way partition: the node hears nothing from the other nodes (or only from `from`),
+    /// while what it sends still arrives. Accumulates with the other partition faults.
+    DeafTo {
+        /// Only this peer.
+        from: Option<String>,
+    },
+    /// One-way partition: nothing the node sends reaches the other nodes (or only `to`), while
+    /// it still hears them. Accumulates with the other partition faults.
+    MuteTo {
+        /// Only this peer.
+        to: Option<String>,
+    },
     /// Remove every partition rule of the node.
     Heal,
+    /// Starve the node's clusterd of CPU: as many busy loops as the machine has CPUs run in the
+    /// node's namespace (at nice 19) and the daemon is put in the idle scheduling class, so
+    /// it runs only when nothing else wants a CPU.
+    Starve,
+    /// End the starvation: the busy loops are killed, the daemon is scheduled normally again.
+    Unstarve,
     /// Stop dovecot or postfix on the node.
     ServiceStop(Service),
     /// Start it again.
@@ -123,6 +146,14 @@ pub enum Fault {
     BlockPort(u16),
     /// Remove every port block of the node.
     UnblockPorts,
+}
+
+/// Which directions a partition fault cuts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ways {
+    In,
+    Out,
+    Both,
 }
 
 /// The nftables table the partition fault uses inside a node namespace.
@@ -506,7 +537,11 @@ impl Lab {
                     updown,
                 ]))?;
             }
-            Fault::Partition { from } => self.partition(&node, from.as_deref())?,
+            Fault::Partition { from } => self.partition(&node, from.as_deref(), Ways::Both)?,
+            Fault::DeafTo { from } => self.partition(&node, from.as_deref(), Ways::In)?,
+            Fault::MuteTo { to } => self.partition(&node, to.as_deref(), Ways::Out)?,
+            Fault::Starve => self.starve(&node)?,
+            Fault::Unstarve => self.unstarve(&node)?,
             Fault::Heal => {
                 let mut cmd = ns_command(&node.netns, "nft");
                 cmd.args(["delete", "table", "inet", PARTITION_TABLE]);
@@ -565,7 +600,7 @@ impl Lab {
         Ok(run(&mut cmd).is_ok())
     }
 
-    fn partition(&self, node: &NodeState, from: Option<&str>) -> Result<()> {
+    fn partition(&self, node: &NodeState, from: Option<&str>, ways: Ways) -> Result<()> {
         let peers: Vec<&NodeState> = match from {
             Some(f) => vec![self.node(f)?],
             None => self
@@ -588,20 +623,84 @@ impl Lab {
         if !self.partitioned(&node.name)? {
             script.push_str(&format!(
                 "table inet {t} {{\n\
-                 \tset peers4 {{ type ipv4_addr; }}\n\
-                 \tset peers6 {{ type ipv6_addr; }}\n\
+                 \tset in4 {{ type ipv4_addr; }}\n\
+                 \tset in6 {{ type ipv6_addr; }}\n\
+                 \tset out4 {{ type ipv4_addr; }}\n\
+                 \tset out6 {{ type ipv6_addr; }}\n\
                  \tchain input {{ type filter hook input priority -10; policy accept; \
-                 ip saddr @peers4 drop; ip6 saddr @peers6 drop; }}\n\
+                 ip saddr @in4 drop; ip6 saddr @in6 drop; }}\n\
                  \tchain output {{ type filter hook output priority -10; policy accept; \
-                 ip daddr @peers4 drop; ip6 daddr @peers6 drop; }}\n}}\n"
+                 ip daddr @out4 drop; ip6 daddr @out6 drop; }}\n}}\n"
             ));
         }
-        script.push_str(&format!(
-            "add element inet {t} peers4 {{ {} }}\nadd element inet {t} peers6 {{ {} }}\n",
-            v4.join(", "),
-            v6.join(", ")
-        ));
+        let (v4, v6) = (v4.join(", "), v6.join(", "));
+        if ways != Ways::Out {
+            script.push_str(&format!(
+                "add element inet {t} in4 {{ {v4} }}\nadd element inet {t} in6 {{ {v6} }}\n"
+            ));
+        }
+        if ways != Ways::In {
+            script.push_str(&format!(
+                "add element inet {t} out4 {{ {v4} }}\nadd element inet {t} out6 {{ {v6} }}\n"
+            ));
+        }
         nft_script(node, "partition.nft", &script)
+    }
+
+    fn starve(&mut self, node: &NodeState) -> Result<()> {
+        let daemon = self.clusterd_pid(node)?;
+        if !node.starvers.is_empty() {
+            return Ok(());
+        }
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let mut started = Vec::new();
+        for _ in 0..cpus {
+            let mut cmd = ns_command(&node.netns, "nice");
+            cmd.args(["-n", "19", "sh", "-c", "while :; do :; done"])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+            let child = cmd.spawn().ctx(|| describe(&cmd))?;
+            let id = ProcId::of(child.id()).ok_or_else(|| {
+                LabError::State(format!("a busy loop on {} exited at once", node.name))
+            })?;
+            self.children.insert(id.pid, child);
+            started.push(id);
+        }
+        self.state.node_mut(&node.name)?.starvers = started;
+        self.state.save()?;
+        run(Command::new("chrt").args([
+            "--all-tasks",
+            "--idle",
+            "-p",
+            "0",
+            &daemon.pid.to_string(),
+        ]))
+        .map(drop)
+        .map_err(|e| match e {
+            LabError::Io { .. } => LabError::Prerequisite {
+                what: "chrt".into(),
+                fix: "apt-get install -y util-linux".into(),
+            },
+            other => other,
+        })
+    }
+
+    fn unstarve(&mut self, node: &NodeState) -> Result<()> {
+        for p in node.starvers.iter().filter(|p| p.alive()) {
+            p.signal(Signal::SIGKILL)?;
+        }
+        self.state.node_mut(&node.name)?.starvers.clear();
+        if let Some(daemon) = node.clusterd.filter(ProcId::alive) {
+            run(Command::new("chrt").args([
+                "--all-tasks",
+                "--other",
+                "-p",
+                "0",
+                &daemon.pid.to_string(),
+            ]))?;
+        }
+        Ok(())
     }
 
     fn clusterd_pid(&self, node: &NodeState) -> Result<ProcId> {
@@ -778,6 +877,7 @@ pub(crate) fn plan(
             clusterd_config: None,
             clusterd: None,
             dovecot: None,
+            starvers: Vec::new(),
             role,
             name,
         });
@@ -799,6 +899,7 @@ pub(crate) fn plan(
         nodes,
         floating: floating.into_iter().chain(floating6).collect(),
         placement: spec.placement,
+        dns_fail_open: spec.dns_fail_open,
         netns_inodes: Vec::new(),
         clusterd_bin,
         clusterctl_bin,

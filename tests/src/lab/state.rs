@@ -99,6 +99,9 @@ pub struct NodeState {
     pub clusterd: Option<ProcId>,
     /// dovecot's master process (mail nodes).
     pub dovecot: Option<ProcId>,
+    /// Busy loops starving the node's CPU ([`crate::lab::Fault::Starve`]), while they run.
+    #[serde(default)]
+    pub starvers: Vec<ProcId>,
 }
 
 impl NodeState {
@@ -176,6 +179,9 @@ pub struct LabState {
     /// defaults).
     #[serde(default)]
     pub placement: Option<Placement>,
+    /// `[dns] fail_open` of every mail node (`None`: clusterd's default, fail open).
+    #[serde(default)]
+    pub dns_fail_open: Option<bool>,
     /// Inodes of the lab's namespaces, to find processes still inside them after teardown.
     #[serde(default)]
     pub netns_inodes: Vec<u64>,

@@ -411,7 +411,12 @@ pub fn parse_nft_time(word: &str) -> Option<Duration> {
 /// A change of configured addresses in one node, as the kernel announced it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct AddrEvent {
+    /// When the monitor read it.
     at: Duration,
+    /// When the monitor last found the node's event socket empty: the event happened after
+    /// this (a monitor that was kept off the CPU reads several nodes' events late, in socket
+    /// order rather than in the order they happened).
+    earliest: Duration,
     node: usize,
     ip: IpAddr,
     added: bool,
@@ -443,6 +448,29 @@ impl GuardRead {
     }
 }
 
+/// Events at the time that can be proven: an address appeared no earlier than it was read, and
+/// went away no later than the node's socket was last found empty (but never before the
+/// node's previous event). So a monitor that fell behind can miss a short overlap, but never
+/// makes one up out of events it read late and out of order.
+fn placed(events: &[AddrEvent]) -> Vec<AddrEvent> {
+    let mut last: BTreeMap<usize, Duration> = BTreeMap::new();
+    let mut out: Vec<AddrEvent> = events
+        .iter()
+        .map(|e| {
+            let prev = last.get(&e.node).copied().unwrap_or_default();
+            let at = if e.added {
+                e.at
+            } else {
+                e.earliest.min(e.at).max(prev)
+            };
+            last.insert(e.node, at);
+            AddrEvent { at, ..e.clone() }
+        })
+        .collect();
+    out.sort_by_key(|e| e.at);
+    out
+}
+
 /// The holders at every instant the kernel's events or the guard readings change them:
 /// an address is held by a node while it is configured there (from `initial` and the events,
 /// to the instant) and either the node has no guard or a guard reading made at or before that
@@ -458,6 +486,7 @@ fn event_timeline(
     reads: &[GuardRead],
 ) -> HolderTimeline {
     let mut timeline = HolderTimeline::new("kernel address events");
+    let events = &placed(events);
     let mut points: BTreeSet<Duration> = events.iter().map(|e| e.at).collect();
     for r in reads {
         points.insert(r.at);
@@ -605,6 +634,8 @@ struct SamplerRun {
     /// Addresses configured in each node at the first sample.
     initial: Vec<BTreeSet<IpAddr>>,
     events: Vec<AddrEvent>,
+    /// Per node: when its event socket was last found empty.
+    drained: Vec<Duration>,
     reads: Vec<GuardRead>,
     event_errors: Vec<(Duration, String)>,
 }
@@ -622,6 +653,7 @@ impl SamplerRun {
             self.event_fds
                 .push(open_event_socket().map_err(|e| format!("{name}: address events: {e}"))?);
             self.names.push(name.clone());
+            self.drained.push(Duration::ZERO);
         }
         Ok(())
     }
@@ -813,6 +845,7 @@ impl SamplerRun {
             };
             for n in ready {
                 let mut appeared = false;
+                let earliest = self.drained.get(n).copied().unwrap_or_default();
                 loop {
                     match recv(self.event_fds[n].as_raw_fd(), &mut buf, MsgFlags::empty()) {
                         Ok(len) => {
@@ -821,13 +854,20 @@ impl SamplerRun {
                                 appeared |= added && !own.contains_key(&ip);
                                 self.events.push(AddrEvent {
                                     at,
+                                    earliest,
                                     node: n,
                                     ip,
                                     added,
                                 });
                             }
                         }
-                        Err(Errno::EAGAIN | Errno::EINTR) => break,
+                        Err(Errno::EAGAIN | Errno::EINTR) => {
+                            let now = self.since_start();
+                            if let Some(d) = self.drained.get_mut(n) {
+                                *d = now;
+                            }
+                            break;
+                        }
                         Err(e) => {
                             // ENOBUFS: events were lost; the sampled view still stands.
                             let at = self.since_start();
@@ -920,6 +960,7 @@ mod tests {
     fn event(at: u64, node: usize, added: bool) -> AddrEvent {
         AddrEvent {
             at: ms(at),
+            earliest: ms(at),
             node,
             ip: ip(),
             added,
@@ -988,6 +1029,30 @@ mod tests {
         let dups = t.duplicates();
         assert_eq!(dups.len(), 1, "{}", t.report());
         assert_eq!((dups[0].from, dups[0].until), (ms(101), Some(ms(103))));
+    }
+
+    #[test]
+    fn events_read_late_and_out_of_order_make_no_overlap_up() {
+        // mx2 removed the address, then mx1 added it; the monitor was off the CPU and read
+        // mx1's socket first (at 200 ms) and mx2's just after (203 ms), although mx2's socket
+        // held its event since it was last empty (50 ms).
+        let initial = vec![BTreeSet::new(), BTreeSet::from([ip()])];
+        let reads = [
+            allows(0, 0, None),
+            allows(0, 1, Some(900)),
+            allows(200, 0, Some(1000)),
+        ];
+        let late = |at: u64, earliest: u64, node: usize, added: bool| AddrEvent {
+            earliest: ms(earliest),
+            ..event(at, node, added)
+        };
+        let events = [late(200, 50, 0, true), late(203, 50, 1, false)];
+        let t = event_timeline(&names(), &BTreeMap::new(), &initial, &events, &reads);
+        assert!(t.duplicates().is_empty(), "{}", t.report());
+        // Read in time, the same two events are a real overlap of 3 ms.
+        let events = [late(200, 199, 0, true), late(203, 202, 1, false)];
+        let t = event_timeline(&names(), &BTreeMap::new(), &initial, &events, &reads);
+        assert_eq!(t.duplicates().len(), 1, "{}", t.report());
     }
 
     #[test]
