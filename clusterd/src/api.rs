@@ -351,7 +351,7 @@ fn unauthorized(shared: &Shared, peer: SocketAddr, path: &str, e: auth::AuthErro
     let mut log = crate::lock(&shared.unauthorized);
     let due = log
         .last
-        .is_none_or(|t| t.elapsed() >= UNAUTHORIZED_LOG_EVERY);
+        .is_none_or(|t| crate::clock::since(t) >= UNAUTHORIZED_LOG_EVERY);
     // A client that did not know which node it reached learns it and signs again: routine.
     let routine = matches!(&e, auth::AuthError::WrongTarget { named, .. }
         if named == auth::UNKNOWN_TARGET);
@@ -363,7 +363,7 @@ fn unauthorized(shared: &Shared, peer: SocketAddr, path: &str, e: auth::AuthErro
             suppressed = log.suppressed,
             "rejected unauthenticated request"
         );
-        log.last = Some(Instant::now());
+        log.last = Some(crate::clock::now());
         log.suppressed = 0;
     } else if !routine {
         log.suppressed += 1;
@@ -807,7 +807,7 @@ fn fence_refusal(
                     .find(|(_, m)| m.name == name)
                     .and_then(|(id, _)| peers.get(id))
                     .and_then(|p| p.last_ok)
-                    .is_some_and(|t| t.elapsed() <= s.reachable_within)
+                    .is_some_and(|t| crate::clock::since(t) <= s.reachable_within)
         };
         let left = voters
             .iter()
@@ -830,7 +830,11 @@ fn fence_refusal(
             .members
             .iter()
             .filter(|(n, m)| n.as_str() != node && m.role == Role::Mail)
-            .any(|(n, _)| table.last_grant(n).is_some_and(|g| g.elapsed() < lease));
+            .any(|(n, _)| {
+                table
+                    .last_grant(n)
+                    .is_some_and(|g| crate::clock::since(g) < lease)
+            });
         if !others_live && !state.owned_by(node).is_empty() {
             return Some(format!(
                 "{node} holds {} and no other mail node holds a lease to take over: fencing it \
@@ -1065,7 +1069,7 @@ pub fn build_status(s: &Shared, event_limit: usize) -> StatusReport {
                 peers
                     .get(id)
                     .and_then(|p| p.last_ok)
-                    .map(|t| t.elapsed().as_millis() as u64)
+                    .map(|t| crate::clock::since(t).as_millis() as u64)
             } else if is_current_leader {
                 leader_contact
             } else {

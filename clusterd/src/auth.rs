@@ -392,12 +392,9 @@ impl ClusterKey {
     }
 }
 
-/// Milliseconds since the unix epoch, the clock signatures use.
+/// Milliseconds since the unix epoch, the clock signatures use ([`crate::clock::unix_ms`]).
 pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    crate::clock::unix_ms()
 }
 
 #[cfg(test)]

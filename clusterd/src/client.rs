@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use crate::api::ApiErrorBody;
 use crate::auth::{self, ClusterKey};
 use crate::raft::network::http_client;
+use crate::wire::{Http, WireError, WireRequest};
 
 /// Largest answer the client reads: twice the largest replicated state (a whole history in one
 /// answer fits), so that no node, however broken, can make a reader hold more.
@@ -79,7 +80,7 @@ impl ClientError {
 pub struct ApiClient {
     addr: String,
     key: ClusterKey,
-    http: reqwest::Client,
+    http: Http,
     timeout: Duration,
     /// The name of the node at `addr`, once known (shared by clones for the same address).
     node: Arc<Mutex<Option<String>>>,
@@ -96,12 +97,13 @@ impl ApiClient {
         Ok(Self::with_http(http, addr, key))
     }
 
-    /// A client for the node at `addr` sharing `http` (the daemon's one connection pool).
-    pub fn with_http(http: reqwest::Client, addr: impl Into<String>, key: ClusterKey) -> Self {
+    /// A client for the node at `addr` sharing `http` (the daemon's one connection pool, or a
+    /// simulated network).
+    pub fn with_http(http: impl Into<Http>, addr: impl Into<String>, key: ClusterKey) -> Self {
         ApiClient {
             addr: addr.into(),
             key,
-            http,
+            http: http.into(),
             timeout: Duration::from_secs(10),
             node: Arc::default(),
         }
@@ -225,59 +227,48 @@ impl ApiClient {
         body: Vec<u8>,
         extra_headers: &[(&str, &str)],
     ) -> Result<Answer, ClientError> {
-        let m =
-            reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| ClientError::Decode {
-                addr: self.addr.clone(),
-                reason: e.to_string(),
-            })?;
-        let mut req = self
+        let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
+        headers.extend(
+            auth::sign_headers(&self.key, method, path, target, &body)
+                .into_iter()
+                .map(|(n, v)| (n.to_string(), v)),
+        );
+        headers.extend(
+            extra_headers
+                .iter()
+                .map(|(n, v)| ((*n).to_string(), (*v).to_string())),
+        );
+        let answer = self
             .http
-            .request(m, format!("http://{}{}", self.addr, path))
-            .timeout(self.timeout)
-            .header(reqwest::header::CONTENT_TYPE, "application/json");
-        for (name, value) in auth::sign_headers(&self.key, method, path, target, &body) {
-            req = req.header(name, value);
-        }
-        for (name, value) in extra_headers {
-            req = req.header(*name, *value);
-        }
-        let unreachable = |e: reqwest::Error| ClientError::Unreachable {
-            addr: self.addr.clone(),
-            reason: if e.is_timeout() {
-                "no answer in time".to_string()
-            } else if e.is_connect() {
-                "connection refused or no route".to_string()
-            } else {
-                e.to_string()
-            },
-        };
-        let resp = req.body(body).send().await.map_err(unreachable)?;
-        let status = resp.status().as_u16();
-        let node = resp
-            .headers()
-            .get(auth::HEADER_NODE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let bytes = clusterd_fencing::agent::read_whole(resp, MAX_ANSWER_BYTES)
+            .send(WireRequest {
+                method: method.to_string(),
+                addr: self.addr.clone(),
+                path: path.to_string(),
+                headers,
+                body,
+                timeout: self.timeout,
+                max_answer: MAX_ANSWER_BYTES,
+            })
             .await
-            .map_err(|end| {
-                let reason = end.describe(MAX_ANSWER_BYTES);
+            .map_err(|e| {
                 let addr = self.addr.clone();
-                // A connection that broke may work next time; an answer too long will not.
-                match end {
-                    clusterd_fencing::agent::BodyEnd::Failed(_) => {
-                        ClientError::Unreachable { addr, reason }
-                    }
-                    _ => ClientError::Decode { addr, reason },
+                match e {
+                    // A connection that broke may work next time; an answer too long will not.
+                    WireError::TooLong(reason) => ClientError::Decode { addr, reason },
+                    other => ClientError::Unreachable {
+                        addr,
+                        reason: other.to_string(),
+                    },
                 }
             })?;
+        let (status, node, bytes) = (answer.status, answer.node, answer.body);
         if status == 401 {
             let reason = serde_json::from_slice::<ApiErrorBody>(&bytes)
                 .map(|b| b.error)
                 .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
             return Ok(Answer::Refused { node, reason });
         }
-        Ok(Answer::Done(status, bytes.to_vec()))
+        Ok(Answer::Done(status, bytes))
     }
 }
 

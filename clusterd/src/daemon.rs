@@ -140,7 +140,7 @@ pub struct Shared {
     /// The cluster key.
     pub key: ClusterKey,
     /// The one HTTP client (connection pool) for requests to peers.
-    pub http: reqwest::Client,
+    pub http: crate::wire::Http,
     /// Every applied state.
     pub replica: watch::Receiver<Arc<Replica>>,
     /// What this node saw of its peers through its own RPCs.
@@ -181,7 +181,7 @@ impl Shared {
         *self
             .leader_contact
             .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+            .unwrap_or_else(|p| p.into_inner()) = Some(crate::clock::now());
     }
 
     /// A signed client for the node `name` at `addr`, over the daemon's one HTTP client.
@@ -213,7 +213,7 @@ impl Shared {
         self.leader_contact
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .map(|t| t.elapsed().as_millis() as u64)
+            .map(|t| crate::clock::since(t).as_millis() as u64)
     }
 }
 
@@ -270,11 +270,45 @@ pub async fn run(
     run_with(config, listener, shutdown, net).await
 }
 
+/// Where a node serves its API and how it reaches its peers.
+pub enum Endpoint {
+    /// HTTP on this listener; peers over HTTP.
+    Listen(TcpListener),
+    /// A simulation: no socket at all. The node's shared state and API router go to the
+    /// harness through `started` (it delivers peers' requests to the router itself), and the
+    /// node reaches its peers through `wire`.
+    Sim {
+        /// The simulated network.
+        wire: Arc<dyn crate::wire::PeerWire>,
+        /// Receives the node's state and router once they exist.
+        started: tokio::sync::oneshot::Sender<(Arc<Shared>, axum::Router)>,
+    },
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Listen(l) => write!(f, "Listen({:?})", l.local_addr()),
+            Endpoint::Sim { wire, .. } => write!(f, "Sim({wire:?})"),
+        }
+    }
+}
+
 /// [`run`] with a chosen address runtime (`None`, or `dry_run` in the config: this node holds
 /// no addresses).
 pub async fn run_with<N: crate::vip::NetOps>(
     config: Config,
     listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    net: Option<Arc<N>>,
+) -> Result<(), RunError> {
+    run_at(config, Endpoint::Listen(listener), shutdown, net).await
+}
+
+/// [`run_with`] at a chosen [`Endpoint`].
+pub async fn run_at<N: crate::vip::NetOps>(
+    config: Config,
+    endpoint: Endpoint,
     shutdown: impl Future<Output = ()> + Send + 'static,
     net: Option<Arc<N>>,
 ) -> Result<(), RunError> {
@@ -315,8 +349,12 @@ pub async fn run_with<N: crate::vip::NetOps>(
         Duration::from_millis(raft_cfg.election_timeout_max * 5).max(Duration::from_secs(1));
     let peers = PeerTable::default();
     // Built once: building a client later, when descriptors may have run out, could fail.
-    let http = crate::raft::network::http_client()
-        .map_err(|e| RunError::Net(format!("cannot build the HTTP client: {e}")))?;
+    let http: crate::wire::Http = match &endpoint {
+        Endpoint::Listen(_) => crate::raft::network::http_client()
+            .map_err(|e| RunError::Net(format!("cannot build the HTTP client: {e}")))?
+            .into(),
+        Endpoint::Sim { wire, .. } => crate::wire::Http::Sim(wire.clone()),
+    };
     let network = Network::new(
         id,
         key.clone(),
@@ -350,25 +388,39 @@ pub async fn run_with<N: crate::vip::NetOps>(
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let local = listener.local_addr();
+    let app = api::router(shared.clone());
+    let (local, server) = match endpoint {
+        Endpoint::Listen(listener) => {
+            let local = listener.local_addr();
+            let is_member: crate::http_server::IsMember = {
+                let shared = shared.clone();
+                Arc::new(move |ip| shared.is_member_address(ip))
+            };
+            let server = tokio::spawn(crate::http_server::serve(
+                "api",
+                listener,
+                app,
+                crate::http_server::Bounds::default(),
+                is_member,
+                shared.metrics.http.clone(),
+                stop_rx.clone(),
+            ));
+            (local, server)
+        }
+        Endpoint::Sim { started, .. } => {
+            let _ = started.send((shared.clone(), app));
+            let mut stop = stop_rx.clone();
+            let server = tokio::spawn(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            });
+            let local = Err(std::io::Error::other("simulated: no listener"));
+            (local, server)
+        }
+    };
     let addr = local
         .as_ref()
         .map(|a| a.to_string())
         .unwrap_or_else(|_| "?".into());
-    let app = api::router(shared.clone());
-    let is_member: crate::http_server::IsMember = {
-        let shared = shared.clone();
-        Arc::new(move |ip| shared.is_member_address(ip))
-    };
-    let server = tokio::spawn(crate::http_server::serve(
-        "api",
-        listener,
-        app,
-        crate::http_server::Bounds::default(),
-        is_member,
-        shared.metrics.http.clone(),
-        stop_rx.clone(),
-    ));
     info!(node = %me, "listening on {addr}");
 
     if let Some(listener) = metrics_listener {
@@ -476,14 +528,18 @@ pub async fn run_with<N: crate::vip::NetOps>(
     // Raft's worker tasks let go of the store shortly after shutdown. Close the file here, as
     // its last user, so that `run` returns only once it is closed and a restart in the same
     // process can open it again.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Arc::strong_count(&database) > 1 && Instant::now() < deadline {
+    let deadline = crate::clock::now() + Duration::from_secs(5);
+    while Arc::strong_count(&database) > 1 && crate::clock::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     if Arc::strong_count(&database) > 1 {
         warn!("the Raft store is still in use 5 s after shutdown");
     }
-    let _ = tokio::task::spawn_blocking(move || drop(database)).await;
+    if crate::clock::simulated() {
+        drop(database);
+    } else {
+        let _ = tokio::task::spawn_blocking(move || drop(database)).await;
+    }
     if let Err(e) = served {
         warn!(error = %e, "API server task failed");
     }
@@ -625,7 +681,7 @@ async fn duties(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut metrics_rx = shared.raft.metrics();
     let mut last: Option<Observed> = None;
     let mut announced_term: Option<u64> = None;
-    let mut retry_at = Instant::now();
+    let mut retry_at = crate::clock::now();
     let declared = declared_addresses(&shared.config);
     loop {
         shared.loops.beat(crate::systemd::DUTIES);
@@ -635,15 +691,15 @@ async fn duties(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             log_change(last.as_ref(), &now, &metrics);
             if last.as_ref().map(|l| (l.leader, l.term)) != Some((now.leader, now.term)) {
                 // A new leader may accept what the old one could not: try at once.
-                retry_at = Instant::now();
+                retry_at = crate::clock::now();
             }
             last = Some(now);
         }
-        if Instant::now() >= retry_at
+        if crate::clock::now() >= retry_at
             && let Err(e) = run_duties(&shared, &metrics, &mut announced_term, &declared).await
         {
             debug!(error = %e.message_text(), "duty failed; will retry");
-            retry_at = Instant::now() + DUTY_RETRY;
+            retry_at = crate::clock::now() + DUTY_RETRY;
         }
         tokio::select! {
             _ = metrics_rx.changed() => {}

@@ -301,7 +301,7 @@ pub async fn run(
     let failed = || {
         let mut gate = lock(&fencing.gate);
         if gate.term() == Some(term) {
-            gate.failed(&node, Instant::now(), &fencing.backoff)
+            gate.failed(&node, crate::clock::now(), &fencing.backoff)
         } else {
             Duration::ZERO
         }
@@ -335,7 +335,7 @@ pub async fn run(
     }
     info!(node = %node, agent = %agent_name, attempt, by = %by, "fencing");
     let outcome = clusterd_fencing::fence(agent.as_ref(), &options).await;
-    let confirmed_at = Instant::now();
+    let confirmed_at = crate::clock::now();
     match outcome {
         Ok(reply) => {
             let done = Command::FenceSucceeded {
@@ -479,7 +479,7 @@ mod tests {
         let s = state();
         let mut gate = FenceGate::default();
         gate.reset_for(1);
-        let t0 = Instant::now();
+        let t0 = crate::clock::now();
         let mut l = live(&[("mx1", 5000)], &["mx2", "mx3"]);
         let start = gate_liveness(&mut gate, &mut l, &s, |n| n != "mx1", |_| Some(t0), t0);
         // mx3 owns nothing: no need to fence it before "moving" nothing.
@@ -498,7 +498,14 @@ mod tests {
         let mut gate = FenceGate::default();
         gate.reset_for(1);
         let mut l = live(&[], &["mx2"]);
-        let start = gate_liveness(&mut gate, &mut l, &s, |_| false, |_| None, Instant::now());
+        let start = gate_liveness(
+            &mut gate,
+            &mut l,
+            &s,
+            |_| false,
+            |_| None,
+            crate::clock::now(),
+        );
         assert!(start.is_empty());
         assert!(l.expired.contains("mx2"));
     }

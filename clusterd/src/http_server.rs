@@ -309,7 +309,9 @@ struct RefusalLog {
 
 impl RefusalLog {
     fn due(&mut self) -> bool {
-        let due = self.last.is_none_or(|t| t.elapsed() >= REFUSAL_LOG_EVERY);
+        let due = self
+            .last
+            .is_none_or(|t| crate::clock::since(t) >= REFUSAL_LOG_EVERY);
         if !due {
             self.suppressed += 1;
         }
@@ -317,7 +319,7 @@ impl RefusalLog {
     }
 
     fn logged(&mut self) {
-        self.last = Some(Instant::now());
+        self.last = Some(crate::clock::now());
         self.suppressed = 0;
     }
 }

@@ -308,7 +308,7 @@ pub async fn confirm_loop(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         if !current {
             pause = Duration::from_millis(5);
         }
-        let asked = Instant::now();
+        let asked = crate::clock::now();
         let confirmed =
             tokio::time::timeout(s.leases.timings.quorum_fresh, s.raft.get_read_log_id())
                 .await
@@ -331,7 +331,7 @@ pub fn grant(s: &Shared, node: &str) -> Result<LeaseGrant, String> {
     if metrics.state != ServerState::Leader || metrics.current_leader != Some(s.id) {
         return Err(format!("{} is not the leader", s.me));
     }
-    let now = Instant::now();
+    let now = crate::clock::now();
     let confirmed = *s.leases.confirmed.lock().unwrap_or_else(|p| p.into_inner());
     let age = confirmed_age_ms(confirmed, metrics.current_term, now);
     if !s.leases.timings.may_grant(age) {
@@ -366,7 +366,7 @@ pub async fn renew_loop(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut had_lease = false;
     loop {
         s.loops.beat(crate::systemd::LEASE_RENEWAL);
-        let sent_at = Instant::now();
+        let sent_at = crate::clock::now();
         let leader = crate::raft::leader_member(&s.raft.metrics().borrow());
         // A node drill: behave like a dead node for the addresses (renew nothing), so they take
         // the real failure path while the daemon keeps running.
@@ -405,7 +405,7 @@ pub async fn renew_loop(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             }
             Err(e) => {
                 let current = *s.leases.holder.borrow();
-                if had_lease && current.is_none_or(|l| Instant::now() >= l.deadline) {
+                if had_lease && current.is_none_or(|l| crate::clock::now() >= l.deadline) {
                     warn!(reason = %e, "address lease lost: dropping addresses");
                     s.leases.holder.send_replace(None);
                     had_lease = false;
@@ -436,7 +436,7 @@ pub async fn placement_loop(s: Arc<Shared>, policy: Policy, mut stop: watch::Rec
             let table = s.leases.table.lock().unwrap_or_else(|p| p.into_inner());
             (table.term, table.quiet_until(&s.leases.timings))
         };
-        let now = Instant::now();
+        let now = crate::clock::now();
         let next = match quiet_until {
             Some(q) if q > now => q.min(now + tick),
             _ => now + tick,
@@ -455,7 +455,7 @@ pub async fn placement_loop(s: Arc<Shared>, policy: Policy, mut stop: watch::Rec
         if metrics.state != ServerState::Leader || metrics.current_leader != Some(s.id) {
             continue;
         }
-        let now = Instant::now();
+        let now = crate::clock::now();
         // Elected: the quiet period counts from now (or from the first lease request this
         // leader answered, if that came first). Plan nothing, not even first placements, until
         // every live node has had time to renew with this leader: otherwise an address could be
@@ -610,7 +610,7 @@ mod tests {
     #[test]
     fn a_new_leader_declares_nobody_expired_during_its_quiet_period() {
         let mut table = LeaseTable::default();
-        let t0 = Instant::now();
+        let t0 = crate::clock::now();
         table.reset_for(2, t0);
         let nodes = names(&["mx1", "mx2"]);
         let live = table.liveness(&nodes, t0 + Duration::from_millis(500), &t());
@@ -623,7 +623,7 @@ mod tests {
     #[test]
     fn renewing_nodes_are_current_with_their_uninterrupted_time() {
         let mut table = LeaseTable::default();
-        let t0 = Instant::now();
+        let t0 = crate::clock::now();
         table.reset_for(1, t0);
         for i in 0..10 {
             table
@@ -638,7 +638,7 @@ mod tests {
     #[test]
     fn a_gap_longer_than_a_lease_restarts_the_stable_time() {
         let mut table = LeaseTable::default();
-        let t0 = Instant::now();
+        let t0 = crate::clock::now();
         table.reset_for(1, t0);
         table.grant(1, "mx1", t0, 5, &t()).unwrap();
         table
@@ -651,7 +651,7 @@ mod tests {
     #[test]
     fn silent_node_is_neither_current_nor_expired_until_the_takeover_delay() {
         let mut table = LeaseTable::default();
-        let t0 = Instant::now();
+        let t0 = crate::clock::now();
         table.reset_for(1, t0);
         let late = t0 + Duration::from_secs(10);
         table.grant(1, "mx1", late, 5, &t()).unwrap();
@@ -665,7 +665,7 @@ mod tests {
 
     #[test]
     fn leadership_confirmed_ages_from_when_it_was_asked_and_counts_only_in_its_term() {
-        let asked = Instant::now();
+        let asked = crate::clock::now();
         let later = asked + Duration::from_millis(40);
         assert_eq!(confirmed_age_ms(Some((asked, 3)), 3, later), Some(40));
         // A daemon frozen for two seconds and resumed: the confirmation is two seconds old.
@@ -680,7 +680,7 @@ mod tests {
     #[test]
     fn a_new_term_forgets_old_grants() {
         let mut table = LeaseTable::default();
-        let t0 = Instant::now();
+        let t0 = crate::clock::now();
         table.reset_for(1, t0);
         table.grant(1, "mx1", t0, 5, &t()).unwrap();
         table.reset_for(2, t0 + Duration::from_millis(10));
@@ -700,7 +700,7 @@ mod tests {
 
     #[test]
     fn a_node_gets_no_lease_while_a_takeover_of_its_address_is_on_its_way_into_the_log() {
-        let t0 = Instant::now();
+        let t0 = crate::clock::now();
         let (mut table, expired) = mx1_silent_since(t0);
         let live = table.liveness(&names(&["mx1"]), expired, &t());
         assert!(live.expired.contains("mx1"));
@@ -741,7 +741,7 @@ mod tests {
 
     #[test]
     fn a_failed_takeover_write_withholds_leases_until_a_later_write_commits() {
-        let t0 = Instant::now();
+        let t0 = crate::clock::now();
         let (mut table, expired) = mx1_silent_since(t0);
         table.takeover_decided(1, "mx1");
         // Timed out: it may be in the log at some unknown index.
@@ -760,7 +760,7 @@ mod tests {
 
     #[test]
     fn a_new_term_forgets_the_takeovers_of_the_old_one() {
-        let t0 = Instant::now();
+        let t0 = crate::clock::now();
         let (mut table, expired) = mx1_silent_since(t0);
         table.takeover_decided(1, "mx1");
         table.takeover_written(1, "mx1", None);
@@ -816,7 +816,7 @@ mod tests {
             Renewal::AppendedPublished,
             Renewal::Committed,
         ] {
-            let t0 = Instant::now();
+            let t0 = crate::clock::now();
             let (mut table, expired) = mx1_silent_since(t0);
             let live = table.liveness(&names(&["mx1", "mx2"]), expired, &t());
             let mut plan_live = live.clone();

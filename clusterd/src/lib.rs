@@ -2,6 +2,7 @@ pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod ctl;
 pub mod daemon;
@@ -19,6 +20,7 @@ pub mod raft;
 pub mod status;
 pub mod systemd;
 pub mod vip;
+pub mod wire;
 
 /// Lock `m` whether or not a thread panicked while holding it: every value kept behind a
 /// mutex here stays consistent between statements (no invariant spans a panic point), so a

@@ -14,7 +14,7 @@ use crate::lock;
 use std::collections::BTreeMap;
 use std::fmt::{Display, Write as _};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -360,7 +360,7 @@ pub fn render(s: &Shared) -> String {
         .leases
         .holder
         .borrow()
-        .map(|l| l.deadline.saturating_duration_since(Instant::now()))
+        .map(|l| l.deadline.saturating_duration_since(crate::clock::now()))
         .unwrap_or_default();
     t.sample(
         "clusterd_lease_remaining_seconds",

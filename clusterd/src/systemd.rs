@@ -67,7 +67,7 @@ impl Default for Loops {
         Loops {
             beats: Default::default(),
             watched: Default::default(),
-            since: Instant::now(),
+            since: crate::clock::now(),
             converged: AtomicBool::new(false),
         }
     }
@@ -89,7 +89,7 @@ impl Loops {
             &self.snapshot(),
             &watched,
             self.since,
-            Instant::now(),
+            crate::clock::now(),
             limit,
         )
     }
@@ -99,7 +99,7 @@ impl Loops {
         self.beats
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(name, Instant::now());
+            .insert(name, crate::clock::now());
     }
 
     /// The address runtime completed a pass with a valid lease and no kernel error.
@@ -223,7 +223,7 @@ pub async fn run(
     let watchdog = watchdog_interval();
     let mut ready = false;
     let mut last_status = String::new();
-    let mut next_ping = Instant::now();
+    let mut next_ping = crate::clock::now();
     // Why the watchdog is not pinged; shown as the status instead of the summary meanwhile.
     let mut unhealthy: Option<String> = None;
     let mut last_warning: Option<Instant> = None;
@@ -249,7 +249,7 @@ pub async fn run(
             _ => {}
         }
         if let Some(interval) = watchdog
-            && Instant::now() >= next_ping
+            && crate::clock::now() >= next_ping
         {
             // A loop may be silent for half the interval (at least WATCHDOG_LOOP_FLOOR, so that
             // a loop waiting on one slow proposal is not taken for wedged under a very short
@@ -258,7 +258,7 @@ pub async fn run(
             match alive(&s, &api_addr, limit, interval / 4).await {
                 Ok(()) => {
                     send("WATCHDOG=1");
-                    next_ping = Instant::now() + interval / 4;
+                    next_ping = crate::clock::now() + interval / 4;
                     if unhealthy.take().is_some() {
                         info!(node = %s.me, "watchdog checks pass again");
                         last_status.clear();
@@ -267,9 +267,11 @@ pub async fn run(
                 Err(why) => {
                     let why = one_line(why);
                     // One warning per 10 s at most: the reason's numbers change every check.
-                    if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                    if last_warning
+                        .is_none_or(|t| crate::clock::since(t) >= Duration::from_secs(10))
+                    {
                         warn!(node = %s.me, "watchdog not pinged: {why}");
-                        last_warning = Some(Instant::now());
+                        last_warning = Some(crate::clock::now());
                     }
                     if unhealthy.is_none() {
                         send(&format!("STATUS=unhealthy: {why}"));
@@ -435,7 +437,7 @@ mod tests {
 
     #[test]
     fn loops_silent_longer_than_the_limit_are_stuck() {
-        let t0 = Instant::now();
+        let t0 = crate::clock::now();
         let limit = Duration::from_secs(5);
         let mut beats = BTreeMap::new();
         beats.insert(DUTIES, t0 + Duration::from_secs(9));
@@ -452,7 +454,7 @@ mod tests {
 
     #[test]
     fn a_loop_that_never_beat_gets_the_limit_from_start_then_counts_as_stuck() {
-        let t0 = Instant::now();
+        let t0 = crate::clock::now();
         let limit = Duration::from_secs(5);
         let beats = BTreeMap::new();
         assert!(
@@ -466,7 +468,7 @@ mod tests {
 
     #[test]
     fn loops_not_expected_are_ignored() {
-        let t0 = Instant::now();
+        let t0 = crate::clock::now();
         let mut beats = BTreeMap::new();
         beats.insert(ADDRESSES, t0);
         let later = t0 + Duration::from_secs(60);

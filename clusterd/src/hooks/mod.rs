@@ -185,13 +185,13 @@ impl Hooks {
             let timeout = match deadline {
                 Some(d) => self
                     .timeout
-                    .min(d.saturating_duration_since(Instant::now())),
+                    .min(d.saturating_duration_since(crate::clock::now())),
                 None => self.timeout,
             };
-            let started = Instant::now();
+            let started = crate::clock::now();
             let outcome = run_script(script, &env, timeout).await;
             self.count(&outcome);
-            let took_ms = started.elapsed().as_millis() as u64;
+            let took_ms = crate::clock::since(started).as_millis() as u64;
             let script = script.display();
             let (id, event) = (q.id, q.event.kind);
             match &outcome {
@@ -303,8 +303,8 @@ pub async fn run(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             _ = stop.wait_for(|s| *s) => break,
         }
     }
-    let deadline = Instant::now() + hooks.timeout;
-    while Instant::now() < deadline {
+    let deadline = crate::clock::now() + hooks.timeout;
+    while crate::clock::now() < deadline {
         let Some(q) = hooks.next() else { return };
         hooks.deliver(q, Some(deadline)).await;
     }
@@ -423,7 +423,7 @@ pub async fn observe(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             let since = match leader_since {
                 Some((t, at)) if t == term => at,
                 _ => {
-                    let now = Instant::now();
+                    let now = crate::clock::now();
                     leader_since = Some((term, now));
                     now
                 }
@@ -436,9 +436,12 @@ pub async fn observe(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             if quorum {
                 let contact = member_contact(&s, &replica.state);
                 let now_ms = auth::unix_ms();
-                for (node, up, reason) in
-                    watch.observe(term, since.elapsed(), s.reachable_within, &contact)
-                {
+                for (node, up, reason) in watch.observe(
+                    term,
+                    crate::clock::since(since),
+                    s.reachable_within,
+                    &contact,
+                ) {
                     if up {
                         info!(%node, %reason, "node up");
                     } else {
@@ -468,7 +471,7 @@ fn member_contact(s: &Shared, state: &crate::model::State) -> BTreeMap<String, C
         .filter(|(name, _)| **name != s.me)
         .map(|(name, _)| {
             let seen = peers.get(&crate::model::node_id(name));
-            let last_ok = seen.and_then(|p| p.last_ok).map(|t| t.elapsed());
+            let last_ok = seen.and_then(|p| p.last_ok).map(crate::clock::since);
             let c = match last_ok {
                 Some(age) if age < s.reachable_within => Contact::Recent,
                 other => Contact::Silent(other),
@@ -542,12 +545,12 @@ mod tests {
             "slow",
             &format!("sleep 30 & echo $! > {}; wait", pidfile.display()),
         );
-        let started = Instant::now();
+        let started = crate::clock::now();
         assert_eq!(
             run_script(&s, &env(), Duration::from_millis(300)).await,
             Outcome::TimedOut
         );
-        assert!(started.elapsed() < Duration::from_secs(10));
+        assert!(crate::clock::since(started) < Duration::from_secs(10));
         let pid: i32 = std::fs::read_to_string(&pidfile)
             .unwrap()
             .trim()
@@ -555,14 +558,17 @@ mod tests {
             .unwrap();
         // The background `sleep` was in the script's process group: it is gone too (a zombie
         // until reaped by init counts as gone: it no longer runs).
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = crate::clock::now() + Duration::from_secs(5);
         loop {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
             let state = stat.rsplit(')').next().unwrap_or("").trim().chars().next();
             if stat.is_empty() || state == Some('Z') {
                 break;
             }
-            assert!(Instant::now() < deadline, "child {pid} still runs: {stat}");
+            assert!(
+                crate::clock::now() < deadline,
+                "child {pid} still runs: {stat}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

@@ -26,7 +26,7 @@ use serde::de::DeserializeOwned;
 use super::TypeConfig;
 use crate::auth::{self, ClusterKey};
 use crate::model::{Member, NodeId};
-use clusterd_fencing::agent::read_whole;
+use crate::wire::{Http, WireError, WireRequest};
 
 /// Most entries the leader sends in one AppendEntries (openraft's `max_payload_entries`).
 pub const MAX_APPEND_ENTRIES: u64 = 64;
@@ -131,7 +131,7 @@ pub type PeerTable = Arc<Mutex<HashMap<NodeId, PeerSeen>>>;
 pub struct Network {
     me: NodeId,
     key: ClusterKey,
-    http: reqwest::Client,
+    http: Http,
     budgets: HashMap<NodeId, Arc<Mutex<Batch>>>,
     peers: PeerTable,
     backoff: Duration,
@@ -197,7 +197,7 @@ impl Network {
         key: ClusterKey,
         peers: PeerTable,
         backoff: Duration,
-        http: reqwest::Client,
+        http: Http,
     ) -> Self {
         Network {
             me,
@@ -245,7 +245,7 @@ pub struct PeerClient {
     me: NodeId,
     target: NodeId,
     node: Member,
-    client: reqwest::Client,
+    client: Http,
     batch: Arc<Mutex<Batch>>,
     key: ClusterKey,
     peers: PeerTable,
@@ -257,8 +257,8 @@ impl PeerClient {
         let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
         let seen = peers.entry(self.target).or_default();
         match outcome {
-            Ok(()) => seen.last_ok = Some(Instant::now()),
-            Err(e) => seen.last_error = Some((Instant::now(), e)),
+            Ok(()) => seen.last_ok = Some(crate::clock::now()),
+            Err(e) => seen.last_error = Some((crate::clock::now(), e)),
         }
     }
 
@@ -314,46 +314,50 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let url = format!("http://{}{}", self.node.addr, path);
-        let mut request = self
+        let mut headers = vec![("content-type".to_string(), content_type.to_string())];
+        headers.extend(
+            auth::sign_headers(&self.key, "POST", path, &self.node.name, &body)
+                .into_iter()
+                .map(|(n, v)| (n.to_string(), v)),
+        );
+        let answer = self
             .client
-            .post(&url)
-            .timeout(option.hard_ttl())
-            .header(reqwest::header::CONTENT_TYPE, content_type);
-        for (name, value) in auth::sign_headers(&self.key, "POST", path, &self.node.name, &body) {
-            request = request.header(name, value);
-        }
-        let response = request.body(body).send().await.map_err(|e| {
-            if e.is_timeout() {
-                RPCError::Timeout(Timeout {
+            .send(WireRequest {
+                method: "POST".into(),
+                addr: self.node.addr.clone(),
+                path: path.to_string(),
+                headers,
+                body,
+                timeout: option.hard_ttl(),
+                max_answer: MAX_RPC_ANSWER,
+            })
+            .await
+            .map_err(|e| match e {
+                WireError::Timeout => RPCError::Timeout(Timeout {
                     action,
                     id: self.me,
                     target: self.target,
                     timeout: option.hard_ttl(),
-                })
-            } else if e.is_connect() {
-                RPCError::Unreachable(Unreachable::new(&e))
-            } else {
-                RPCError::Network(NetworkError::new(&e))
-            }
-        })?;
-        let status = response.status();
-        if status == reqwest::StatusCode::UNAUTHORIZED {
+                }),
+                WireError::Connect(reason) => {
+                    RPCError::Unreachable(Unreachable::new(&std::io::Error::other(reason)))
+                }
+                WireError::Failed(reason) | WireError::TooLong(reason) => RPCError::Network(
+                    NetworkError::new(&std::io::Error::other(format!("{}: {reason}", self.node))),
+                ),
+            })?;
+        if answer.status == 401 {
             let e = std::io::Error::other(format!(
                 "{} rejected our signature: every node needs the same cluster key",
                 self.node
             ));
             return Err(RPCError::Unreachable(Unreachable::new(&e)));
         }
-        if !status.is_success() {
-            let e = std::io::Error::other(format!("{} answered HTTP {status}", self.node));
+        if !(200..300).contains(&answer.status) {
+            let e = std::io::Error::other(format!("{} answered HTTP {}", self.node, answer.status));
             return Err(RPCError::Network(NetworkError::new(&e)));
         }
-        let bytes = read_whole(response, MAX_RPC_ANSWER).await.map_err(|end| {
-            let e =
-                std::io::Error::other(format!("{}: {}", self.node, end.describe(MAX_RPC_ANSWER)));
-            RPCError::Network(NetworkError::new(&e))
-        })?;
+        let bytes = answer.body;
         let reply: Result<Resp, E> =
             serde_json::from_slice(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         reply.map_err(|e| {
@@ -384,13 +388,13 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             rpc.entries.truncate(n);
         }
         let last_sent = rpc.entries.last().map(|e| e.log_id);
-        let started = Instant::now();
+        let started = crate::clock::now();
         let result = self
             .call(RPCTypes::AppendEntries, paths::APPEND, &rpc, &option)
             .await;
         match &result {
             Err(RPCError::Timeout(_)) => lock(&self.batch).timed_out(),
-            Ok(_) => lock(&self.batch).answered(started.elapsed(), option.hard_ttl()),
+            Ok(_) => lock(&self.batch).answered(crate::clock::since(started), option.hard_ttl()),
             Err(_) => {}
         }
         match result {

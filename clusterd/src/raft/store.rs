@@ -67,6 +67,10 @@ fn write_err<E: std::error::Error + 'static>(e: E) -> StorageError<NodeId> {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> StorageResult<T> + Send + 'static,
 ) -> StorageResult<T> {
+    // A simulation runs everything on its one thread, in order (see `crate::clock`).
+    if crate::clock::simulated() {
+        return f();
+    }
     tokio::task::spawn_blocking(f).await.map_err(write_err)?
 }
 

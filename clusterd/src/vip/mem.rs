@@ -35,6 +35,10 @@ impl Host {
 pub struct World {
     hosts: Mutex<BTreeMap<String, Host>>,
     violations: Mutex<Vec<String>>,
+    /// Per node, which life of its daemon may act ([`World::kill`] ends one).
+    lives: Mutex<BTreeMap<String, u64>>,
+    /// Nodes whose address operations wait ([`World::pause`]).
+    paused: Mutex<BTreeSet<String>>,
 }
 
 impl World {
@@ -43,7 +47,7 @@ impl World {
         Arc::new(World::default())
     }
 
-    /// The `NetOps` of `node` in this world.
+    /// The `NetOps` of `node` in this world (for the node's current life).
     pub fn node(self: &Arc<Self>, node: &str) -> MemNet {
         self.hosts
             .lock()
@@ -53,12 +57,52 @@ impl World {
         MemNet {
             world: self.clone(),
             node: node.to_string(),
+            life: self.life(node),
         }
+    }
+
+    fn life(&self, node: &str) -> u64 {
+        self.lives
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(node)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// `kill -9` of `node`'s daemon as its kernel sees it: every `MemNet` handed out so far
+    /// for it does nothing from now on, and its addresses and guard stay as they are (the
+    /// guard's allowance runs out by itself). [`World::node`] gives the next life a new one.
+    pub fn kill(&self, node: &str) {
+        *self
+            .lives
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(node.to_string())
+            .or_default() += 1;
+    }
+
+    /// Hold (`true`) or release every address operation of `node` (a frozen daemon: its
+    /// guard's allowance keeps running out meanwhile).
+    pub fn pause(&self, node: &str, paused: bool) {
+        let mut p = self.paused.lock().unwrap_or_else(|p| p.into_inner());
+        if paused {
+            p.insert(node.to_string());
+        } else {
+            p.remove(node);
+        }
+    }
+
+    fn is_paused(&self, node: &str) -> bool {
+        self.paused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(node)
     }
 
     /// Nodes that answer for `ip` right now.
     pub fn holders(&self, ip: IpAddr) -> Vec<String> {
-        let now = Instant::now();
+        let now = crate::clock::now();
         self.hosts
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -95,7 +139,7 @@ impl World {
     }
 
     fn check(&self, hosts: &BTreeMap<String, Host>, ip: IpAddr) {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let holders: Vec<&String> = hosts
             .iter()
             .filter(|(_, h)| h.answers_for(ip, now))
@@ -115,13 +159,22 @@ impl World {
 pub struct MemNet {
     world: Arc<World>,
     node: String,
+    life: u64,
 }
 
 impl MemNet {
-    fn with_host<T>(
+    /// Run `f` on this node's host, once the node is not paused; nothing (the default) for a
+    /// life that was killed.
+    async fn with_host<T: Default>(
         &self,
         f: impl FnOnce(&mut Host, &World, &mut BTreeMap<String, Host>) -> T,
     ) -> T {
+        while self.world.is_paused(&self.node) {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        if self.world.life(&self.node) != self.life {
+            return T::default();
+        }
         let mut hosts = self.world.hosts.lock().unwrap_or_else(|p| p.into_inner());
         let mut host = hosts.remove(&self.node).unwrap_or_default();
         let out = f(&mut host, &self.world, &mut hosts);
@@ -132,12 +185,14 @@ impl MemNet {
 
 impl NetOps for MemNet {
     async fn list(&self, iface: &str) -> Result<Vec<IpPrefix>, NetError> {
-        Ok(self.with_host(|h, _, _| {
-            h.addrs
-                .get(iface)
-                .map(|s| s.iter().copied().collect())
-                .unwrap_or_default()
-        }))
+        Ok(self
+            .with_host(|h, _, _| {
+                h.addrs
+                    .get(iface)
+                    .map(|s| s.iter().copied().collect())
+                    .unwrap_or_default()
+            })
+            .await)
     }
 
     async fn add(&self, iface: &str, addr: IpPrefix, _lifetime_secs: u32) -> Result<(), NetError> {
@@ -147,7 +202,8 @@ impl NetOps for MemNet {
             others.insert(self.node.clone(), me);
             world.check(others, addr.addr);
             *h = others.remove(&self.node).unwrap_or_default();
-        });
+        })
+        .await;
         Ok(())
     }
 
@@ -156,12 +212,14 @@ impl NetOps for MemNet {
             if let Some(set) = h.addrs.get_mut(iface) {
                 set.remove(&addr);
             }
-        });
+        })
+        .await;
         Ok(())
     }
 
     async fn announce(&self, _iface: &str, ip: IpAddr) -> Result<(), NetError> {
-        self.with_host(|h, _, _| h.announcements.push((ip, Instant::now())));
+        self.with_host(|h, _, _| h.announcements.push((ip, crate::clock::now())))
+            .await;
         Ok(())
     }
 
@@ -170,7 +228,8 @@ impl NetOps for MemNet {
         floating: &[IpAddr],
         _interfaces: &[String],
     ) -> Result<(), NetError> {
-        self.with_host(|h, _, _| h.guarded = floating.iter().copied().collect());
+        self.with_host(|h, _, _| h.guarded = floating.iter().copied().collect())
+            .await;
         Ok(())
     }
 
@@ -183,7 +242,8 @@ impl NetOps for MemNet {
                 world.check(others, *ip);
             }
             *h = others.remove(&self.node).unwrap_or_default();
-        });
+        })
+        .await;
         Ok(())
     }
 
@@ -191,7 +251,8 @@ impl NetOps for MemNet {
         self.with_host(|h, _, _| {
             h.guarded.clear();
             h.allowed.clear();
-        });
+        })
+        .await;
         Ok(())
     }
 }

@@ -204,7 +204,7 @@ pub async fn run<N: NetOps>(s: Arc<Shared>, net: Arc<N>, mut stop: watch::Receiv
         s.loops.beat(crate::systemd::ADDRESSES);
         // Whether this pass met no kernel error (readiness waits for one clean pass).
         let mut clean = true;
-        let now = Instant::now();
+        let now = crate::clock::now();
         let lease = *lease_rx.borrow_and_update();
         let replica = replica_rx.borrow_and_update().clone();
         // A grant counts only once this replica has caught up with the leader's log as of the
@@ -261,7 +261,7 @@ pub async fn run<N: NetOps>(s: Arc<Shared>, net: Arc<N>, mut stop: watch::Receiv
                 // This pass decided at `now`; if the daemon froze since, the lease it decided
                 // on may have ended (and the address been taken): add nothing on that stale
                 // decision. The next pass, deciding afresh, lets go.
-                if deadline.is_none_or(|d| d <= Instant::now()) {
+                if deadline.is_none_or(|d| d <= crate::clock::now()) {
                     clean = false;
                     continue;
                 }
@@ -355,7 +355,7 @@ pub async fn run<N: NetOps>(s: Arc<Shared>, net: Arc<N>, mut stop: watch::Receiv
     for task in announcing.into_values() {
         task.abort();
     }
-    let _ = net.guard_allow(&[], Instant::now()).await;
+    let _ = net.guard_allow(&[], crate::clock::now()).await;
     for f in &floating {
         if let Ok(list) = net.list(&f.interface).await
             && list.contains(&f.prefix)
@@ -422,7 +422,7 @@ async fn announce_task<N: NetOps>(
     let announce = |what: &'static str| {
         let (net, iface, allowed, counted) = (&net, &iface, &allowed, &counted);
         async move {
-            if !may_announce(&allowed.borrow(), ip, Instant::now()) {
+            if !may_announce(&allowed.borrow(), ip, crate::clock::now()) {
                 debug!(address = %ip, "{what} skipped: the lease for it is over");
                 return;
             }
@@ -515,7 +515,7 @@ mod tests {
 
     fn lease(deadline_ms: u64, min_applied: u64) -> crate::lease::HeldLease {
         crate::lease::HeldLease {
-            deadline: Instant::now() + Duration::from_millis(deadline_ms),
+            deadline: crate::clock::now() + Duration::from_millis(deadline_ms),
             min_applied,
         }
     }
@@ -547,7 +547,7 @@ mod tests {
     #[test]
     fn announcing_needs_the_address_allowed_now() {
         let ip: IpAddr = "192.0.2.101".parse().unwrap();
-        let now = Instant::now();
+        let now = crate::clock::now();
         let until = BTreeMap::from([(ip, now + Duration::from_millis(300))]);
         assert!(may_announce(&until, ip, now));
         // A daemon resumed after a freeze: the allowance it last published has run out.
@@ -561,7 +561,7 @@ mod tests {
         let world = mem::World::new();
         let net = Arc::new(world.node("mx1"));
         let ip: IpAddr = "192.0.2.101".parse().unwrap();
-        let forever = Instant::now() + Duration::from_secs(3600);
+        let forever = crate::clock::now() + Duration::from_secs(3600);
         let (tx, rx) = watch::channel(BTreeMap::from([(ip, forever)]));
         let cfg = AnnounceConfig {
             burst: 3,
@@ -570,11 +570,14 @@ mod tests {
             repeat_interval: crate::config::Millis::from_millis(2000),
             refresh: crate::config::Millis::from_millis(0),
         };
-        let start = Instant::now();
+        let start = crate::clock::now();
         let task = tokio::spawn(announce_task(net, "eth0".into(), ip, cfg, rx, |_| {}));
         // The burst goes out while the address is allowed.
         while world.announcements("mx1", ip) < 3 {
-            assert!(start.elapsed() < Duration::from_secs(1), "no burst");
+            assert!(
+                crate::clock::since(start) < Duration::from_secs(1),
+                "no burst"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         // Then the lease is over: the repeat due at 2 s is skipped.
