@@ -193,6 +193,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route(paths::APPEND, post(raft_append))
         .route(paths::VOTE, post(raft_vote))
         .route(paths::SNAPSHOT, post(raft_snapshot))
+        .route(paths::PREVOTE, post(raft_prevote))
         .route(admin_paths::STATUS, get(get_status))
         .route(admin_paths::HISTORY, get(get_history))
         .route(admin_paths::PROPOSE, post(post_propose))
@@ -398,6 +399,18 @@ async fn raft_vote(
     Json(req): Json<VoteRequest<NodeId>>,
 ) -> impl IntoResponse {
     Json(s.raft.vote(req).await)
+}
+
+async fn raft_prevote(
+    State(s): State<Arc<Shared>>,
+    Json(req): Json<crate::raft::prevote::PreVote>,
+) -> Json<crate::raft::prevote::PreVoteReply> {
+    use crate::raft::prevote;
+    Json(prevote::answer(
+        &req,
+        prevote::knows(&s),
+        prevote::lease_ms(&s),
+    ))
 }
 
 async fn raft_snapshot(State(s): State<Arc<Shared>>, body: Bytes) -> Response {

@@ -365,6 +365,8 @@ pub async fn run_at<N: crate::vip::NetOps>(
     let raft = Raft::new(id, Arc::new(raft_cfg), network, log_store, state_machine)
         .await
         .map_err(|e| RunError::Raft(e.to_string()))?;
+    // Elections wait for a majority's pre-vote (`raft::prevote`, whose loop turns them on).
+    raft.runtime_config().elect(false);
     let config_for_fencing = config.clone();
     let shared = Arc::new(Shared {
         me: me.clone(),
@@ -440,9 +442,16 @@ pub async fn run_at<N: crate::vip::NetOps>(
     let (hooks_stop, hooks_stop_rx) = watch::channel(false);
     let hook_runner = tokio::spawn(crate::hooks::run(shared.clone(), hooks_stop_rx));
 
-    use crate::systemd::{DNS, DUTIES, HEALTH, HOOKS, LEADERSHIP, LEASE_RENEWAL, PLACEMENT};
+    use crate::systemd::{
+        DNS, DUTIES, ELECTIONS, HEALTH, HOOKS, LEADERSHIP, LEASE_RENEWAL, PLACEMENT,
+    };
     let mut background = Supervised::default();
     let loops = &shared.loops;
+    background.spawn_watched(
+        loops,
+        ELECTIONS,
+        crate::raft::prevote::run(shared.clone(), stop_rx.clone()),
+    );
     background.spawn_watched(loops, DUTIES, duties(shared.clone(), stop_rx.clone()));
     background.spawn_watched(
         loops,

@@ -41,6 +41,8 @@ pub const HEALTH: &str = "health";
 pub const DNS: &str = "DNS";
 /// The hook observer (`hooks`).
 pub const HOOKS: &str = "hook observer";
+/// The pre-vote loop (`raft::prevote`), which lets openraft elect.
+pub const ELECTIONS: &str = "elections";
 /// How long a watched loop may stay silent before `status` reports it (the watchdog allows
 /// half its interval). Every watched loop beats at least once a second when healthy, and once
 /// per proposal it waits for (at most 5 s) when the leader is slow.

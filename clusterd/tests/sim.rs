@@ -637,23 +637,8 @@ fn seed_key(seed: u64) -> [u8; 32] {
 
 /// Run one seed's schedule; the violations found (empty: it held).
 async fn run_seed(seed: u64, dir: &std::path::Path) -> Result<Vec<String>, String> {
-    clusterd::clock::simulate(1_800_000_000_000);
     let steps = schedule(seed);
-    let mut sim = Sim::new(seed, dir)?;
-    for n in NODES {
-        sim.start(n).await?;
-    }
-    // The cluster forms and places its addresses.
-    let formed = Instant::now() + Duration::from_secs(30);
-    while sim.unsettled().is_some() {
-        if Instant::now() >= formed {
-            return Err(format!(
-                "the cluster never formed: {}",
-                sim.unsettled().unwrap_or_default()
-            ));
-        }
-        sleep(Duration::from_millis(100)).await;
-    }
+    let mut sim = formed(seed, dir).await?;
     let t0 = Instant::now();
     // Pending ends of faults: (virtual time, node, what).
     let mut resumes: Vec<(Instant, String, bool)> = Vec::new();
@@ -768,7 +753,6 @@ async fn run_seed(seed: u64, dir: &std::path::Path) -> Result<Vec<String>, Strin
             st.trace.iter().cloned().collect::<Vec<_>>().join("\n")
         ));
     }
-    clusterd::clock::stop_simulating();
     Ok(found)
 }
 
@@ -778,15 +762,8 @@ fn run_one(seed: u64) -> Result<Vec<String>, String> {
     std::thread::Builder::new()
         .name(format!("sim-{seed}"))
         .spawn(move || {
-            let out = (|| {
-                let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_time()
-                    .start_paused(true)
-                    .build()
-                    .map_err(|e| e.to_string())?;
-                rt.block_on(run_seed(seed, dir.path()))
-            })();
+            let out =
+                in_virtual_time(move |dir| Box::pin(async move { run_seed(seed, &dir).await }));
             let _ = tx.send(out);
         })
         .map_err(|e| e.to_string())?;
@@ -855,25 +832,68 @@ fn thousands_of_random_schedules_never_give_an_address_two_holders() {
     assert_eq!(done, seeds.len() as u64, "every schedule ran");
 }
 
-#[test]
-fn the_simulation_bites_a_cut_off_owner_loses_its_address_to_another_node() {
-    let out = std::thread::spawn(|| {
+/// Run `body` on a paused runtime of its own, with the wall clock simulated.
+fn in_virtual_time<T: Send + 'static>(
+    body: impl FnOnce(
+        std::path::PathBuf,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, String>>>>
+    + Send
+    + 'static,
+) -> Result<T, String> {
+    std::thread::spawn(move || {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .start_paused(true)
             .build()
             .map_err(|e| e.to_string())?;
+        let path = dir.path().to_path_buf();
         rt.block_on(async move {
             clusterd::clock::simulate(1_800_000_000_000);
-            let mut sim = Sim::new(7, dir.path())?;
-            for n in NODES {
-                sim.start(n).await?;
-            }
-            let formed = Instant::now() + Duration::from_secs(30);
-            while sim.unsettled().is_some() && Instant::now() < formed {
-                sleep(Duration::from_millis(100)).await;
-            }
+            let out = body(path).await;
+            clusterd::clock::stop_simulating();
+            out
+        })
+    })
+    .join()
+    .map_err(|_| "the simulation thread panicked".to_string())?
+}
+
+/// A simulated cluster that formed and placed its addresses.
+async fn formed(seed: u64, dir: &std::path::Path) -> Result<Sim, String> {
+    let mut sim = Sim::new(seed, dir)?;
+    for n in NODES {
+        sim.start(n).await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Some(why) = sim.unsettled() {
+        if Instant::now() >= deadline {
+            return Err(format!("the cluster never formed: {why}"));
+        }
+        sleep(Duration::from_millis(100)).await;
+    }
+    Ok(sim)
+}
+
+/// The leader and its term, as `node` sees them.
+fn leader_of(sim: &Sim, node: &str) -> (Option<u64>, u64) {
+    sim.running.get(node).map_or((None, 0), |r| {
+        let m = r.shared.raft.metrics().borrow().clone();
+        (m.current_leader, m.current_term)
+    })
+}
+
+async fn stop_all(sim: &mut Sim) {
+    for n in NODES {
+        let _ = sim.crash(n).await;
+    }
+}
+
+#[test]
+fn the_simulation_bites_a_cut_off_owner_loses_its_address_to_another_node() {
+    let out = in_virtual_time(|dir| {
+        Box::pin(async move {
+            let mut sim = formed(7, &dir).await?;
             let ip: std::net::IpAddr = "192.0.2.101".parse().map_err(|_| "ip")?;
             let before = sim.world.holders(ip);
             if before != ["n1"] {
@@ -897,16 +917,10 @@ fn the_simulation_bites_a_cut_off_owner_loses_its_address_to_another_node() {
             }
             let took = Instant::now() - cut_at;
             let violations = sim.world.violations();
-            for n in NODES {
-                let _ = sim.crash(n).await;
-            }
-            clusterd::clock::stop_simulating();
-            Ok::<_, String>((after, took, violations))
+            stop_all(&mut sim).await;
+            Ok((after, took, violations))
         })
-    })
-    .join()
-    .map_err(|_| "the simulation thread panicked".to_string())
-    .and_then(|r| r);
+    });
     let (after, took, violations) = out.unwrap_or_else(|e| panic!("{e}"));
     assert!(
         after.len() == 1 && after[0] != "n1",
@@ -919,4 +933,56 @@ fn the_simulation_bites_a_cut_off_owner_loses_its_address_to_another_node() {
         "the takeover took {took:?} of virtual time: not the lease arithmetic"
     );
     assert!(violations.is_empty(), "{violations:?}");
+}
+
+#[test]
+fn a_voter_that_hears_nothing_raises_no_term_and_deposes_no_leader() {
+    for deaf_both_ways in [false, true] {
+        let out = in_virtual_time(move |dir| {
+            Box::pin(async move {
+                let mut sim = formed(11, &dir).await?;
+                let (leader, term) = leader_of(&sim, "n1");
+                let leader = leader.ok_or("no leader")?;
+                let deaf = NODES
+                    .iter()
+                    .find(|n| node_id(n) != leader)
+                    .ok_or("no follower")?
+                    .to_string();
+                {
+                    let mut st = lock(&sim.net.state);
+                    for p in NODES.iter().filter(|p| **p != deaf) {
+                        st.cut.insert((p.to_string(), deaf.clone()));
+                        if deaf_both_ways {
+                            st.cut.insert((deaf.clone(), p.to_string()));
+                        }
+                    }
+                }
+                sleep(Duration::from_secs(5)).await;
+                let deaf_term = leader_of(&sim, &deaf).1;
+                lock(&sim.net.state).cut.clear();
+                sleep(Duration::from_secs(3)).await;
+                let views: Vec<(String, Option<u64>, u64)> = NODES
+                    .iter()
+                    .map(|n| {
+                        let (l, t) = leader_of(&sim, n);
+                        (n.to_string(), l, t)
+                    })
+                    .collect();
+                stop_all(&mut sim).await;
+                Ok((leader, term, deaf, deaf_term, views))
+            })
+        });
+        let (leader, term, deaf, deaf_term, views) = out.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            deaf_term, term,
+            "{deaf}, hearing nothing for 5 s (both ways: {deaf_both_ways}), raised its term"
+        );
+        for (n, l, t) in views {
+            assert_eq!(
+                (l, t),
+                (Some(leader), term),
+                "{n} after {deaf} was heard again (both ways: {deaf_both_ways})"
+            );
+        }
+    }
 }

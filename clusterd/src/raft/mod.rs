@@ -7,6 +7,7 @@
 use std::io::Cursor;
 
 pub mod network;
+pub mod prevote;
 pub mod store;
 
 use crate::model::{Applied, Command, Member, NodeId};

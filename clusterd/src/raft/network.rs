@@ -112,6 +112,8 @@ pub mod paths {
     pub const VOTE: &str = "/raft/vote";
     /// InstallSnapshot (one chunk).
     pub const SNAPSHOT: &str = "/raft/snapshot";
+    /// Pre-vote ([`crate::raft::prevote`]).
+    pub const PREVOTE: &str = "/raft/prevote";
 }
 
 /// What this node last saw of a peer through its own RPCs.

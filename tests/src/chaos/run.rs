@@ -339,7 +339,22 @@ impl<'a> Campaign<'a> {
     fn close_window(&mut self, w: Window) {
         let seen: Observed = w.monitors.stop();
         if let Err(report) = seen.never_two_holders() {
-            self.violation(None, format!("two holders: {report}"));
+            // Which of the four views saw it (the report names the first).
+            let views = [
+                ("sampled addresses", &seen.addresses),
+                ("kernel events", &seen.events),
+                ("ARP/ND", &seen.network.timeline),
+                ("ICMP echo", &seen.network.echo),
+            ];
+            let saw: Vec<&str> = views
+                .iter()
+                .filter(|(_, tl)| !tl.duplicates().is_empty())
+                .map(|(name, _)| *name)
+                .collect();
+            self.violation(
+                None,
+                format!("two holders (seen by: {}): {report}", saw.join(", ")),
+            );
         }
         self.out.address_samples += seen.addresses.samples;
         self.out.event_points += seen.events.samples;
@@ -490,6 +505,9 @@ impl<'a> Campaign<'a> {
                 );
             }
         }
+        // Operator actions (a drill plays a failed node until it ends) are part of the burst:
+        // the quiet point is counted from the last of them.
+        self.reap_operators(burst);
         let healed = Instant::now();
         self.settle(burst, healed);
         Ok(())
@@ -650,7 +668,6 @@ impl<'a> Campaign<'a> {
     /// The quiet point after a burst: every daemon alive, every address served, every node
     /// agreeing on the owners, every operator action undone, within [`HEALED_BOUND`].
     fn settle(&mut self, burst: usize, healed: Instant) {
-        self.reap_operators(burst);
         let deadline = healed + HEALED_BOUND;
         let shape = self.opts.schedule.shape.clone();
         let ips: Vec<IpAddr> = shape

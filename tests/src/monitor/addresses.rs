@@ -516,6 +516,16 @@ fn event_timeline(
                     let slot = until[rd.node].entry(*ip).or_insert(*u);
                     *slot = (*slot).max(*u);
                 }
+                // An element a reading no longer shows was closed by then (a daemon closes
+                // its guard before it removes the address, and a starved one may take a while
+                // between the two): allowed at most until this reading.
+                if let Some(now_allowed) = &rd.allows {
+                    for (ip, u) in until[rd.node].iter_mut() {
+                        if !now_allowed.contains_key(ip) && *u > rd.at {
+                            *u = rd.at;
+                        }
+                    }
+                }
             }
             r += 1;
         }
@@ -1051,6 +1061,27 @@ mod tests {
         assert!(t.duplicates().is_empty(), "{}", t.report());
         // Read in time, the same two events are a real overlap of 3 ms.
         let events = [late(200, 199, 0, true), late(203, 202, 1, false)];
+        let t = event_timeline(&names(), &BTreeMap::new(), &initial, &events, &reads);
+        assert_eq!(t.duplicates().len(), 1, "{}", t.report());
+    }
+
+    #[test]
+    fn an_address_left_configured_behind_a_closed_guard_is_not_held_after_the_reading() {
+        // mx1 closed its guard for the address at about 100 ms (a reading at 120 ms shows it
+        // gone, although the element would have run until 800 ms) and removed the address only
+        // at 900 ms (starved in between); mx2 added it at 500 ms.
+        let initial = vec![BTreeSet::from([ip()]), BTreeSet::new()];
+        let reads = [
+            allows(0, 0, Some(800)),
+            allows(0, 1, None),
+            allows(120, 0, None),
+            allows(500, 1, Some(1300)),
+        ];
+        let events = [event(500, 1, true), event(900, 0, false)];
+        let t = event_timeline(&names(), &BTreeMap::new(), &initial, &events, &reads);
+        assert!(t.duplicates().is_empty(), "{}", t.report());
+        // Without the reading at 120 ms, the element counts until it would have expired.
+        let reads = [reads[0].clone(), reads[1].clone(), reads[3].clone()];
         let t = event_timeline(&names(), &BTreeMap::new(), &initial, &events, &reads);
         assert_eq!(t.duplicates().len(), 1, "{}", t.report());
     }
