@@ -6,7 +6,7 @@
 // What each test saw (timings, announcements) goes to stderr as part of its report.
 #![allow(clippy::print_stderr)]
 
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -22,20 +22,6 @@ fn ipv6_lab() -> Result<TestLab> {
     })?)
 }
 
-/// The link-layer address the client's kernel has cached for `ip` (`ip -6 neigh`), if any.
-fn client_neighbour(lab: &TestLab, ip: Ipv6Addr) -> Result<Option<String>> {
-    let iface = lab.state().client.iface.clone();
-    let out = lab.ip(
-        "client",
-        &["-6", "neigh", "show", &ip.to_string(), "dev", &iface],
-    )?;
-    Ok(out
-        .split_whitespace()
-        .skip_while(|w| *w != "lladdr")
-        .nth(1)
-        .map(str::to_owned))
-}
-
 #[test]
 fn ipv6_address_of_a_killed_owner_moves_and_its_announcement_updates_the_client() -> Result<()> {
     let mut lab = ipv6_lab()?;
@@ -46,7 +32,7 @@ fn ipv6_address_of_a_killed_owner_moves_and_its_announcement_updates_the_client(
     let mx1_mac = lab.node("mx1")?.mac.clone();
     let mx2_mac = lab.node("mx2")?.mac.clone();
     ensure!(
-        client_neighbour(&lab, ip)?.as_deref() == Some(mx1_mac.as_str()),
+        lab.neighbour_mac("client", IpAddr::V6(ip))?.as_deref() == Some(mx1_mac.as_str()),
         "the client has not cached mx1's {mx1_mac} for {ip}"
     );
     let monitors = Monitors::start(&lab)?;
@@ -55,7 +41,7 @@ fn ipv6_address_of_a_killed_owner_moves_and_its_announcement_updates_the_client(
     lab.fault("mx1", Fault::Kill)?;
     // No traffic to the address now: only an announcement can change the client's cache.
     let changed = loop {
-        let now = client_neighbour(&lab, ip)?;
+        let now = lab.neighbour_mac("client", IpAddr::V6(ip))?;
         if now.as_deref() == Some(mx2_mac.as_str()) {
             break Instant::now();
         }

@@ -195,3 +195,50 @@ fn restarted_home_node_gets_its_address_back_once_stable_for_the_failback_period
     );
     failed_back_without_overlap(&lab, ip, monitors)
 }
+
+#[test]
+fn a_third_mail_node_follows_a_moved_address_at_once_through_the_announcement() -> Result<()> {
+    // mx3 talks to 192.0.2.101 on mx1 (its neighbour cache holds mx1's MAC), then the address
+    // moves to mx2. mx3's own guard must let mx2's gratuitous ARP in, or mx3 keeps sending to
+    // mx1 for as long as its entry stays reachable (tens of seconds).
+    let lab = TestLab::up(LabSpec {
+        mail_nodes: 3,
+        placement: Some(Placement::ManualFailback),
+        ..LabSpec::default()
+    })?;
+    let ip = IpAddr::V4(lab.floating_of("mx1")?);
+    lab.wait_for_greeter(ip, "mx1", Duration::from_secs(20))
+        .context("mx1 never served its home address")?;
+    let addr = std::net::SocketAddr::new(ip, 143);
+    let greeting = lab.greeting_from("mx3", addr, Duration::from_secs(2))??;
+    ensure!(greeting.contains("mx1"), "from mx3: {greeting}");
+    let mx1_mac = lab.node("mx1")?.mac.clone();
+    ensure!(
+        lab.neighbour_mac("mx3", ip)?.as_deref() == Some(mx1_mac.as_str()),
+        "mx3 has no entry for {ip} with mx1's MAC"
+    );
+    let monitors = Monitors::start(&lab)?;
+    clusterctl(&lab, "mx3", &["move", &ip.to_string(), "mx2"])?;
+    let mx2_mac = lab.node("mx2")?.mac.clone();
+    let moved = Instant::now();
+    let mut seen = None;
+    while moved.elapsed() < Duration::from_secs(2) {
+        seen = lab.neighbour_mac("mx3", ip)?;
+        if seen.as_deref() == Some(mx2_mac.as_str()) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ensure!(
+        seen.as_deref() == Some(mx2_mac.as_str()),
+        "2 s after the move, mx3's neighbour entry for {ip} is {seen:?}, not mx2's {mx2_mac}: \
+         the announcement did not reach its cache"
+    );
+    let greeting = lab.greeting_from("mx3", addr, Duration::from_secs(2))??;
+    ensure!(
+        greeting.contains("mx2"),
+        "from mx3 after the move: {greeting}"
+    );
+    monitors.finish()?;
+    Ok(())
+}

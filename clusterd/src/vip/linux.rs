@@ -316,7 +316,12 @@ fn nd_key(ip: Ipv6Addr) -> String {
 /// The nftables transaction that installs the guard for `floating` (from a clean slate).
 ///
 /// IPv4: IP traffic to and from an address not held is dropped (`inet`), and so is ARP for it
-/// (`arp`), both ways. IPv6: IP traffic likewise, which already stops the kernel's answers to
+/// (`arp`), both ways, except ARP sent *from* a floating address: another node's announcement
+/// of an address it took over (sender and target the address) must reach this node's
+/// neighbour cache, or this node would go on sending to the old owner's MAC for as long as its
+/// entry stays reachable (tens of seconds; the chaos campaign found drills run from a third
+/// mail node failing so). Whatever the kernel might answer to such a packet for an address it
+/// still has but does not hold leaves with that address as sender and is dropped on output. IPv6: IP traffic likewise, which already stops the kernel's answers to
 /// neighbour solicitations (a neighbour advertisement for a local address has that address as
 /// its source); in addition, solicitations for an address not held are dropped on input (a
 /// multicast solicitation is addressed to the solicited-node group, not to the address) and
@@ -371,6 +376,7 @@ pub fn guard_setup_script(floating: &[IpAddr], interfaces: &[String]) -> String 
          add set arp {TABLE} held {{ type ipv4_addr; flags timeout; }}; \
          add chain arp {TABLE} input {{ type filter hook input priority 0; policy accept; }}; \
          add chain arp {TABLE} output {{ type filter hook output priority 0; policy accept; }}; \
+         add rule arp {TABLE} input arp saddr ip @floating accept; \
          add rule arp {TABLE} input arp daddr ip @floating arp daddr ip != @held drop; \
          add rule arp {TABLE} output arp saddr ip @floating arp saddr ip != @held drop; \
          add table netdev {TABLE}; \
@@ -657,6 +663,21 @@ mod tests {
             "add element inet clusterd_guard nd_floating6 { 0x20010db8000000000000000000000101 }"
         ));
         assert!(s.contains("add element arp clusterd_guard floating { 192.0.2.101 }"));
+    }
+
+    #[test]
+    fn guard_takes_in_other_nodes_announcements_but_answers_no_request_for_an_address_not_held() {
+        let s = guard_setup_script(&ips(), &["eth0".to_string()]);
+        let accept = s
+            .find("add rule arp clusterd_guard input arp saddr ip @floating accept")
+            .expect("announcements accepted");
+        let drop = s
+            .find("add rule arp clusterd_guard input arp daddr ip @floating arp daddr ip != @held drop")
+            .expect("requests for addresses not held dropped");
+        assert!(accept < drop, "the accept must come first");
+        assert!(s.contains(
+            "add rule arp clusterd_guard output arp saddr ip @floating arp saddr ip != @held drop"
+        ));
     }
 
     #[test]

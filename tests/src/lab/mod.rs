@@ -416,6 +416,17 @@ impl Lab {
         run(Command::new("ip").arg("-n").arg(ns).args(args))
     }
 
+    /// The link-layer address node `name`'s (or the client's) kernel has cached for `ip`
+    /// (`ip neigh`), in lower case; `None` without an entry.
+    pub fn neighbour_mac(&self, name: &str, ip: IpAddr) -> Result<Option<String>> {
+        let out = self.ip(name, &["neigh", "show", &ip.to_string()])?;
+        Ok(out
+            .split_whitespace()
+            .skip_while(|w| *w != "lladdr")
+            .nth(1)
+            .map(str::to_lowercase))
+    }
+
     /// Every address configured on node `name`'s interface (as `ip` prints them).
     pub fn addresses_of(&self, name: &str) -> Result<Vec<String>> {
         let node = self.node(name)?;
