@@ -203,6 +203,7 @@ fn a_third_mail_node_follows_a_moved_address_at_once_through_the_announcement() 
     // mx1 for as long as its entry stays reachable (tens of seconds).
     let lab = TestLab::up(LabSpec {
         mail_nodes: 3,
+        witness: false,
         placement: Some(Placement::ManualFailback),
         ..LabSpec::default()
     })?;

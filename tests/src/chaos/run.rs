@@ -678,10 +678,18 @@ impl<'a> Campaign<'a> {
         let mut served: Option<Duration> = None;
         let mut agreed: Option<Duration> = None;
         let mut last = String::new();
+        let mut unserved: Vec<IpAddr> = Vec::new();
         let mut next_fix = Instant::now();
         while Instant::now() < deadline && (served.is_none() || agreed.is_none()) {
-            if served.is_none() && ips.iter().all(|ip| self.lab.imap_greeter(*ip).is_some()) {
-                served = Some(healed.elapsed());
+            if served.is_none() {
+                unserved = ips
+                    .iter()
+                    .copied()
+                    .filter(|ip| self.lab.imap_greeter(*ip).is_none())
+                    .collect();
+                if unserved.is_empty() {
+                    served = Some(healed.elapsed());
+                }
             }
             if agreed.is_none() {
                 match self.agreement(&shape) {
@@ -710,7 +718,10 @@ impl<'a> Campaign<'a> {
             Some(d) => self.out.served_after_heal.push(d),
             None => self.violation(
                 Some(burst),
-                format!("an address was still unserved {HEALED_BOUND:?} after the last heal"),
+                format!(
+                    "{unserved:?} still gave the client no IMAP greeting {HEALED_BOUND:?} after \
+                     the last heal (nodes' view: {last})"
+                ),
             ),
         }
         match agreed {

@@ -42,9 +42,16 @@ impl ProcId {
     }
 
     /// Whether this very process (same pid and start time) is still running and not a zombie.
+    /// A killed multi-threaded process whose main thread is already a zombie while its other
+    /// threads are still exiting counts as running: until the last one is gone, its files
+    /// (a listening socket, a database lock) are still open, and a restart would find them.
     pub fn alive(&self) -> bool {
         match read_stat(self.pid) {
-            Some((state, start)) => start == self.start_time && state != 'Z' && state != 'X',
+            Some((state, start)) => {
+                start == self.start_time
+                    && state != 'X'
+                    && (state != 'Z' || threads_of(self.pid) > 1)
+            }
             None => false,
         }
     }
@@ -294,4 +301,16 @@ pub fn spawn_logged(
         LabError::State(format!("{what} exited at once; see {}", log_path.display()))
     })?;
     Ok((id, child))
+}
+
+/// Threads of process `pid` still listed (`Threads:` in `/proc/PID/status`; 0 if gone).
+fn threads_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Threads:"))
+                .and_then(|n| n.trim().parse().ok())
+        })
+        .unwrap_or(0)
 }

@@ -19,7 +19,12 @@ use crate::lab::{Lab, Result};
 pub struct Monitors {
     sampler: AddressSampler,
     prober: ArpProber,
+    started: std::time::Instant,
 }
+
+/// The least time monitors watch, however quickly the test is done: a fast move must still
+/// be seen by enough samples (at every 10 ms, 40) to show the monitors were not blind.
+pub const MIN_WATCH: std::time::Duration = std::time::Duration::from_millis(400);
 
 /// What the two monitors saw.
 #[derive(Debug, Clone)]
@@ -38,6 +43,7 @@ impl Monitors {
         Ok(Monitors {
             sampler: AddressSampler::start(lab)?,
             prober: ArpProber::start(lab)?,
+            started: std::time::Instant::now(),
         })
     }
 
@@ -50,8 +56,9 @@ impl Monitors {
         Ok(seen)
     }
 
-    /// Stop both.
+    /// Stop both (after [`MIN_WATCH`] at least).
     pub fn stop(self) -> Observed {
+        std::thread::sleep(MIN_WATCH.saturating_sub(self.started.elapsed()));
         let sampled = self.sampler.stop();
         Observed {
             addresses: sampled.sampled,
