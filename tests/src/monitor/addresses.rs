@@ -449,19 +449,23 @@ impl GuardRead {
 }
 
 /// Events at the time that can be proven: an address appeared no earlier than it was read, and
-/// went away no later than the node's socket was last found empty (but never before the
-/// node's previous event). So a monitor that fell behind can miss a short overlap, but never
-/// makes one up out of events it read late and out of order.
+/// went away no later than the node's socket was last found empty, but after the node's
+/// previous event (by a nanosecond: an address added and removed within one read was still
+/// there for a while). So a monitor that fell behind can shorten an overlap, but never makes
+/// one up out of events it read late and out of order.
 fn placed(events: &[AddrEvent]) -> Vec<AddrEvent> {
     let mut last: BTreeMap<usize, Duration> = BTreeMap::new();
     let mut out: Vec<AddrEvent> = events
         .iter()
         .map(|e| {
-            let prev = last.get(&e.node).copied().unwrap_or_default();
             let at = if e.added {
                 e.at
             } else {
-                e.earliest.min(e.at).max(prev)
+                let earliest = e.earliest.min(e.at);
+                match last.get(&e.node) {
+                    Some(prev) if earliest <= *prev => *prev + Duration::from_nanos(1),
+                    _ => earliest,
+                }
             };
             last.insert(e.node, at);
             AddrEvent { at, ..e.clone() }
@@ -831,13 +835,25 @@ impl SamplerRun {
                 return;
             }
             let ms = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
+            // Every socket this poll finds empty had no event pending when it began.
+            let polled = self.since_start();
             let ready: Vec<usize> = {
                 let mut fds: Vec<PollFd> = self
                     .event_fds
                     .iter()
                     .map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLIN))
                     .collect();
-                match poll(&mut fds, ms) {
+                let result = poll(&mut fds, ms);
+                if result.is_ok() {
+                    for (n, f) in fds.iter().enumerate() {
+                        if f.revents().is_none_or(|r| r.is_empty())
+                            && let Some(d) = self.drained.get_mut(n)
+                        {
+                            *d = (*d).max(polled);
+                        }
+                    }
+                }
+                match result {
                     Ok(0) | Err(Errno::EINTR) => continue,
                     Ok(_) => {}
                     Err(e) => {
@@ -1059,6 +1075,17 @@ mod tests {
         let events = [late(200, 50, 0, true), late(203, 50, 1, false)];
         let t = event_timeline(&names(), &BTreeMap::new(), &initial, &events, &reads);
         assert!(t.duplicates().is_empty(), "{}", t.report());
+        // An address added and removed within one read of mx2's socket, while mx1 held it
+        // throughout, was held by both for a while, however short.
+        let held_by_mx1 = vec![BTreeSet::from([ip()]), BTreeSet::new()];
+        let mx2_opens = [
+            allows(0, 0, Some(900)),
+            allows(0, 1, None),
+            allows(200, 1, Some(900)),
+        ];
+        let blip = [late(200, 150, 1, true), late(200, 150, 1, false)];
+        let t = event_timeline(&names(), &BTreeMap::new(), &held_by_mx1, &blip, &mx2_opens);
+        assert_eq!(t.duplicates().len(), 1, "{}", t.report());
         // Read in time, the same two events are a real overlap of 3 ms.
         let events = [late(200, 199, 0, true), late(203, 202, 1, false)];
         let t = event_timeline(&names(), &BTreeMap::new(), &initial, &events, &reads);
