@@ -20,7 +20,8 @@
 //! The schedule of a seed is always the same (printed on failure, `SIM_SEED=N` runs only it).
 //! Interleavings within one virtual instant follow tokio's scheduler, so a seed replays the
 //! same faults at the same virtual times, but not necessarily every message in the same order.
-//! `SIM_SEEDS` sets how many seeds run (default 1000), `SIM_FIRST` the first one.
+//! `SIM_SEEDS` sets how many seeds run (default 1000), `SIM_FIRST` the first one, `SIM_WORKERS`
+//! how many run at once (default: one per core, at most 4).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
@@ -790,10 +791,16 @@ fn thousands_of_random_schedules_never_give_an_address_two_holders() {
             (first..first + env_u64("SIM_SEEDS").unwrap_or(1000)).collect()
         }
     };
-    // One schedule per core at a time (each is single-threaded); stop early after 3 failures.
-    let workers = std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .min(4);
+    // One schedule per core at a time (each is single-threaded; `SIM_WORKERS` overrides, as
+    // schedules also wait on their data directory's fsyncs); stop early after 3 failures.
+    let workers = env_u64("SIM_WORKERS").map_or_else(
+        || {
+            std::thread::available_parallelism()
+                .map_or(2, |n| n.get())
+                .min(4)
+        },
+        |w| w.clamp(1, 64) as usize,
+    );
     let queue = Mutex::new(seeds.iter().copied());
     let failures: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let done = std::sync::atomic::AtomicU64::new(0);
@@ -841,7 +848,16 @@ fn in_virtual_time<T: Send + 'static>(
     + 'static,
 ) -> Result<T, String> {
     std::thread::spawn(move || {
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        // The data directories live in memory where the machine offers it: the stores' fsyncs
+        // then cost nothing (a simulated crash never loses the page cache either way), and
+        // thousands of schedules are not held up by the disk.
+        let shm = std::path::Path::new("/dev/shm");
+        let dir = if shm.is_dir() {
+            tempfile::tempdir_in(shm)
+        } else {
+            tempfile::tempdir()
+        }
+        .map_err(|e| e.to_string())?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .start_paused(true)

@@ -8,7 +8,7 @@
 //! falls into it waits). The chaos campaign saw terms in the seventies after 30 faults.
 //!
 //! So elections are off in openraft (`runtime_config().elect(false)`) until this loop has
-//! asked: every [`ASK_EVERY`], a voter that is not the leader and has not heard from one for
+//! asked: every [`ASK_EVERY`] (backing off while refused, see [`next_wait`]), a voter that is not the leader and has not heard from one for
 //! the leader lease (`election_timeout_max`) asks every other voter. A voter answers yes only
 //! if it has not heard from a leader within that lease either (a leader: if a quorum has not
 //! confirmed it within the lease) and the asking node's log is at least as long as its own.
@@ -30,6 +30,21 @@ use crate::daemon::Shared;
 
 /// How often a voter without a leader asks.
 pub const ASK_EVERY: Duration = Duration::from_millis(20);
+
+/// The longest a refused voter waits before asking again, as a fraction of the leader lease:
+/// a quarter, so an election after a real loss of the leader is delayed by at most that.
+pub const BACKOFF_LEASE_DIVISOR: u32 = 4;
+
+/// How long to wait before the next round: [`ASK_EVERY`] after a grant or while a leader is
+/// heard; after a refusal, twice the last wait, up to a quarter of the lease (at least
+/// [`ASK_EVERY`]). A node cut off from a majority thus asks 4 times a lease, not 50 times a
+/// second.
+pub fn next_wait(last: Duration, refused: bool, lease: Duration) -> Duration {
+    if !refused {
+        return ASK_EVERY;
+    }
+    (last * 2).min(lease / BACKOFF_LEASE_DIVISOR).max(ASK_EVERY)
+}
 
 /// A pre-vote request: would you vote for `candidate`, whose log ends at `last_log_index`?
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,18 +130,21 @@ pub fn lease_ms(s: &Shared) -> u64 {
 pub async fn run(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let lease = lease_ms(&s);
     let mut allowed = false;
+    let mut wait = ASK_EVERY;
     loop {
         s.loops.beat(crate::systemd::ELECTIONS);
         tokio::select! {
-            _ = tokio::time::sleep(ASK_EVERY) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
         let m = s.raft.metrics().borrow().clone();
         if m.state == ServerState::Leader {
+            wait = ASK_EVERY;
             continue;
         }
         let heard = s.leader_contact_ms().is_some_and(|ms| ms <= lease);
         let allow = if heard { false } else { ask(&s, &m).await };
+        wait = next_wait(wait, !heard && !allow, Duration::from_millis(lease));
         if allow != allowed {
             s.raft.runtime_config().elect(allow);
             allowed = allow;
@@ -236,6 +254,22 @@ mod tests {
             ..NOBODY
         };
         assert!(answer(&req(None), empty, 200).granted);
+    }
+
+    #[test]
+    fn a_refused_voter_backs_off_to_a_quarter_lease_and_starts_over_when_granted() {
+        let lease = Duration::from_millis(800);
+        let mut w = ASK_EVERY;
+        let mut seen = vec![];
+        for _ in 0..6 {
+            w = next_wait(w, true, lease);
+            seen.push(w.as_millis());
+        }
+        assert_eq!(seen, [40, 80, 160, 200, 200, 200]);
+        assert_eq!(next_wait(w, false, lease), ASK_EVERY);
+        // A lease so short that a quarter of it is below the base interval: never below it.
+        let tiny = Duration::from_millis(40);
+        assert_eq!(next_wait(ASK_EVERY, true, tiny), ASK_EVERY);
     }
 
     #[test]

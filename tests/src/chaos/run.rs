@@ -251,7 +251,7 @@ struct Campaign<'a> {
     status_threads: Vec<JoinHandle<Vec<StatusSample>>>,
     dns_thread: Option<JoinHandle<Vec<DnsAnswer>>>,
     timelines: Vec<HolderTimeline>,
-    histories: Vec<(String, Vec<clusterd::model::Event>)>,
+    histories: check::Histories,
     /// From each quiet point to the start of the next burst: when DNS is judged strictly.
     quiet: Vec<(Instant, Instant)>,
     /// When the last quiet point was reached.
@@ -295,7 +295,7 @@ impl<'a> Campaign<'a> {
             status_threads: Vec::new(),
             dns_thread: None,
             timelines: Vec::new(),
-            histories: Vec::new(),
+            histories: check::Histories::default(),
             quiet: Vec::new(),
             quiet_since: Some(Instant::now()),
             pending: Vec::new(),
@@ -747,7 +747,7 @@ impl<'a> Campaign<'a> {
         for n in shape.nodes() {
             if let Ok(h) = self.lab.history(&n) {
                 self.out.history_events += h.len() as u64;
-                self.histories.push((n, h));
+                self.histories.add(&n, &h);
             }
         }
     }
@@ -848,7 +848,7 @@ impl<'a> Campaign<'a> {
             self.violation(None, format!("DNS: {v}"));
         }
         let finals: Vec<String> = self.opts.schedule.shape.nodes();
-        for v in check::histories_agree(&self.histories, &finals) {
+        for v in self.histories.finish(&finals) {
             self.violation(None, format!("history: {v}"));
         }
         for n in &self.lab.state().nodes.clone() {
