@@ -15,9 +15,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use clusterd::api::NoteRequest;
 use clusterd::auth::ClusterKey;
 use clusterd::client::ApiClient;
+use clusterd::client::NoteRequest;
 use clusterd::model::Applied;
 
 const CLUSTERD: &str = env!("CARGO_BIN_EXE_clusterd");

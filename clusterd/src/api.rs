@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
@@ -17,63 +17,32 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::RaftError;
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest};
 use openraft::{ChangeMembers, ServerState};
-use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::auth::{
     self, HEADER_BODY, HEADER_NODE, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TARGET, HEADER_TIME,
     Presented,
 };
-use crate::client::{ApiClient, ClientError};
-use crate::daemon::Shared;
+use crate::client::{
+    AddMemberRequest, ApiErrorBody, ClientError, EventsQuery, HEADER_FORWARDED, MembershipReply,
+    NoteRequest, RemoveMemberQuery, admin_paths,
+};
 use crate::model::{Applied, Command, Member, NodeId, Role, node_id};
+use crate::node::Shared;
 use crate::raft::TypeConfig;
 use crate::raft::network::paths;
+use crate::raft::propose::{
+    LeaderRoute, ProposeError, leader_route, propose, propose_as, write_error,
+};
 use crate::status::{self, AddressReport, Freshness, NodeReport, ServiceReport, StatusReport};
 
 /// Unauthenticated requests are logged at most this often.
 pub const UNAUTHORIZED_LOG_EVERY: Duration = Duration::from_secs(10);
-/// Header marking a request already forwarded once (no second hop).
-pub const HEADER_FORWARDED: &str = "x-clusterd-forwarded";
-/// How long a write may take to commit before the API gives up waiting.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a membership change may take before the API gives up waiting.
 const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// Admin API paths.
-pub mod admin_paths {
-    /// `GET`: the status report.
-    pub const STATUS: &str = "/v1/status";
-    /// `GET`: history events.
-    pub const HISTORY: &str = "/v1/history";
-    /// `POST`: propose a model command (leader).
-    pub const PROPOSE: &str = "/v1/propose";
-    /// `POST`: add an operator note to the history.
-    pub const NOTE: &str = "/v1/note";
-    /// `POST`: add a member; `DELETE /v1/members/NAME`: remove one.
-    pub const MEMBERS: &str = "/v1/members";
-    /// `GET`: what this node's DNS answers now.
-    pub const DNS: &str = "/v1/dns";
-    /// `GET`: this node's own probes, last result of each (not forwarded).
-    pub const HEALTH: &str = "/v1/health";
-    /// `POST`: grant or renew an address lease (leader only, never forwarded: the holder
-    /// measures its lease from its own send time and must reach the leader itself).
-    pub const LEASE: &str = "/v1/lease";
-    /// `POST`: fence a node now (leader; an operator's `clusterctl fence`).
-    pub const FENCE: &str = "/v1/fence";
-    /// `GET`: this node's metrics in the Prometheus text format (not forwarded).
-    pub const METRICS: &str = crate::metrics::PATH;
-}
-
-/// Error body of every non-2xx admin answer.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ApiErrorBody {
-    /// What went wrong and what to do.
-    pub error: String,
-}
 
 /// An error answer: status and an explanation for the operator.
 #[derive(Debug)]
@@ -112,6 +81,30 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Every failed write's status code, in one place.
+impl From<ProposeError> for ApiError {
+    fn from(e: ProposeError) -> Self {
+        let status = match &e {
+            ProposeError::Forward(ClientError::Api { status, message }) => {
+                return ApiError::new(
+                    StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY),
+                    message.clone(),
+                );
+            }
+            ProposeError::NoLeader { .. }
+            | ProposeError::LeadershipMoving(_)
+            | ProposeError::QuorumLost { .. }
+            | ProposeError::NotCommitted { .. }
+            | ProposeError::Stopped(_)
+            | ProposeError::Forward(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProposeError::Refused(_) | ProposeError::Membership(_) => StatusCode::CONFLICT,
+            ProposeError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ProposeError::Encode(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
 impl From<ClientError> for ApiError {
     fn from(e: ClientError) -> Self {
         match e {
@@ -122,69 +115,6 @@ impl From<ClientError> for ApiError {
             other => ApiError::unavailable(format!("forwarding to the leader failed: {other}")),
         }
     }
-}
-
-/// Body of `POST /v1/note`.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct NoteRequest {
-    /// The note.
-    pub text: String,
-}
-
-/// Body of `POST /v1/members`.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct AddMemberRequest {
-    /// Member name.
-    pub name: String,
-    /// Its API `host:port`.
-    pub addr: String,
-    /// Its role.
-    pub role: Role,
-    /// Make it a voter (after it caught up as a learner).
-    #[serde(default)]
-    pub voter: bool,
-    /// Accept a voter count other than 3 or 5.
-    #[serde(default)]
-    pub force: bool,
-}
-
-/// Query of `DELETE /v1/members/NAME`.
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub struct RemoveMemberQuery {
-    /// Accept a voter count other than 3 or 5.
-    #[serde(default)]
-    pub force: bool,
-}
-
-/// Membership after a change.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct MembershipReply {
-    /// Voter names.
-    pub voters: Vec<String>,
-    /// Learner names.
-    pub learners: Vec<String>,
-    /// What happened.
-    pub message: String,
-}
-
-/// Query of the status and history routes.
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub struct EventsQuery {
-    /// How many recent events to include.
-    pub limit: Option<usize>,
-    /// `status` only: also ask every mail node for its probes' last latency (`live=1`). Costs
-    /// a request per node; `clusterctl status` asks for it, pollers should not.
-    #[serde(default)]
-    pub live: Option<u8>,
-}
-
-/// Throttle for the log line about unauthenticated requests, and the nonces accepted within
-/// the skew window (a request is admitted once).
-#[derive(Debug, Default)]
-pub struct UnauthorizedLog {
-    last: Option<Instant>,
-    suppressed: u64,
-    replays: auth::ReplayGuard,
 }
 
 /// The router of one node.
@@ -454,8 +384,10 @@ async fn add_live_probe_latency(s: &Shared, report: &mut StatusReport) {
             .client_to(name.clone(), addr)
             .with_timeout(PEER_HEALTH_TIMEOUT);
         async move {
-            let live: Result<std::collections::BTreeMap<String, crate::health::LocalCheck>, _> =
-                client.get(admin_paths::HEALTH).await;
+            let live: Result<
+                std::collections::BTreeMap<String, crate::health::view::LocalCheck>,
+                _,
+            > = client.get(admin_paths::HEALTH).await;
             (name, live.ok())
         }
     });
@@ -487,9 +419,7 @@ async fn post_propose(
     headers: HeaderMap,
     Json(cmd): Json<Command>,
 ) -> Result<Json<Applied>, ApiError> {
-    propose_inner(&s, cmd, is_forwarded(&headers))
-        .await
-        .map(Json)
+    Ok(Json(propose_as(&s, cmd, is_forwarded(&headers)).await?))
 }
 
 async fn post_note(
@@ -511,7 +441,7 @@ async fn post_note(
         text: req.text,
         at_ms: auth::unix_ms(),
     };
-    propose(&s, cmd).await.map(Json)
+    Ok(Json(propose(&s, cmd).await?))
 }
 
 async fn get_dns(State(s): State<Arc<Shared>>) -> Result<Json<crate::status::DnsReport>, ApiError> {
@@ -528,14 +458,14 @@ async fn get_dns(State(s): State<Arc<Shared>>) -> Result<Json<crate::status::Dns
 
 async fn get_health(
     State(s): State<Arc<Shared>>,
-) -> Json<std::collections::BTreeMap<String, crate::health::LocalCheck>> {
+) -> Json<std::collections::BTreeMap<String, crate::health::view::LocalCheck>> {
     Json(s.probes.snapshot())
 }
 
 async fn post_lease(
     State(s): State<Arc<Shared>>,
-    Json(req): Json<crate::lease::LeaseRequest>,
-) -> Result<Json<crate::lease::LeaseGrant>, ApiError> {
+    Json(req): Json<crate::lease::table::LeaseRequest>,
+) -> Result<Json<crate::lease::table::LeaseGrant>, ApiError> {
     crate::lease::grant(&s, &req.node)
         .map(Json)
         .map_err(ApiError::unavailable)
@@ -543,147 +473,6 @@ async fn post_lease(
 
 fn is_forwarded(headers: &HeaderMap) -> bool {
     headers.contains_key(HEADER_FORWARDED)
-}
-
-/// Propose a command: applied here when this node leads, forwarded to the leader otherwise.
-/// A refusal by the model becomes 409.
-pub async fn propose(s: &Shared, cmd: Command) -> Result<Applied, ApiError> {
-    propose_inner(s, cmd, false).await
-}
-
-async fn propose_inner(s: &Shared, cmd: Command, forwarded: bool) -> Result<Applied, ApiError> {
-    let applied = match leader_route(s, forwarded)? {
-        // `write_here` checks the size at intake.
-        LeaderRoute::Here => write_here(s, cmd).await?.applied,
-        LeaderRoute::Forward(client) => {
-            let body = serde_json::to_vec(&cmd)
-                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-            // Refused here rather than by the leader: no use sending it.
-            crate::model::CommandTooLarge::check(body.len()).map_err(too_large)?;
-            client
-                .send(
-                    "POST",
-                    admin_paths::PROPOSE,
-                    body,
-                    &[(HEADER_FORWARDED, "1")],
-                )
-                .await?
-        }
-    };
-    match &applied.refused {
-        Some(reason) => Err(ApiError::new(StatusCode::CONFLICT, reason.clone())),
-        None => Ok(applied),
-    }
-}
-
-/// Refuse a command too large to be a log entry, before it can reach the log.
-fn intake(cmd: &Command) -> Result<(), ApiError> {
-    cmd.check_size().map_err(too_large)
-}
-
-fn too_large(e: crate::model::CommandTooLarge) -> ApiError {
-    ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        format!("{e}: one log entry must stay far below what a follower accepts"),
-    )
-}
-
-/// A write this leader committed: the state machine's answer (which may be a refusal) and
-/// the entry's log index.
-#[derive(Debug, Clone)]
-pub struct Written {
-    /// What `apply` said.
-    pub applied: Applied,
-    /// Where the entry sits in the log.
-    pub index: u64,
-}
-
-/// Write `cmd` through this node's own Raft core, which must lead; never forwarded. A
-/// refusal by the state machine is a `Written` too (the entry is in the log all the same).
-pub async fn write_here(s: &Shared, cmd: Command) -> Result<Written, ApiError> {
-    intake(&cmd)?;
-    let write = tokio::time::timeout(WRITE_TIMEOUT, s.raft.client_write(cmd));
-    tokio::select! {
-        result = write => match result {
-            Ok(Ok(resp)) => Ok(Written { applied: resp.data, index: resp.log_id.index }),
-            Ok(Err(e)) => Err(write_error(e)),
-            Err(_) => Err(ApiError::unavailable(format!(
-                "the write was not committed within {} s: {} may have lost its \
-                 quorum; check `clusterctl status` on the other nodes",
-                WRITE_TIMEOUT.as_secs(),
-                s.me
-            ))),
-        },
-        lost = quorum_lost(s) => Err(lost),
-    }
-}
-
-/// openraft 0.9 has no CheckQuorum: a cut-off leader still believes it leads. It has lost its
-/// quorum when no quorum acknowledged it for longer than `Shared::quorum_lost_after`.
-fn no_quorum(s: &Shared, metrics: &crate::raft::Metrics) -> Option<ApiError> {
-    // `None`: elected a moment ago and not acknowledged yet; the write itself will tell.
-    let ack = metrics.millis_since_quorum_ack?;
-    if u128::from(ack) <= s.quorum_lost_after.as_millis() {
-        return None;
-    }
-    Some(ApiError::unavailable(format!(
-        "{} leads but no quorum acknowledged it for {ack} ms; it cannot commit: check the \
-         network and `clusterctl status` on the other nodes",
-        s.me
-    )))
-}
-
-/// Resolves when this leader has lost its quorum (see [`no_quorum`]); pends while it has one.
-async fn quorum_lost(s: &Shared) -> ApiError {
-    loop {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let metrics = s.raft.metrics().borrow().clone();
-        if let Some(lost) = no_quorum(s, &metrics) {
-            return lost;
-        }
-    }
-}
-
-enum LeaderRoute {
-    Here,
-    Forward(ApiClient),
-}
-
-fn leader_route(s: &Shared, forwarded: bool) -> Result<LeaderRoute, ApiError> {
-    let metrics = s.raft.metrics().borrow().clone();
-    match metrics.current_leader {
-        Some(l) if l == s.id && metrics.state == ServerState::Leader => {
-            if let Some(lost) = no_quorum(s, &metrics) {
-                return Err(lost);
-            }
-            Ok(LeaderRoute::Here)
-        }
-        Some(_) if forwarded => Err(ApiError::unavailable(
-            "leadership is moving; retry in a moment",
-        )),
-        Some(_) => {
-            let (_, node) = crate::raft::leader_member(&metrics).ok_or_else(|| {
-                ApiError::unavailable("the leader is not in the membership yet; retry")
-            })?;
-            Ok(LeaderRoute::Forward(s.client_to(node.name, node.addr)))
-        }
-        None => Err(ApiError::unavailable(format!(
-            "{} knows no leader right now (no quorum?); check `clusterctl status` on the other nodes",
-            s.me
-        ))),
-    }
-}
-
-fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> ApiError {
-    match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
-            ApiError::unavailable("leadership moved while writing; retry")
-        }
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
-            ApiError::new(StatusCode::CONFLICT, e.to_string())
-        }
-        RaftError::Fatal(e) => ApiError::unavailable(format!("raft stopped: {e}")),
-    }
 }
 
 /// Forward the request as it came to the leader, or tell the caller to go on locally.
@@ -733,7 +522,7 @@ async fn post_fence(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let req: crate::fence::FenceRequest = serde_json::from_slice(&body)
+    let req: crate::client::FenceRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("bad request body: {e}")))?;
     let within = s.fencing.deadline() + Duration::from_secs(5);
     if let Some(resp) = forward_unless_leader_within(
@@ -777,7 +566,7 @@ fn fence_refusal(
     s: &Shared,
     metrics: &crate::raft::Metrics,
     state: &crate::model::State,
-    req: &crate::fence::FenceRequest,
+    req: &crate::client::FenceRequest,
 ) -> Option<String> {
     let node = req.node.as_str();
     let Some(member) = state.members.get(node) else {
@@ -1254,7 +1043,7 @@ pub fn build_status(s: &Shared, event_limit: usize) -> StatusReport {
             .collect(),
         stuck_loops: s
             .loops
-            .stuck(crate::systemd::LOOP_SILENCE)
+            .stuck(crate::systemd::loops::LOOP_SILENCE)
             .into_iter()
             .map(|(name, silent)| crate::status::StuckLoop {
                 name: name.to_string(),

@@ -190,6 +190,19 @@ pub fn body_matches(presented_hex: &str, body: &[u8]) -> bool {
     hex::decode(presented_hex).is_ok_and(|given| bool::from(digest.as_slice().ct_eq(&given)))
 }
 
+/// Throttle for the log line about unauthenticated requests, and the nonces accepted within
+/// the skew window (a request is admitted once). Kept by the node handle, used by the API's
+/// authentication.
+#[derive(Debug, Default)]
+pub struct UnauthorizedLog {
+    /// When the last line was logged.
+    pub last: Option<std::time::Instant>,
+    /// Rejections not logged since.
+    pub suppressed: u64,
+    /// Nonces accepted.
+    pub replays: ReplayGuard,
+}
+
 /// The nonces a node accepted within the skew window, to refuse their second use. Bounded by
 /// [`REPLAY_MEMORY`]: when full, the oldest is forgotten and requests signed no later than it
 /// are refused from then on (as stale), so forgetting never opens a replay. Pure: the time is

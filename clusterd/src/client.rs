@@ -4,13 +4,123 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
-use crate::api::ApiErrorBody;
 use crate::auth::{self, ClusterKey};
+use crate::model::Role;
 use crate::raft::network::http_client;
 use crate::wire::{Http, WireError, WireRequest};
+
+/// Header marking a request already forwarded once (no second hop).
+pub const HEADER_FORWARDED: &str = "x-clusterd-forwarded";
+
+/// Admin API paths.
+pub mod admin_paths {
+    /// `GET`: the status report.
+    pub const STATUS: &str = "/v1/status";
+    /// `GET`: history events.
+    pub const HISTORY: &str = "/v1/history";
+    /// `POST`: propose a model command (leader).
+    pub const PROPOSE: &str = "/v1/propose";
+    /// `POST`: add an operator note to the history.
+    pub const NOTE: &str = "/v1/note";
+    /// `POST`: add a member; `DELETE /v1/members/NAME`: remove one.
+    pub const MEMBERS: &str = "/v1/members";
+    /// `GET`: what this node's DNS answers now.
+    pub const DNS: &str = "/v1/dns";
+    /// `GET`: this node's own probes, last result of each (not forwarded).
+    pub const HEALTH: &str = "/v1/health";
+    /// `POST`: grant or renew an address lease (leader only, never forwarded: the holder
+    /// measures its lease from its own send time and must reach the leader itself).
+    pub const LEASE: &str = "/v1/lease";
+    /// `POST`: fence a node now (leader; an operator's `clusterctl fence`).
+    pub const FENCE: &str = "/v1/fence";
+    /// `GET`: this node's metrics in the Prometheus text format (not forwarded).
+    pub const METRICS: &str = "/metrics";
+}
+
+/// Error body of every non-2xx admin answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ApiErrorBody {
+    /// What went wrong and what to do.
+    pub error: String,
+}
+
+/// Body of `POST /v1/note`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct NoteRequest {
+    /// The note.
+    pub text: String,
+}
+
+/// Body of `POST /v1/members`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AddMemberRequest {
+    /// Member name.
+    pub name: String,
+    /// Its API `host:port`.
+    pub addr: String,
+    /// Its role.
+    pub role: Role,
+    /// Make it a voter (after it caught up as a learner).
+    #[serde(default)]
+    pub voter: bool,
+    /// Accept a voter count other than 3 or 5.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// Query of `DELETE /v1/members/NAME`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct RemoveMemberQuery {
+    /// Accept a voter count other than 3 or 5.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// Membership after a change.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MembershipReply {
+    /// Voter names.
+    pub voters: Vec<String>,
+    /// Learner names.
+    pub learners: Vec<String>,
+    /// What happened.
+    pub message: String,
+}
+
+/// Query of the status and history routes.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct EventsQuery {
+    /// How many recent events to include.
+    pub limit: Option<usize>,
+    /// `status` only: also ask every mail node for its probes' last latency (`live=1`). Costs
+    /// a request per node; `clusterctl status` asks for it, pollers should not.
+    #[serde(default)]
+    pub live: Option<u8>,
+}
+
+/// Body of `POST /v1/fence`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FenceRequest {
+    /// The node to fence.
+    pub node: String,
+    /// Fence even if that leaves the cluster without a quorum or without a live mail node.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// Answer of `POST /v1/fence`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FenceReply {
+    /// The node.
+    pub node: String,
+    /// The agent used.
+    pub agent: String,
+    /// What it answered.
+    pub reply: String,
+}
 
 /// Largest answer the client reads: twice the largest replicated state (a whole history in one
 /// answer fits), so that no node, however broken, can make a reader hold more.

@@ -137,27 +137,7 @@ pub struct NodeConfig {
     pub dry_run: bool,
 }
 
-/// What a member does in the cluster.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Runs dovecot/postfix: may hold floating addresses, runs health checks, serves DNS, votes.
-    #[default]
-    Mail,
-    /// Only votes, so that two mail nodes keep quorum when one of them dies. No addresses, no checks.
-    Witness,
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Role::Mail => "mail",
-            Role::Witness => "witness",
-        })
-    }
-}
+use crate::model::Role;
 
 /// `[cluster]`: membership settings. Must be identical on every node.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

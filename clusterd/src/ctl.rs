@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::api::{AddMemberRequest, MembershipReply, NoteRequest, admin_paths};
 use crate::auth::{self, ClusterKey};
+use crate::client::{AddMemberRequest, MembershipReply, NoteRequest, admin_paths};
 use crate::client::{ApiClient, ClientError, with_retries};
 use crate::config::{self, Config};
 use crate::model::{
@@ -306,7 +306,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<(), Failure> 
             ClusterKey::load(&cfg.node.key_file)
                 .map_err(|e| Failure::usage(format!("{}: node.key_file: {e}", path.display())))?;
             // Every reader refuses a secret file others may read: check-config says so now.
-            crate::fence::check_secret_files(&cfg)
+            crate::fence::agents::check_secret_files(&cfg)
                 .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
             writeln!(
                 out,
@@ -615,13 +615,13 @@ async fn fence_cmd(
             });
         }
     }
-    let req = crate::fence::FenceRequest {
+    let req = crate::client::FenceRequest {
         node: node.to_string(),
         force,
     };
     // The leader answers once the agent confirmed (or gave up), within its fencing timeout.
     let client = client.with_timeout(Duration::from_secs(600));
-    let reply: crate::fence::FenceReply = client.post(admin_paths::FENCE, &req).await?;
+    let reply: crate::client::FenceReply = client.post(admin_paths::FENCE, &req).await?;
     writeln!(
         out,
         "{} fenced by {}: {}",

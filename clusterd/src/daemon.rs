@@ -6,9 +6,8 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use openraft::error::{InitializeError, RaftError};
 use openraft::{ServerState, SnapshotPolicy};
@@ -16,14 +15,16 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
-use crate::api::{self, AddMemberRequest, MembershipReply, UnauthorizedLog, admin_paths};
+use crate::api;
 use crate::auth::{self, ClusterKey, KeyError};
-use crate::client::ApiClient;
+use crate::client::{AddMemberRequest, MembershipReply, admin_paths};
 use crate::config::{Config, FailbackMode};
 use crate::model::plan::Policy;
 use crate::model::{AddressSpec, Command, Member, NodeId, node_id};
+use crate::node::Shared;
 use crate::raft::network::{Network, PeerTable};
-use crate::raft::store::{self, OpenError, Replica};
+use crate::raft::propose::ProposeError;
+use crate::raft::store::{self, OpenError};
 use crate::raft::{Metrics, Raft};
 use crate::status::StatusReport;
 
@@ -87,7 +88,7 @@ impl Supervised {
     /// report it when it falls silent).
     fn spawn_watched(
         &mut self,
-        loops: &crate::systemd::Loops,
+        loops: &crate::systemd::loops::Loops,
         task: &'static str,
         f: impl Future<Output = ()> + Send + 'static,
     ) {
@@ -124,96 +125,6 @@ impl Supervised {
         for (_, task) in self.tasks {
             let _ = task.await;
         }
-    }
-}
-
-/// What the API handlers and background duties share.
-pub struct Shared {
-    /// This node's name.
-    pub me: String,
-    /// This node's Raft id.
-    pub id: NodeId,
-    /// The loaded config.
-    pub config: Config,
-    /// The Raft handle.
-    pub raft: Raft,
-    /// The cluster key.
-    pub key: ClusterKey,
-    /// The one HTTP client (connection pool) for requests to peers.
-    pub http: crate::wire::Http,
-    /// Every applied state.
-    pub replica: watch::Receiver<Arc<Replica>>,
-    /// What this node saw of its peers through its own RPCs.
-    pub peers: PeerTable,
-    /// When the leader last reached this node.
-    leader_contact: Mutex<Option<Instant>>,
-    /// Throttle for unauthenticated-request log lines.
-    pub unauthorized: Mutex<UnauthorizedLog>,
-    /// Liveness beats of the daemon's loops, for the service manager's watchdog.
-    pub loops: crate::systemd::Loops,
-    /// A peer heard from within this long counts as reachable.
-    pub reachable_within: Duration,
-    /// A leader that no quorum acknowledged for this long refuses writes at once.
-    pub quorum_lost_after: Duration,
-    /// Address leases: the leader's grants and this node's own lease.
-    pub leases: crate::lease::Leases,
-    /// This node's latest probe results.
-    pub probes: crate::health::LocalView,
-    /// Fence agents and, while this node leads, the fence gate.
-    pub fencing: crate::fence::Fencing,
-    /// The transition hooks' queue.
-    pub hooks: crate::hooks::Hooks,
-    /// Counters and histograms for `/metrics`.
-    pub metrics: crate::metrics::Registry,
-}
-
-impl std::fmt::Debug for Shared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared")
-            .field("me", &self.me)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Shared {
-    /// Record that the leader just reached this node.
-    pub fn note_leader_contact(&self) {
-        *self
-            .leader_contact
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(crate::clock::now());
-    }
-
-    /// A signed client for the node `name` at `addr`, over the daemon's one HTTP client.
-    pub fn client_to(&self, name: impl Into<String>, addr: impl Into<String>) -> ApiClient {
-        ApiClient::with_http(self.http.clone(), addr, self.key.clone()).for_node(name)
-    }
-
-    /// Whether `ip` is the address of a member node (a configured peer, this node, or a node
-    /// of the current Raft membership): connections from it get their own share
-    /// ([`crate::http_server`]).
-    pub fn is_member_address(&self, ip: std::net::IpAddr) -> bool {
-        let node = &self.config.node;
-        if node.listen.ip() == ip
-            || node.advertise.is_some_and(|a| a.ip() == ip)
-            || self.config.peers.iter().any(|p| p.address.ip() == ip)
-        {
-            return true;
-        }
-        let metrics = self.raft.metrics();
-        let m = metrics.borrow();
-        m.membership_config
-            .membership()
-            .nodes()
-            .any(|(_, n)| n.addr.parse::<SocketAddr>().is_ok_and(|a| a.ip() == ip))
-    }
-
-    /// ms since the leader last reached this node.
-    pub fn leader_contact_ms(&self) -> Option<u64> {
-        self.leader_contact
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .map(|t| crate::clock::since(t).as_millis() as u64)
     }
 }
 
@@ -315,7 +226,7 @@ pub async fn run_at<N: crate::vip::NetOps>(
     let key = ClusterKey::load(&config.node.key_file)?;
     // A fence secret open to others is refused when a fence reads it; say so now, not at the
     // first fence.
-    if let Err(e) = crate::fence::check_secret_files(&config) {
+    if let Err(e) = crate::fence::agents::check_secret_files(&config) {
         warn!("{e}; fences that need these files will fail until they are fixed");
     }
     // Bound before anything starts, so a taken port stops the daemon with a clear error.
@@ -377,16 +288,16 @@ pub async fn run_at<N: crate::vip::NetOps>(
         http,
         replica,
         peers,
-        leader_contact: Mutex::new(None),
-        unauthorized: Mutex::new(UnauthorizedLog::default()),
+        leader_contact: crate::node::LeaderContact::default(),
+        unauthorized: Mutex::new(crate::auth::UnauthorizedLog::default()),
         loops: Default::default(),
         reachable_within,
         quorum_lost_after,
-        leases: crate::lease::Leases::new(lease_timings),
-        probes: crate::health::LocalView::default(),
-        fencing: crate::fence::Fencing::from_config(&config_for_fencing),
-        hooks: crate::hooks::Hooks::new(&me, &config_for_fencing.hooks),
-        metrics: crate::metrics::Registry::default(),
+        leases: crate::lease::table::Leases::new(lease_timings),
+        probes: crate::health::view::LocalView::default(),
+        fencing: crate::fence::agents::Fencing::from_config(&config_for_fencing),
+        hooks: crate::hooks::queue::Hooks::new(&me, &config_for_fencing.hooks),
+        metrics: crate::metrics::registry::Registry::default(),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -442,7 +353,7 @@ pub async fn run_at<N: crate::vip::NetOps>(
     let (hooks_stop, hooks_stop_rx) = watch::channel(false);
     let hook_runner = tokio::spawn(crate::hooks::run(shared.clone(), hooks_stop_rx));
 
-    use crate::systemd::{
+    use crate::systemd::loops::{
         DNS, DUTIES, ELECTIONS, HEALTH, HOOKS, LEADERSHIP, LEASE_RENEWAL, PLACEMENT,
     };
     let mut background = Supervised::default();
@@ -500,7 +411,7 @@ pub async fn run_at<N: crate::vip::NetOps>(
         );
         background.spawn_watched(
             loops,
-            crate::systemd::ADDRESSES,
+            crate::systemd::loops::ADDRESSES,
             crate::vip::run(shared.clone(), net, stop_rx.clone()),
         );
     }
@@ -693,7 +604,7 @@ async fn duties(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut retry_at = crate::clock::now();
     let declared = declared_addresses(&shared.config);
     loop {
-        shared.loops.beat(crate::systemd::DUTIES);
+        shared.loops.beat(crate::systemd::loops::DUTIES);
         let metrics = metrics_rx.borrow_and_update().clone();
         let now = observe(&metrics);
         if last.as_ref() != Some(&now) {
@@ -707,7 +618,7 @@ async fn duties(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         if crate::clock::now() >= retry_at
             && let Err(e) = run_duties(&shared, &metrics, &mut announced_term, &declared).await
         {
-            debug!(error = %e.message_text(), "duty failed; will retry");
+            debug!(error = %e, "duty failed; will retry");
             retry_at = crate::clock::now() + DUTY_RETRY;
         }
         tokio::select! {
@@ -741,15 +652,15 @@ async fn run_duties(
     metrics: &Metrics,
     announced_term: &mut Option<u64>,
     declared: &[AddressSpec],
-) -> Result<(), api::ApiError> {
+) -> Result<(), ProposeError> {
     if metrics.current_leader.is_none() {
         return Ok(());
     }
     let replica = shared.replica.borrow().clone();
     let at_ms = auth::unix_ms();
-    if metrics.state == ServerState::Leader && metrics.current_leader == Some(shared.id) {
+    if shared.leads(metrics) {
         if *announced_term != Some(metrics.current_term) {
-            api::propose(
+            crate::raft::propose::propose(
                 shared,
                 Command::LeaderElected {
                     node: shared.me.clone(),
@@ -768,14 +679,14 @@ async fn run_duties(
                 .len()
                 > 1
         {
-            api::propose(shared, Command::RecordMembership { at_ms }).await?;
+            crate::raft::propose::propose(shared, Command::RecordMembership { at_ms }).await?;
         }
         if replica.state.address_specs() != declared {
             info!(
                 addresses = declared.len(),
                 "reconciling the cluster's address set to this node's config"
             );
-            api::propose(
+            crate::raft::propose::propose(
                 shared,
                 Command::SetAddresses {
                     by: shared.me.clone(),
@@ -795,7 +706,7 @@ async fn run_duties(
         && is_member(metrics, shared.id)
         && reported != Some(declared)
     {
-        api::propose(
+        crate::raft::propose::propose(
             shared,
             Command::Declare {
                 node: shared.me.clone(),

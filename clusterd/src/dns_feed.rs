@@ -17,8 +17,8 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, DnsConfig};
-use crate::daemon::Shared;
 use crate::model::{Role, State};
+use crate::node::Shared;
 use crate::status::{DnsName, DnsReport};
 use crate::vip::parse_key;
 
@@ -150,7 +150,7 @@ pub async fn run(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         },
     ));
     loop {
-        s.loops.beat(crate::systemd::DNS);
+        s.loops.beat(crate::systemd::loops::DNS);
         tokio::select! {
             changed = replica.changed() => {
                 if changed.is_err() {
@@ -183,7 +183,7 @@ const BEAT: Duration = Duration::from_secs(1);
 /// A node that serves no DNS still beats, so that the watchdog and `status` see the task alive.
 async fn idle_until_stop(s: &Shared, stop: &mut watch::Receiver<bool>) {
     loop {
-        s.loops.beat(crate::systemd::DNS);
+        s.loops.beat(crate::systemd::loops::DNS);
         tokio::select! {
             _ = tokio::time::sleep(BEAT) => {}
             _ = stop.wait_for(|s| *s) => return,

@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::{TcpStream, UdpSocket};
 
-use crate::api::admin_paths;
 use crate::auth;
+use crate::client::admin_paths;
 use crate::client::{ApiClient, ClientError, with_retries};
 use crate::config::{CheckKind, Config};
 use crate::model::{Applied, Command, DrillKind, Health, Role};

@@ -16,6 +16,7 @@ pub mod http_server;
 pub mod lease;
 pub mod metrics;
 pub mod model;
+pub mod node;
 pub mod raft;
 pub mod status;
 pub mod systemd;

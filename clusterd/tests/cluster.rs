@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clusterd::api::{AddMemberRequest, MembershipReply, NoteRequest};
 use clusterd::auth::ClusterKey;
+use clusterd::client::{AddMemberRequest, MembershipReply, NoteRequest};
 use clusterd::client::{ApiClient, ClientError, with_retries};
 use clusterd::model::{Applied, Command, EventKind, Role};
 use clusterd::vip::mem::World;
@@ -178,8 +178,11 @@ impl Cluster {
         self.nodes[i] = Some(Running::start(&self.specs[i], &self.world).await);
     }
 
+    /// `kill -9` of `name`'s daemon: its tasks are dropped and, as the kernel sees it, its
+    /// addresses and guard stay while any task it spawned can change nothing any more.
     fn crash_node(&mut self, name: &str) {
         let i = self.index(name);
+        self.world.kill(name);
         if let Some(n) = self.nodes[i].take() {
             n.crash();
         }
@@ -334,7 +337,7 @@ async fn writes_through_a_follower_reach_every_replica() {
 
 /// The `error` of a JSON error body, or what the body was instead.
 fn error_text(body: &[u8]) -> Result<String, String> {
-    serde_json::from_slice::<clusterd::api::ApiErrorBody>(body)
+    serde_json::from_slice::<clusterd::client::ApiErrorBody>(body)
         .map(|b| b.error)
         .map_err(|_| String::from_utf8_lossy(body).into_owned())
 }

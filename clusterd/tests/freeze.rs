@@ -4,7 +4,7 @@
 //! The resumed owner's first act is to renew its lease. A lease granted in that window would
 //! name a log in which the resumed node still owns the address: its replica catches up with
 //! that log, it puts the address back at its superseded epoch, and once the takeover commits it
-//! answers next to the new owner until that lease runs out. The grant rule (`lease::LeaseTable`)
+//! answers next to the new owner until that lease runs out. The grant rule (`lease::table::LeaseTable`)
 //! withholds leases from a node while a takeover of its addresses is being committed.
 //!
 //! The interleaving is driven, not hoped for. Every node runs on its own thread with its own
@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use clusterd::auth::ClusterKey;
 use clusterd::client::{ApiClient, with_retries};
-use clusterd::lease::Withheld;
+use clusterd::lease::table::Withheld;
 use clusterd::model::{Applied, Command, EventKind, MoveReason};
 use clusterd::status::StatusReport;
 use clusterd::vip::mem::{MemNet, World};

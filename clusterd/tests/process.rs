@@ -756,7 +756,8 @@ async fn unauthenticated_floods_neither_grow_memory_nor_shut_out_signed_requests
     // Every loop of the attacked daemon kept beating (a loop that never beat since the start
     // would be listed once the silence limit has passed).
     tokio::time::sleep(
-        clusterd::systemd::LOOP_SILENCE.saturating_sub(started.elapsed()) + Duration::from_secs(1),
+        clusterd::systemd::loops::LOOP_SILENCE.saturating_sub(started.elapsed())
+            + Duration::from_secs(1),
     )
     .await;
     let report: StatusReport = client.get("/v1/status").await.unwrap();

@@ -30,8 +30,9 @@ use std::time::Duration;
 
 use clusterd::auth::{self, ClusterKey};
 use clusterd::config::Config;
-use clusterd::daemon::{Endpoint, RunError, Shared, run_at};
+use clusterd::daemon::{Endpoint, RunError, run_at};
 use clusterd::model::node_id;
+use clusterd::node::Shared;
 use clusterd::vip::mem::World;
 use clusterd::wire::{PeerWire, WireAnswer, WireError, WireFuture, WireRequest};
 use rand::rngs::StdRng;

@@ -59,10 +59,10 @@ fuzz_target!(|data: &[u8]| {
     if let Some(hash) = fields[4].as_deref() {
         let _ = clusterd::auth::body_matches(hash, body);
     }
-    let _ = serde_json::from_slice::<clusterd::api::NoteRequest>(body);
-    let _ = serde_json::from_slice::<clusterd::api::AddMemberRequest>(body);
-    let _ = serde_json::from_slice::<clusterd::lease::LeaseRequest>(body);
-    let _ = serde_json::from_slice::<clusterd::fence::FenceRequest>(body);
+    let _ = serde_json::from_slice::<clusterd::client::NoteRequest>(body);
+    let _ = serde_json::from_slice::<clusterd::client::AddMemberRequest>(body);
+    let _ = serde_json::from_slice::<clusterd::lease::table::LeaseRequest>(body);
+    let _ = serde_json::from_slice::<clusterd::client::FenceRequest>(body);
     if let Ok(cmd) = serde_json::from_slice::<Command>(body)
         && cmd.check_size().is_ok()
     {

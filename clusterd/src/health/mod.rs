@@ -14,62 +14,23 @@ pub mod probe;
 mod probe_tests;
 pub mod tls;
 pub mod tracker;
+pub mod view;
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use crate::auth;
-use crate::daemon::Shared;
 use crate::model::{Command, Health, HealthReport, Role};
+use crate::node::Shared;
 use probe::Probe;
 use tracker::{Outcome, Tracker};
+use view::LocalCheck;
 
 /// Pause between reconciliations when nothing changed, and after a failed proposal.
 const REPORT_RETRY: Duration = Duration::from_millis(300);
-
-/// This node's latest probe results, by check name.
-#[derive(Debug, Default)]
-pub struct LocalView {
-    checks: Mutex<BTreeMap<String, LocalCheck>>,
-    changed: Notify,
-}
-
-/// The local view of one check.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LocalCheck {
-    /// State decided by rise/fall.
-    pub health: Health,
-    /// When that state was decided (unix ms).
-    pub since_ms: u64,
-    /// Reason given with the decision.
-    pub reason: String,
-    /// Latency of the probe that decided it (ms).
-    pub decided_latency_ms: Option<u64>,
-    /// Result of the last probe: "ok", "warning" or "critical"; empty before the first.
-    pub last_result: String,
-    /// Reason of the last probe.
-    pub last_reason: String,
-    /// Latency of the last probe (ms).
-    pub last_latency_ms: Option<u64>,
-    /// When the last probe finished (unix ms).
-    pub last_at_ms: Option<u64>,
-}
-
-impl LocalView {
-    /// A copy of every check's local view.
-    pub fn snapshot(&self) -> BTreeMap<String, LocalCheck> {
-        self.lock().clone()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, LocalCheck>> {
-        self.checks.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
 
 /// Run this node's checks and report their transitions until `stop`. Does nothing on a witness
 /// or without checks.
@@ -207,7 +168,7 @@ async fn report_loop(s: &Shared, stop: &mut watch::Receiver<bool>) {
     let mut reset_done = false;
     let mut replica = s.replica.clone();
     loop {
-        s.loops.beat(crate::systemd::HEALTH);
+        s.loops.beat(crate::systemd::loops::HEALTH);
         let ok = reconcile(s, &checks, &mut reset_done).await;
         tokio::select! {
             _ = s.probes.changed.notified() => {}
@@ -226,14 +187,14 @@ async fn reconcile(s: &Shared, checks: &[String], reset_done: &mut bool) -> bool
             checks: checks.to_vec(),
             at_ms: auth::unix_ms(),
         };
-        match crate::api::propose(s, cmd).await {
+        match crate::raft::propose::propose(s, cmd).await {
             Ok(a) if a.refused.is_none() => *reset_done = true,
             Ok(a) => {
                 debug!(reason = ?a.refused, "health reset refused; retrying");
                 return false;
             }
             Err(e) => {
-                debug!(error = %e.message_text(), "health reset not committed; retrying");
+                debug!(error = %e, "health reset not committed; retrying");
                 return false;
             }
         }
@@ -257,14 +218,14 @@ async fn reconcile(s: &Shared, checks: &[String], reset_done: &mut bool) -> bool
             latency_ms: local.decided_latency_ms,
             at_ms: local.since_ms,
         });
-        match crate::api::propose(s, cmd).await {
+        match crate::raft::propose::propose(s, cmd).await {
             Ok(a) if a.refused.is_none() => {}
             Ok(a) => {
                 debug!(check = %check, reason = ?a.refused, "health report refused; retrying");
                 return false;
             }
             Err(e) => {
-                debug!(check = %check, error = %e.message_text(), "health report not committed; retrying");
+                debug!(check = %check, error = %e, "health report not committed; retrying");
                 return false;
             }
         }

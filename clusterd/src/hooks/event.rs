@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use crate::config::HookEventKind;
-use crate::metrics::token;
+use crate::metrics::registry::token;
 use crate::model::{Event, EventKind};
 
 /// One transition, as a hook sees it. Fields that do not apply are empty.

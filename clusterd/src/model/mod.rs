@@ -15,7 +15,27 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub use crate::config::Role;
+/// What a member does in the cluster.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Runs dovecot/postfix: may hold floating addresses, runs health checks, serves DNS, votes.
+    #[default]
+    Mail,
+    /// Only votes, so that two mail nodes keep quorum when one of them dies. No addresses, no checks.
+    Witness,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Mail => "mail",
+            Role::Witness => "witness",
+        })
+    }
+}
 
 pub mod drill;
 pub mod fence;

@@ -8,6 +8,7 @@ use std::io::Cursor;
 
 pub mod network;
 pub mod prevote;
+pub mod propose;
 pub mod store;
 
 use crate::model::{Applied, Command, Member, NodeId};

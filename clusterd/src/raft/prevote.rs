@@ -26,7 +26,7 @@ use openraft::ServerState;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::daemon::Shared;
+use crate::node::Shared;
 
 /// How often a voter without a leader asks.
 pub const ASK_EVERY: Duration = Duration::from_millis(20);
@@ -109,7 +109,7 @@ pub fn knows(s: &Shared) -> Knows {
     let m = s.raft.metrics().borrow().clone();
     let leads_confirmed_ms = if m.state == ServerState::Leader {
         let confirmed = *s.leases.confirmed.lock().unwrap_or_else(|p| p.into_inner());
-        crate::lease::confirmed_age_ms(confirmed, m.current_term, crate::clock::now())
+        crate::lease::table::confirmed_age_ms(confirmed, m.current_term, crate::clock::now())
     } else {
         None
     };
@@ -126,13 +126,13 @@ pub fn lease_ms(s: &Shared) -> u64 {
 }
 
 /// The candidate side: keep openraft's elections off unless a majority would vote for this
-/// node now. Beats [`crate::systemd::ELECTIONS`].
+/// node now. Beats [`crate::systemd::loops::ELECTIONS`].
 pub async fn run(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let lease = lease_ms(&s);
     let mut allowed = false;
     let mut wait = ASK_EVERY;
     loop {
-        s.loops.beat(crate::systemd::ELECTIONS);
+        s.loops.beat(crate::systemd::loops::ELECTIONS);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = stop.wait_for(|s| *s) => return,

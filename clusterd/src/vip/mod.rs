@@ -18,11 +18,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::api;
 use crate::auth;
 use crate::config::{AnnounceConfig, IpPrefix};
-use crate::daemon::Shared;
 use crate::model::{Command, State};
+use crate::node::Shared;
 
 pub mod cleanup;
 pub mod linux;
@@ -135,10 +134,10 @@ pub fn desired(state: &State, me: &str, lease_valid: bool) -> Desired {
 /// applied, else the previous one it acted on (shorter, already checked); none once the holder
 /// has no lease at all.
 pub fn effective_lease(
-    previous: Option<crate::lease::HeldLease>,
-    latest: Option<crate::lease::HeldLease>,
+    previous: Option<crate::lease::table::HeldLease>,
+    latest: Option<crate::lease::table::HeldLease>,
     last_applied: u64,
-) -> Option<crate::lease::HeldLease> {
+) -> Option<crate::lease::table::HeldLease> {
     match latest {
         Some(l) if last_applied >= l.min_applied => Some(l),
         Some(_) => previous,
@@ -196,12 +195,12 @@ pub async fn run<N: NetOps>(s: Arc<Shared>, net: Arc<N>, mut stop: watch::Receiv
     let released = Reports::default();
     let mut announcing: BTreeMap<String, tokio::task::JoinHandle<()>> = BTreeMap::new();
     let mut last_deadline: Option<Instant> = None;
-    let mut effective: Option<crate::lease::HeldLease> = None;
+    let mut effective: Option<crate::lease::table::HeldLease> = None;
     let mut held_now: BTreeSet<String> = BTreeSet::new();
     // What the guard allows, until when: announcements check it right before sending.
     let (allowed_tx, allowed_rx) = watch::channel(BTreeMap::<IpAddr, Instant>::new());
     loop {
-        s.loops.beat(crate::systemd::ADDRESSES);
+        s.loops.beat(crate::systemd::loops::ADDRESSES);
         // Whether this pass met no kernel error (readiness waits for one clean pass).
         let mut clean = true;
         let now = crate::clock::now();
@@ -400,7 +399,7 @@ impl Reports {
         let cmd = make(key.to_string(), s.me.clone(), epoch);
         let (s, sent, key) = (s.clone(), self.sent.clone(), key.to_string());
         tokio::spawn(async move {
-            let ok = api::propose(&s, cmd).await.is_ok();
+            let ok = crate::raft::propose::propose(&s, cmd).await.is_ok();
             let mut sent = sent.lock().unwrap_or_else(|p| p.into_inner());
             if ok {
                 sent.insert(key, (epoch, true));
@@ -513,8 +512,8 @@ mod tests {
         }
     }
 
-    fn lease(deadline_ms: u64, min_applied: u64) -> crate::lease::HeldLease {
-        crate::lease::HeldLease {
+    fn lease(deadline_ms: u64, min_applied: u64) -> crate::lease::table::HeldLease {
+        crate::lease::table::HeldLease {
             deadline: crate::clock::now() + Duration::from_millis(deadline_ms),
             min_applied,
         }

@@ -11,10 +11,7 @@
 //! locked operations so that no caller waits on a scrape.
 
 use crate::lock;
-use std::collections::BTreeMap;
-use std::fmt::{Display, Write as _};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
@@ -25,182 +22,17 @@ use openraft::ServerState;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::daemon::Shared;
-use crate::model::{Health, MoveReason};
+pub mod registry;
+pub mod text;
+
+use crate::model::Health;
+use crate::node::Shared;
+use text::Text;
 
 /// Path of the metrics on both listeners.
-pub const PATH: &str = "/metrics";
+pub const PATH: &str = crate::client::admin_paths::METRICS;
 /// Content type of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// Upper bounds (seconds) of the probe latency histogram buckets.
-pub const PROBE_BUCKETS: [f64; 13] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
-
-/// Counters and histograms recorded by the daemon's parts, read at scrape time.
-#[derive(Debug, Default)]
-pub struct Registry {
-    /// The DNS server's query counters (the server counts, `render` reads).
-    pub dns: clusterd_dns::QueryStats,
-    /// The API listener's connection counters (the server counts, `render` reads).
-    pub http: Arc<crate::http_server::Stats>,
-    /// The plain metrics listener's.
-    pub metrics_http: Arc<crate::http_server::Stats>,
-    announcements: Mutex<BTreeMap<(String, &'static str), u64>>,
-    failovers: Mutex<BTreeMap<String, u64>>,
-    fences: Mutex<BTreeMap<&'static str, u64>>,
-    probes: Mutex<BTreeMap<String, ProbeStats>>,
-    /// Addresses configured on this node, with the epoch they were added at.
-    held: Mutex<BTreeMap<String, u64>>,
-}
-
-impl Registry {
-    /// One gratuitous ARP / neighbour advertisement round for `address`, sent or failed.
-    pub fn announced(&self, address: &str, sent: bool) {
-        let result = if sent { "sent" } else { "failed" };
-        *lock(&self.announcements)
-            .entry((address.to_string(), result))
-            .or_default() += 1;
-    }
-
-    /// An applied ownership change of an address that had an owner.
-    pub fn failover(&self, reason: MoveReason) {
-        *lock(&self.failovers).entry(token(&reason)).or_default() += 1;
-    }
-
-    /// An applied fence result: "fenced" or "failed".
-    pub fn fence_result(&self, result: &'static str) {
-        *lock(&self.fences).entry(result).or_default() += 1;
-    }
-
-    /// One probe of `check` that took `latency` and came to `result` ("ok", "warning",
-    /// "critical").
-    pub fn probe(&self, check: &str, latency: Duration, result: &'static str) {
-        let mut probes = lock(&self.probes);
-        let p = probes.entry(check.to_string()).or_default();
-        p.latency.observe(latency.as_secs_f64());
-        *p.results.entry(result).or_default() += 1;
-    }
-
-    /// This node configured `address` at `epoch`.
-    pub fn held(&self, address: &str, epoch: u64) {
-        lock(&self.held).insert(address.to_string(), epoch);
-    }
-
-    /// This node removed `address`; returns the epoch it was held at, if known.
-    pub fn released(&self, address: &str) -> Option<u64> {
-        lock(&self.held).remove(address)
-    }
-}
-
-/// The serde name of a model enum value (`lease_expired`, `critical`, `drained`).
-pub fn token<T: serde::Serialize>(value: &T) -> String {
-    match serde_json::to_value(value) {
-        Ok(serde_json::Value::String(s)) => s,
-        _ => String::new(),
-    }
-}
-
-#[derive(Debug, Default)]
-struct ProbeStats {
-    latency: Histogram,
-    results: BTreeMap<&'static str, u64>,
-}
-
-/// A histogram over [`PROBE_BUCKETS`].
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Histogram {
-    /// Observations per bucket (not cumulative); the last slot is above every bound.
-    counts: [u64; PROBE_BUCKETS.len() + 1],
-    sum: f64,
-}
-
-impl Histogram {
-    /// Record one observation (seconds).
-    pub fn observe(&mut self, value: f64) {
-        let slot = PROBE_BUCKETS
-            .iter()
-            .position(|b| value <= *b)
-            .unwrap_or(PROBE_BUCKETS.len());
-        self.counts[slot] += 1;
-        self.sum += value;
-    }
-}
-
-/// A Prometheus text-format document being written.
-#[derive(Debug, Default)]
-pub struct Text {
-    out: String,
-}
-
-/// Escape a label value: backslash, double quote and newline.
-fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-impl Text {
-    /// Start a metric family: `# HELP` and `# TYPE` lines.
-    pub fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let help = help.replace('\\', "\\\\").replace('\n', "\\n");
-        let _ = writeln!(self.out, "# HELP {name} {help}");
-        let _ = writeln!(self.out, "# TYPE {name} {kind}");
-    }
-
-    /// One sample line.
-    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Display) {
-        self.out.push_str(name);
-        if !labels.is_empty() {
-            self.out.push('{');
-            for (i, (k, v)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.out.push(',');
-                }
-                let _ = write!(self.out, "{k}=\"{}\"", escape_label(v));
-            }
-            self.out.push('}');
-        }
-        let _ = writeln!(self.out, " {value}");
-    }
-
-    /// A whole family with one label: `name{label="key"} value` per entry.
-    pub fn labelled<K: AsRef<str>>(
-        &mut self,
-        name: &str,
-        kind: &str,
-        help: &str,
-        label: &str,
-        values: impl IntoIterator<Item = (K, u64)>,
-    ) {
-        self.family(name, kind, help);
-        for (key, value) in values {
-            self.sample(name, &[(label, key.as_ref())], value);
-        }
-    }
-
-    /// The `_bucket`, `_sum` and `_count` lines of one histogram.
-    pub fn histogram(&mut self, name: &str, labels: &[(&str, &str)], h: &Histogram) {
-        let mut cumulative = 0;
-        for (i, count) in h.counts.iter().enumerate() {
-            cumulative += count;
-            let le = PROBE_BUCKETS
-                .get(i)
-                .map_or_else(|| "+Inf".to_string(), |b| b.to_string());
-            let mut with_le = labels.to_vec();
-            with_le.push(("le", &le));
-            self.sample(&format!("{name}_bucket"), &with_le, cumulative);
-        }
-        self.sample(&format!("{name}_sum"), labels, h.sum);
-        self.sample(&format!("{name}_count"), labels, cumulative);
-    }
-
-    /// The finished document.
-    pub fn finish(self) -> String {
-        self.out
-    }
-}
 
 fn raft_state_name(s: ServerState) -> &'static str {
     match s {
@@ -246,7 +78,7 @@ pub fn render(s: &Shared) -> String {
     );
 
     // Raft.
-    let leads = metrics.state == ServerState::Leader && metrics.current_leader == Some(s.id);
+    let leads = s.leads(&metrics);
     t.family(
         "clusterd_raft_state",
         "gauge",
@@ -515,7 +347,9 @@ pub async fn serve(s: Arc<Shared>, listener: TcpListener, stop: watch::Receiver<
 
 #[cfg(test)]
 mod tests {
+    use super::registry::*;
     use super::*;
+    use crate::model::MoveReason;
 
     #[test]
     fn families_and_samples_follow_the_text_format() {

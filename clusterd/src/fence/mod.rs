@@ -10,244 +10,20 @@
 //! its deadline in a task of its own (placement of other addresses goes on meanwhile), and
 //! records the reply or the error.
 
+pub mod agents;
+
 use crate::lock;
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clusterd_fencing::exec::{Exec, ExecConfig, OptionsVia};
-use clusterd_fencing::redfish::{Redfish, RedfishAuth, RedfishConfig};
-use clusterd_fencing::webhook::{Webhook, WebhookConfig};
-use clusterd_fencing::{Backoff, FenceError, FenceGate, FenceOptions, Fencer, Secret};
-use serde::{Deserialize, Serialize};
+use crate::client::FenceReply;
+use clusterd_fencing::FenceGate;
 use tracing::{error, info, warn};
 
-use crate::api;
 use crate::auth;
-use crate::config::{
-    Config, ConfigError, DEFAULT_WEBHOOK_BODY, FenceAgentConfig, FenceAgentKind, OptionsViaKind,
-    Problem, RedfishAuthKind,
-};
-use crate::daemon::Shared;
 use crate::model::plan::Liveness;
 use crate::model::{Command, FenceProgress, State};
-
-/// Timeout of each HTTP request an agent makes.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Gap between two power-state reads of a Redfish agent.
-const REDFISH_POLL: Duration = Duration::from_millis(250);
-
-/// Body of `POST /v1/fence`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct FenceRequest {
-    /// The node to fence.
-    pub node: String,
-    /// Fence even if that leaves the cluster without a quorum or without a live mail node.
-    #[serde(default)]
-    pub force: bool,
-}
-
-/// Answer of `POST /v1/fence`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct FenceReply {
-    /// The node.
-    pub node: String,
-    /// The agent used.
-    pub agent: String,
-    /// What it answered.
-    pub reply: String,
-}
-
-/// Build the agent for one node from its config.
-pub fn build_agent(node: &str, a: &FenceAgentConfig) -> Result<Arc<dyn Fencer>, FenceError> {
-    Ok(match a.agent {
-        FenceAgentKind::Redfish => Arc::new(Redfish::new(RedfishConfig {
-            url: a.url.clone().unwrap_or_default(),
-            system: a.system.clone(),
-            username: a.username.clone().unwrap_or_default(),
-            password_file: a.password_file.clone().unwrap_or_default(),
-            auth: match a.auth {
-                Some(RedfishAuthKind::Basic) => RedfishAuth::Basic,
-                Some(RedfishAuthKind::Session) | None => RedfishAuth::Session,
-            },
-            trust: a.trust(),
-            request_timeout: REQUEST_TIMEOUT,
-            poll_every: REDFISH_POLL,
-        })?),
-        FenceAgentKind::Exec => Arc::new(Exec::new(ExecConfig {
-            node: node.to_string(),
-            command: a.command.clone().unwrap_or_default(),
-            options: a.options.clone(),
-            via: match a.options_via {
-                Some(OptionsViaKind::Args) => OptionsVia::Args,
-                Some(OptionsViaKind::Stdin) | None => OptionsVia::Stdin,
-            },
-            password_file: a.password_file.clone(),
-        })),
-        FenceAgentKind::Webhook => Arc::new(Webhook::new(WebhookConfig {
-            node: node.to_string(),
-            url: a.url.clone().unwrap_or_default(),
-            body: a
-                .body
-                .clone()
-                .unwrap_or_else(|| DEFAULT_WEBHOOK_BODY.to_string()),
-            content_type: a
-                .content_type
-                .clone()
-                .unwrap_or_else(|| "application/json".to_string()),
-            token_file: a.token_file.clone(),
-            trust: a.trust(),
-            request_timeout: REQUEST_TIMEOUT,
-        })?),
-    })
-}
-
-/// The secret files `config` names (fence agents' password and token files, checks' test
-/// login password files) that would be refused for their mode (group or others have access:
-/// [`Secret::check_mode`]), one problem per file, named by its field; `check-config` reports
-/// them and the daemon warns at start. A file that cannot be inspected (not there yet, or out
-/// of this user's reach) is left to its reader, which names what is wrong with it.
-pub fn check_secret_files(config: &Config) -> Result<(), ConfigError> {
-    use std::os::unix::fs::PermissionsExt;
-    let fences = config.fencing.nodes.iter().flat_map(|(node, a)| {
-        [
-            ("password_file", &a.password_file),
-            ("token_file", &a.token_file),
-        ]
-        .into_iter()
-        .filter_map(move |(field, path)| {
-            Some((format!("fencing.nodes.{node}.{field}"), path.as_ref()?))
-        })
-    });
-    let checks = config.checks.iter().filter_map(|(name, c)| {
-        Some((
-            format!("checks.{name}.password_file"),
-            c.password_file.as_ref()?,
-        ))
-    });
-    let problems: Vec<Problem> = fences
-        .chain(checks)
-        .filter_map(|(field, path)| {
-            let mode = std::fs::metadata(path).ok()?.permissions().mode();
-            let e = Secret::check_mode(path, mode).err()?;
-            Some(Problem {
-                field,
-                message: e.to_string(),
-            })
-        })
-        .collect();
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(ConfigError { problems })
-    }
-}
-
-/// One node's agent: built at start, rebuilt at each attempt while building fails (e.g. a CA
-/// file that appears later).
-#[derive(Debug)]
-struct NodeAgent {
-    config: FenceAgentConfig,
-    built: Mutex<Option<Arc<dyn Fencer>>>,
-}
-
-/// The fencing side of a node: its agents and, while it leads, the gate.
-#[derive(Debug)]
-pub struct Fencing {
-    agents: BTreeMap<String, NodeAgent>,
-    /// Which expired nodes wait for a fence; reset with each term.
-    pub gate: Mutex<FenceGate>,
-    backoff: Backoff,
-    timeout: Duration,
-}
-
-impl Fencing {
-    /// Agents from `[fencing]`. Agents that cannot be built yet are logged and retried at
-    /// each fence.
-    pub fn from_config(config: &Config) -> Fencing {
-        let f = &config.fencing;
-        let agents = f
-            .nodes
-            .iter()
-            .map(|(node, a)| {
-                let built = match build_agent(node, a) {
-                    Ok(agent) => Some(agent),
-                    Err(e) => {
-                        warn!(node = %node, error = %e, "fence agent unusable for now");
-                        None
-                    }
-                };
-                (
-                    node.clone(),
-                    NodeAgent {
-                        config: a.clone(),
-                        built: Mutex::new(built),
-                    },
-                )
-            })
-            .collect();
-        Fencing {
-            agents,
-            gate: Mutex::new(FenceGate::default()),
-            backoff: Backoff {
-                first: f.retry_first.get(),
-                max: f.retry_max.get(),
-            },
-            timeout: f.timeout.get(),
-        }
-    }
-
-    /// Whether `node` has a fence agent.
-    pub fn configured(&self, node: &str) -> bool {
-        self.agents.contains_key(node)
-    }
-
-    /// The agent of `node` for display: `kind target`.
-    pub fn describe(&self, node: &str) -> Option<String> {
-        let agent = self.agents.get(node)?;
-        if let Some(built) = lock(&agent.built).as_ref() {
-            return Some(built.describe());
-        }
-        Some(format!(
-            "{} {}",
-            agent.config.agent,
-            agent
-                .config
-                .url
-                .clone()
-                .or_else(|| agent.config.command.as_ref().map(|c| c.join(" ")))
-                .unwrap_or_default()
-        ))
-    }
-
-    /// Longest a fence may take, including recording it.
-    pub fn deadline(&self) -> Duration {
-        self.timeout + Duration::from_secs(15)
-    }
-
-    fn agent(&self, node: &str) -> Result<(Arc<dyn Fencer>, FenceOptions), String> {
-        let agent = self
-            .agents
-            .get(node)
-            .ok_or_else(|| format!("{node} has no fence agent ([fencing.nodes.{node}])"))?;
-        let mut built = lock(&agent.built);
-        let fencer = match built.as_ref() {
-            Some(f) => f.clone(),
-            None => {
-                let f = build_agent(node, &agent.config).map_err(|e| e.to_string())?;
-                *built = Some(f.clone());
-                f
-            }
-        };
-        Ok((
-            fencer,
-            FenceOptions {
-                timeout: self.timeout,
-                power_on_after: agent.config.power_on_after,
-            },
-        ))
-    }
-}
+use crate::node::Shared;
 
 /// Apply the fence gate to the planner's input: expired nodes that must be fenced first are
 /// taken out of `live.expired` until a fence of them succeeded after `last_grant`. Returns the
@@ -322,12 +98,12 @@ pub async fn run(
         by: by.clone(),
         at_ms: auth::unix_ms(),
     };
-    if let Err(e) = api::propose(&s, start).await {
+    if let Err(e) = crate::raft::propose::propose(&s, start).await {
         // Without a committed start there is no quorum behind this fence: do not run it.
         let msg = format!(
             "fence of {node} not started: it could not be recorded ({}); only a leader with a \
              quorum fences",
-            e.message_text()
+            e
         );
         failed();
         warn!(node = %node, "{msg}");
@@ -343,7 +119,7 @@ pub async fn run(
                 reply: reply.clone(),
                 at_ms: auth::unix_ms(),
             };
-            match api::propose(&s, done).await {
+            match crate::raft::propose::propose(&s, done).await {
                 Ok(_) => {
                     let mut gate = lock(&fencing.gate);
                     if gate.term() == Some(term) {
@@ -360,7 +136,7 @@ pub async fn run(
                     let msg = format!(
                         "{node} was fenced ({reply}) but that could not be recorded ({}); its \
                          addresses wait for a recorded fence",
-                        e.message_text()
+                        e
                     );
                     failed();
                     warn!(node = %node, "{msg}");
@@ -382,8 +158,8 @@ pub async fn run(
                 retry_in_ms: retry.as_millis() as u64,
                 at_ms: auth::unix_ms(),
             };
-            if let Err(e) = api::propose(&s, record).await {
-                warn!(node = %node, error = %e.message_text(), "could not record the failed fence");
+            if let Err(e) = crate::raft::propose::propose(&s, record).await {
+                warn!(node = %node, error = %e, "could not record the failed fence");
             }
             Err(msg)
         }
@@ -392,6 +168,7 @@ pub async fn run(
 
 #[cfg(test)]
 mod tests {
+    use super::agents::check_secret_files;
     use super::*;
     use crate::model::{AddressSpec, Member, Role};
 

@@ -1,27 +1,16 @@
-//! Address leases at run time: the leader's grant table, the holder's renewal loop, and the
-//! leader's placement loop that turns lease knowledge into [`model::plan`] input.
-//!
-//! The arithmetic (how long a lease lasts for its holder, when the leader may take it back) is
-//! `clusterd_fencing::LeaseTimings`; this module only keeps the clocks. Grants live in the
-//! leader's memory, not in Raft: a new leader starts with an empty table and waits its quiet
-//! period before reassigning anything.
+//! The lease state a node keeps (by the node handle): as leader, the grants it gave
+//! ([`LeaseTable`]); as holder, its own lease ([`HeldLease`]); and when a quorum last
+//! confirmed its leadership. Clocks only: the arithmetic is `clusterd_fencing::LeaseTimings`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Mutex;
+use std::time::Instant;
 
 use clusterd_fencing::LeaseTimings;
-use openraft::ServerState;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
 
-use crate::api::{self, admin_paths};
-use crate::auth;
-use crate::client::ApiClient;
-use crate::daemon::Shared;
-use crate::model::plan::{self, Liveness, Policy};
-use crate::model::{Command, Role};
+use crate::model::plan::Liveness;
 
 /// Body of `POST /v1/lease`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -73,7 +62,7 @@ struct Granted {
 /// new owner until that lease ran out.
 #[derive(Debug, Default)]
 pub struct LeaseTable {
-    term: Option<u64>,
+    pub(super) term: Option<u64>,
     elected_at: Option<Instant>,
     grants: BTreeMap<String, Granted>,
     /// Nodes with a takeover decided in this term whose write has not come back yet.
@@ -107,7 +96,7 @@ impl std::fmt::Display for Withheld {
 
 impl LeaseTable {
     /// Start over for a new term (called when this node becomes leader).
-    fn reset_for(&mut self, term: u64, now: Instant) {
+    pub(super) fn reset_for(&mut self, term: u64, now: Instant) {
         if self.term != Some(term) {
             self.term = Some(term);
             self.elected_at = Some(now);
@@ -121,7 +110,7 @@ impl LeaseTable {
     /// Record a grant to `node` at `now` in `term`, whose log is at `last_log_index`, and return
     /// the log index the grant names; or refuse it under the grant rule. A refused node is not
     /// recorded as granted.
-    fn grant(
+    pub(super) fn grant(
         &mut self,
         term: u64,
         node: &str,
@@ -280,324 +269,13 @@ pub fn confirmed_age_ms(confirmed: Option<(Instant, u64)>, term: u64, now: Insta
     }
 }
 
-/// The leader's leadership check: every third of `quorum_fresh`, ask a quorum to confirm that
-/// this node still leads (heartbeats through openraft's `get_read_log_id`), and record when the
-/// confirmed check began. [`grant`] grants only while that is fresh.
-pub async fn confirm_loop(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    let every = (s.leases.timings.quorum_fresh / 3).max(Duration::from_millis(10));
-    let mut pause = every;
-    loop {
-        s.loops.beat(crate::systemd::LEADERSHIP);
-        tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-        let metrics = s.raft.metrics().borrow().clone();
-        pause = every;
-        if metrics.state != ServerState::Leader || metrics.current_leader != Some(s.id) {
-            *s.leases.confirmed.lock().unwrap_or_else(|p| p.into_inner()) = None;
-            continue;
-        }
-        // A leader without a confirmation in its term grants nothing: check again soon.
-        let current = s
-            .leases
-            .confirmed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some_and(|(_, t)| t == metrics.current_term);
-        if !current {
-            pause = Duration::from_millis(5);
-        }
-        let asked = crate::clock::now();
-        let confirmed =
-            tokio::time::timeout(s.leases.timings.quorum_fresh, s.raft.get_read_log_id())
-                .await
-                .is_ok_and(|r| r.is_ok());
-        let term = s.raft.metrics().borrow().current_term;
-        if confirmed && term == metrics.current_term {
-            let mut c = s.leases.confirmed.lock().unwrap_or_else(|p| p.into_inner());
-            if c.is_none_or(|(at, t)| t != term || at < asked) {
-                *c = Some((asked, term));
-            }
-        }
-    }
-}
-
-/// Grant (or refuse) a lease to `node` on this node, which must lead with a fresh quorum. The
-/// grant names this leader's last log index, or a later one the grant rule asks for (see
-/// [`LeaseTable`]).
-pub fn grant(s: &Shared, node: &str) -> Result<LeaseGrant, String> {
-    let metrics = s.raft.metrics().borrow().clone();
-    if metrics.state != ServerState::Leader || metrics.current_leader != Some(s.id) {
-        return Err(format!("{} is not the leader", s.me));
-    }
-    let now = crate::clock::now();
-    let confirmed = *s.leases.confirmed.lock().unwrap_or_else(|p| p.into_inner());
-    let age = confirmed_age_ms(confirmed, metrics.current_term, now);
-    if !s.leases.timings.may_grant(age) {
-        return Err(format!(
-            "{} has no fresh quorum (leadership last confirmed {age:?} ms ago)",
-            s.me
-        ));
-    }
-    let mut table = s.leases.table.lock().unwrap_or_else(|p| p.into_inner());
-    let log_index = table
-        .grant(
-            metrics.current_term,
-            node,
-            now,
-            metrics.last_log_index.unwrap_or(0),
-            &s.leases.timings,
-        )
-        .map_err(|w| format!("{} withholds a lease from {node}: {w}", s.me))?;
-    Ok(LeaseGrant {
-        lease_ms: s.leases.timings.lease.as_millis() as u64,
-        leader: s.me.clone(),
-        term: metrics.current_term,
-        log_index,
-    })
-}
-
-/// The holder's loop (mail nodes): renew every `renew_every`, publish how long the lease lasts.
-pub async fn renew_loop(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    let timings = s.leases.timings;
-    let request = LeaseRequest { node: s.me.clone() };
-    let mut client: Option<ApiClient> = None;
-    let mut had_lease = false;
-    loop {
-        s.loops.beat(crate::systemd::LEASE_RENEWAL);
-        let sent_at = crate::clock::now();
-        let leader = crate::raft::leader_member(&s.raft.metrics().borrow());
-        // A node drill: behave like a dead node for the addresses (renew nothing), so they take
-        // the real failure path while the daemon keeps running.
-        let drilled = s.replica.borrow().state.node_drilled(&s.me);
-        let granted = match leader.map(|(id, m)| (id, m.addr, m.name)) {
-            _ if drilled => Err("failover drill: playing a failed node".to_string()),
-            None => Err("no leader known".to_string()),
-            Some((leader, _, _)) if leader == s.id => grant(&s, &s.me),
-            Some((_, addr, name)) => {
-                let c = match &client {
-                    Some(c) if c.addr() == addr => c.clone(),
-                    _ => {
-                        let c = s
-                            .client_to(name, addr)
-                            .with_timeout(timings.renew_every.max(Duration::from_millis(100)));
-                        client = Some(c.clone());
-                        c
-                    }
-                };
-                c.post::<_, LeaseGrant>(admin_paths::LEASE, &request)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-        };
-        match granted {
-            Ok(grant) => {
-                let held = HeldLease {
-                    deadline: timings.holder_deadline(sent_at),
-                    min_applied: grant.log_index,
-                };
-                s.leases.holder.send_replace(Some(held));
-                if !had_lease {
-                    info!("holding an address lease");
-                    had_lease = true;
-                }
-            }
-            Err(e) => {
-                let current = *s.leases.holder.borrow();
-                if had_lease && current.is_none_or(|l| crate::clock::now() >= l.deadline) {
-                    warn!(reason = %e, "address lease lost: dropping addresses");
-                    s.leases.holder.send_replace(None);
-                    had_lease = false;
-                } else {
-                    debug!(reason = %e, "lease renewal failed");
-                }
-            }
-        }
-        let next = sent_at + timings.renew_every;
-        tokio::select! {
-            _ = tokio::time::sleep_until(next.into()) => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-    }
-}
-
-/// The leader's placement loop: every `tick`, compute liveness and propose the planner's
-/// commands.
-pub async fn placement_loop(s: Arc<Shared>, policy: Policy, mut stop: watch::Receiver<bool>) {
-    let tick = Duration::from_millis(50);
-    let mut metrics_rx = s.raft.metrics();
-    loop {
-        s.loops.beat(crate::systemd::PLACEMENT);
-        // The loop notices its own election as it happens (the table has not seen the term yet)
-        // and wakes when the quiet period ends, rather than on the next tick, so a new
-        // leader's first takeover is not up to two ticks late.
-        let (led_term, quiet_until) = {
-            let table = s.leases.table.lock().unwrap_or_else(|p| p.into_inner());
-            (table.term, table.quiet_until(&s.leases.timings))
-        };
-        let now = crate::clock::now();
-        let next = match quiet_until {
-            Some(q) if q > now => q.min(now + tick),
-            _ => now + tick,
-        };
-        let me = s.id;
-        tokio::select! {
-            _ = tokio::time::sleep_until(next.into()) => {}
-            _ = metrics_rx.wait_for(|m| {
-                m.state == ServerState::Leader
-                    && m.current_leader == Some(me)
-                    && Some(m.current_term) != led_term
-            }) => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-        let metrics = s.raft.metrics().borrow().clone();
-        if metrics.state != ServerState::Leader || metrics.current_leader != Some(s.id) {
-            continue;
-        }
-        let now = crate::clock::now();
-        // Elected: the quiet period counts from now (or from the first lease request this
-        // leader answered, if that came first). Plan nothing, not even first placements, until
-        // every live node has had time to renew with this leader: otherwise an address could be
-        // placed away from a home that simply had not renewed yet.
-        let quiet = {
-            let mut table = s.leases.table.lock().unwrap_or_else(|p| p.into_inner());
-            table.reset_for(metrics.current_term, now);
-            table.quiet(now, &s.leases.timings)
-        };
-        if quiet || !s.leases.timings.may_grant(metrics.millis_since_quorum_ack) {
-            continue;
-        }
-        let term = metrics.current_term;
-        // A takeover write that failed may still be in the log: settle it with a write of our
-        // own before planning more (its commit commits everything before it).
-        let unsettled = s
-            .leases
-            .table
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .needs_settling();
-        if unsettled {
-            match api::write_here(
-                &s,
-                Command::RecordMembership {
-                    at_ms: auth::unix_ms(),
-                },
-            )
-            .await
-            {
-                Ok(w) => {
-                    let mut table = s.leases.table.lock().unwrap_or_else(|p| p.into_inner());
-                    table.settled(term, w.index);
-                }
-                Err(e) => {
-                    debug!(error = %e.message_text(), "failed takeover not settled yet");
-                    continue;
-                }
-            }
-        }
-        let replica = s.replica.borrow().clone();
-        let now_ms = auth::unix_ms();
-        // Verdicts, plan and the grant rule's bookkeeping under one hold of the table: a grant
-        // either came before (and the verdict counted it) or is withheld until the takeover's
-        // log index is known.
-        let (live, commands) = {
-            let mut table = s.leases.table.lock().unwrap_or_else(|p| p.into_inner());
-            let mut names: Vec<&String> = replica
-                .state
-                .members
-                .iter()
-                .filter(|(_, m)| m.role == Role::Mail)
-                .map(|(n, _)| n)
-                .collect();
-            // Owners that left the membership still need an expiry verdict.
-            for a in replica.state.addresses.values() {
-                if let Some(o) = &a.owner
-                    && !names.contains(&o)
-                {
-                    names.push(o);
-                }
-            }
-            let mut live = table.liveness(names, now, &s.leases.timings);
-            // A silent node with a fence agent keeps its addresses until it is fenced.
-            let mut gate = s.fencing.gate.lock().unwrap_or_else(|p| p.into_inner());
-            gate.reset_for(term);
-            let start = crate::fence::gate_liveness(
-                &mut gate,
-                &mut live,
-                &replica.state,
-                // A drilled node gave its lease up on purpose and is alive: never fence it.
-                |n| s.fencing.configured(n) && !replica.state.node_drilled(n),
-                |n| table.last_grant(n),
-                now,
-            );
-            drop(gate);
-            for node in start {
-                let by = format!("leader {}", s.me);
-                let task = crate::fence::run(s.clone(), node, by, term);
-                tokio::spawn(task);
-            }
-            let commands: Vec<(Command, Option<String>)> =
-                plan::plan(&replica.state, &live, &policy, now_ms)
-                    .into_iter()
-                    .map(|cmd| {
-                        let from = plan::taken_from(&replica.state, &cmd).map(str::to_string);
-                        if let Some(node) = &from {
-                            table.takeover_decided(term, node);
-                        }
-                        (cmd, from)
-                    })
-                    .collect();
-            (live, commands)
-        };
-        for node in crate::fence::to_clear(&replica.state, &live, now_ms) {
-            let cmd = Command::FenceCleared {
-                node,
-                reason: "it holds an address lease again".into(),
-                at_ms: now_ms,
-            };
-            if let Err(e) = api::propose(&s, cmd).await {
-                debug!(error = %e.message_text(), "fencing record not cleared");
-            }
-        }
-        // Per node taken from: the index of its last takeover, or `None` once one of them
-        // failed or was not sent (after the first failure nothing more is sent this round).
-        let mut taken: BTreeMap<String, Option<u64>> = BTreeMap::new();
-        let mut failed = false;
-        for (cmd, from) in commands {
-            let index = if failed {
-                None
-            } else {
-                info!(command = ?cmd, "placement");
-                match api::write_here(&s, cmd).await {
-                    Ok(w) => {
-                        if let Some(reason) = &w.applied.refused {
-                            debug!(%reason, "placement command refused");
-                        }
-                        Some(w.index)
-                    }
-                    Err(e) => {
-                        debug!(error = %e.message_text(), "placement command not applied");
-                        failed = true;
-                        None
-                    }
-                }
-            };
-            if let Some(node) = from {
-                let last = taken.entry(node).or_insert(Some(0));
-                *last = last.zip(index).map(|(a, b)| a.max(b));
-            }
-        }
-        let mut table = s.leases.table.lock().unwrap_or_else(|p| p.into_inner());
-        for (node, index) in taken {
-            table.takeover_written(term, &node, index);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::model::Command;
+    use crate::model::plan::{self, Policy};
 
     fn t() -> LeaseTimings {
         LeaseTimings::default()

@@ -1,0 +1,115 @@
+//! The node handle: what every part of a running daemon shares (its name and id, config,
+//! Raft handle, key, replica, and the state of each subsystem), below every task and the API.
+//!
+//! [`crate::daemon`] builds one [`Shared`] and hands it to the tasks it starts and to the
+//! router; nothing here starts a task or does IO.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openraft::ServerState;
+use tokio::sync::watch;
+
+use crate::auth::ClusterKey;
+use crate::client::ApiClient;
+use crate::config::Config;
+use crate::model::NodeId;
+use crate::raft::network::PeerTable;
+use crate::raft::store::Replica;
+use crate::raft::{Metrics, Raft};
+
+/// When the leader last reached this node (an append or snapshot it accepted).
+#[derive(Debug, Default)]
+pub struct LeaderContact(Mutex<Option<Instant>>);
+
+/// What the API handlers and background duties share.
+pub struct Shared {
+    /// This node's name.
+    pub me: String,
+    /// This node's Raft id.
+    pub id: NodeId,
+    /// The loaded config.
+    pub config: Config,
+    /// The Raft handle.
+    pub raft: Raft,
+    /// The cluster key.
+    pub key: ClusterKey,
+    /// The one HTTP client (connection pool) for requests to peers.
+    pub http: crate::wire::Http,
+    /// Every applied state.
+    pub replica: watch::Receiver<Arc<Replica>>,
+    /// What this node saw of its peers through its own RPCs.
+    pub peers: PeerTable,
+    /// When the leader last reached this node.
+    pub leader_contact: LeaderContact,
+    /// Throttle for unauthenticated-request log lines.
+    pub unauthorized: Mutex<crate::auth::UnauthorizedLog>,
+    /// Liveness beats of the daemon's loops, for the service manager's watchdog.
+    pub loops: crate::systemd::loops::Loops,
+    /// A peer heard from within this long counts as reachable.
+    pub reachable_within: Duration,
+    /// A leader that no quorum acknowledged for this long refuses writes at once.
+    pub quorum_lost_after: Duration,
+    /// Address leases: the leader's grants and this node's own lease.
+    pub leases: crate::lease::table::Leases,
+    /// This node's latest probe results.
+    pub probes: crate::health::view::LocalView,
+    /// Fence agents and, while this node leads, the fence gate.
+    pub fencing: crate::fence::agents::Fencing,
+    /// The transition hooks' queue.
+    pub hooks: crate::hooks::queue::Hooks,
+    /// Counters and histograms for `/metrics`.
+    pub metrics: crate::metrics::registry::Registry,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("me", &self.me)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// Record that the leader just reached this node.
+    pub fn note_leader_contact(&self) {
+        *crate::lock(&self.leader_contact.0) = Some(crate::clock::now());
+    }
+
+    /// A signed client for the node `name` at `addr`, over the daemon's one HTTP client.
+    pub fn client_to(&self, name: impl Into<String>, addr: impl Into<String>) -> ApiClient {
+        ApiClient::with_http(self.http.clone(), addr, self.key.clone()).for_node(name)
+    }
+
+    /// Whether `ip` is the address of a member node (a configured peer, this node, or a node
+    /// of the current Raft membership): connections from it get their own share
+    /// ([`crate::http_server`]).
+    pub fn is_member_address(&self, ip: std::net::IpAddr) -> bool {
+        let node = &self.config.node;
+        if node.listen.ip() == ip
+            || node.advertise.is_some_and(|a| a.ip() == ip)
+            || self.config.peers.iter().any(|p| p.address.ip() == ip)
+        {
+            return true;
+        }
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.membership_config
+            .membership()
+            .nodes()
+            .any(|(_, n)| n.addr.parse::<SocketAddr>().is_ok_and(|a| a.ip() == ip))
+    }
+
+    /// ms since the leader last reached this node.
+    pub fn leader_contact_ms(&self) -> Option<u64> {
+        crate::lock(&self.leader_contact.0).map(|t| crate::clock::since(t).as_millis() as u64)
+    }
+
+    /// Whether this node leads, by `m`: it is in the leader state and names itself leader
+    /// (openraft can report one without the other for a moment around an election). Every
+    /// "do I lead" in the daemon asks this.
+    pub fn leads(&self, m: &Metrics) -> bool {
+        m.state == ServerState::Leader && m.current_leader == Some(self.id)
+    }
+}
