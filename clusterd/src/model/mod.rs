@@ -1330,6 +1330,18 @@ impl State {
                  unknown; see `clusterctl status`)"
             ));
         }
+        if a.owner.as_deref() != Some(to) {
+            let failing = self.failing(to, &a.spec.services);
+            if !failing.is_empty() {
+                // The planner would take it straight back (a service-failed handoff): refuse
+                // rather than move the address twice.
+                return Applied::refused(format!(
+                    "{to} cannot take {ip}: its {} check is critical there (see `clusterctl \
+                     status`); move it once the service passes",
+                    failing.join(", ")
+                ));
+            }
+        }
         let epoch = a.epoch;
         match a.owner.clone() {
             None => self.assign(ip, to, epoch, MoveReason::Operator, at_ms),

@@ -745,6 +745,31 @@ mod tests {
         assert!(a.refused.is_none(), "{a:?}");
     }
 
+    #[test]
+    fn an_operator_move_to_a_node_failing_the_addresss_service_is_refused() {
+        let mut s = healthy_cluster();
+        health(&mut s, "mx2", Health::Critical, 5000);
+        let mv = |s: &mut State, to: &str| {
+            s.apply(&Command::RequestMove {
+                ip: "192.0.2.101/24".into(),
+                to: to.into(),
+                by: "op".into(),
+                at_ms: 6000,
+            })
+        };
+        let r = mv(&mut s, "mx2");
+        let why = r.refused.unwrap_or_default();
+        assert!(
+            why.contains("mx2 cannot take") && why.contains("imap"),
+            "{why}"
+        );
+        assert!(s.addresses["192.0.2.101/24"].handoff.is_none());
+        // A node that passes takes it as before; the owner itself may be named (it pins).
+        assert!(mv(&mut s, "mx3").refused.is_none());
+        health(&mut s, "mx1", Health::Critical, 7000);
+        assert!(mv(&mut s, "mx1").refused.is_none());
+    }
+
     /// Placed at home, imap passing everywhere since long ago.
     fn healthy_cluster() -> State {
         let mut s = with_services();

@@ -18,9 +18,10 @@ use crate::watch::Greeting;
 pub const FLAP_WINDOW: Duration = Duration::from_millis(500);
 
 /// Greetings naming two nodes in one short window, in the order that proves both served the
-/// address: X greeted, then a connection started later got Y, then one started after that got
-/// X again, all within [`FLAP_WINDOW`]. `greetings` need not be sorted.
-pub fn greeting_flaps(ip: IpAddr, greetings: &[Greeting], origin: Instant) -> Vec<String> {
+/// address unless it was handed over and back: X greeted, then a connection started later got
+/// Y, then one started after that got X again, all within [`FLAP_WINDOW`]. `greetings` need not
+/// be sorted. Whether the history explains it is [`flap_explained`].
+pub fn greeting_flaps(ip: IpAddr, greetings: &[Greeting], origin: Instant) -> Vec<Flap> {
     let mut g: Vec<&Greeting> = greetings.iter().filter(|g| g.node.is_some()).collect();
     g.sort_by_key(|g| g.started);
     let mut found = Vec::new();
@@ -43,19 +44,70 @@ pub fn greeting_flaps(ip: IpAddr, greetings: &[Greeting], origin: Instant) -> Ve
             }
             last_reported = Some(third.at);
             let rel = |t: Instant| t.saturating_duration_since(origin);
-            found.push(format!(
-                "{ip}: greetings from {} ({:?}), then {} ({:?}), then {} again ({:?}) within {:?}",
-                name(first),
-                rel(first.at),
-                name(second),
-                rel(second.at),
-                name(third),
-                rel(third.at),
-                third.at.saturating_duration_since(first.started)
-            ));
+            found.push(Flap {
+                ip,
+                first: first.clone(),
+                second: second.clone(),
+                third: (*third).clone(),
+                text: format!(
+                    "{ip}: greetings from {} ({:?}), then {} ({:?}), then {} again ({:?}) within \
+                     {:?}",
+                    name(first),
+                    rel(first.at),
+                    name(second),
+                    rel(second.at),
+                    name(third),
+                    rel(third.at),
+                    third.at.saturating_duration_since(first.started)
+                ),
+            });
         }
     }
     found
+}
+
+/// Greetings that went X, Y, X within [`FLAP_WINDOW`] ([`greeting_flaps`]).
+#[derive(Debug, Clone)]
+pub struct Flap {
+    /// The address.
+    pub ip: IpAddr,
+    /// X's greeting.
+    pub first: Greeting,
+    /// Y's.
+    pub second: Greeting,
+    /// X's again.
+    pub third: Greeting,
+    /// What to report.
+    pub text: String,
+}
+
+/// How far the history's times (stamped by the proposing leader, before the change reached
+/// the nodes) may be from the greetings'.
+pub const HISTORY_SLACK: Duration = Duration::from_millis(50);
+
+/// Whether the replicated history explains `flap` as two quick handovers: the address's owner
+/// became Y after X's first greeting started and before Y greeted, and became X again after
+/// that and before X's second greeting. `owners` are the history's owner changes of the
+/// address: when (on the greetings' clock) and to whom. Each handover itself is vouched for by
+/// the four holder views, which see any overlap; what is left unexplained is two nodes
+/// answering at once.
+pub fn flap_explained(flap: &Flap, owners: &[(Instant, String)]) -> bool {
+    let (Some(x), Some(y)) = (&flap.first.node, &flap.second.node) else {
+        return false;
+    };
+    let from = flap
+        .first
+        .started
+        .checked_sub(HISTORY_SLACK)
+        .unwrap_or(flap.first.started);
+    owners.iter().any(|(t1, to_y)| {
+        to_y == y
+            && *t1 >= from
+            && *t1 <= flap.second.at + HISTORY_SLACK
+            && owners
+                .iter()
+                .any(|(t2, to_x)| to_x == x && t2 > t1 && *t2 <= flap.third.at + HISTORY_SLACK)
+    })
 }
 
 fn name(g: &Greeting) -> &str {
@@ -142,6 +194,22 @@ impl Histories {
         }
         self.last_read
             .insert(node.to_string(), events.last().map_or(0, |e| e.seq));
+    }
+
+    /// Every owner change of the address `ip` (without its prefix) in the history read: when
+    /// (unix ms, as the proposer stamped it) and to whom.
+    pub fn owner_changes(&self, ip: IpAddr) -> Vec<(u64, String)> {
+        self.by_seq
+            .values()
+            .filter_map(|(_, e)| match &e.kind {
+                EventKind::OwnerChanged { ip: key, to, .. }
+                    if key.split('/').next() == Some(ip.to_string().as_str()) =>
+                {
+                    Some((e.at_ms, to.clone()))
+                }
+                _ => None,
+            })
+            .collect()
     }
 
     /// What was found, with the epochs and every node in `final_reads` reaching the end.
@@ -302,7 +370,7 @@ mod tests {
         flap.push(greet(o, 80, 90, "mx1"));
         let found = greeting_flaps(ip, &flap, o);
         assert_eq!(found.len(), 1, "{found:?}");
-        assert!(found[0].contains("mx1") && found[0].contains("mx2"));
+        assert!(found[0].text.contains("mx1") && found[0].text.contains("mx2"));
         // The same sequence spread over seconds is a move and a move back.
         let slow = [
             greet(o, 0, 5, "mx1"),
@@ -310,6 +378,38 @@ mod tests {
             greet(o, 2_000, 2_005, "mx1"),
         ];
         assert!(greeting_flaps(ip, &slow, o).is_empty());
+    }
+
+    #[test]
+    fn a_flap_is_explained_only_by_owner_changes_to_y_and_back_to_x_in_that_order() {
+        let o = Instant::now();
+        let ip: IpAddr = IP.parse().unwrap();
+        let greetings = [
+            greet(o, 1000, 1005, "mx1"),
+            greet(o, 1200, 1210, "mx2"),
+            greet(o, 1300, 1305, "mx1"),
+        ];
+        let flaps = greeting_flaps(ip, &greetings, o);
+        assert_eq!(flaps.len(), 1);
+        let f = &flaps[0];
+        let at = |ms: u64| o + Duration::from_millis(ms);
+        let owner = |ms: u64, n: &str| (at(ms), n.to_string());
+        // Handed to mx2, then back to mx1: two handovers.
+        assert!(flap_explained(f, &[owner(1100, "mx2"), owner(1250, "mx1")]));
+        // Nothing recorded, only the move to mx2, or the two in the wrong order: two holders.
+        assert!(!flap_explained(f, &[]));
+        assert!(!flap_explained(f, &[owner(1100, "mx2")]));
+        assert!(!flap_explained(
+            f,
+            &[owner(1100, "mx1"), owner(1250, "mx2")]
+        ));
+        // A move back recorded after mx1 greeted again does not explain that greeting.
+        assert!(!flap_explained(
+            f,
+            &[owner(1100, "mx2"), owner(1400, "mx1")]
+        ));
+        // A move to mx2 long before the flap does not explain it either.
+        assert!(!flap_explained(f, &[owner(100, "mx2"), owner(1250, "mx1")]));
     }
 
     fn sample(o: Instant, ms: u64, node: &str, life: u64, epoch: u64) -> StatusSample {
