@@ -1,0 +1,112 @@
+//! `[[addresses]]`: the floating addresses, their home nodes and services, and their checks.
+
+use super::*;
+
+/// `[[addresses]]`: a floating address. The list must be identical on every node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddressConfig {
+    /// The address and its prefix length as configured on the interface, e.g. "192.0.2.101/24"
+    /// or "2001:db8::101/64".
+    pub ip: IpPrefix,
+    /// Network interface the address is added to on whichever node holds it, e.g. "eth0".
+    /// 1 to 15 characters, no '/' and no whitespace. Must exist on every mail node.
+    pub interface: String,
+    /// The mail node that holds this address when it is healthy; the address returns there.
+    pub home: String,
+    /// Names of `[checks.NAME]` sections that must pass on a node for it to hold this address.
+    /// May be empty (then only the node being alive counts).
+    #[serde(default)]
+    pub services: Vec<String>,
+}
+
+impl Config {
+    pub(super) fn check_addresses(&self, v: &mut Problems) {
+        let members = self.members();
+        let mut seen: HashMap<IpAddr, usize> = HashMap::new();
+        for (i, a) in self.addresses.iter().enumerate() {
+            let f = format!("addresses[{i}]");
+            let ip = a.ip.addr;
+            if a.ip.prefix_len == 0 || a.ip.prefix_len > a.ip.max_prefix_len() {
+                v.push(
+                    format!("{f}.ip"),
+                    format!(
+                        "{} has prefix length {}; write 1 to {}, the prefix of the subnet on the \
+                         interface, e.g. \"{}/24\"",
+                        a.ip,
+                        a.ip.prefix_len,
+                        a.ip.max_prefix_len(),
+                        ip
+                    ),
+                );
+            }
+            if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() {
+                v.push(
+                    format!("{f}.ip"),
+                    format!(
+                        "{ip} is not a unicast address clients can reach; write the floating \
+                         address, e.g. \"192.0.2.101/24\""
+                    ),
+                );
+            }
+            if let Some(first) = seen.get(&ip) {
+                v.push(
+                    format!("{f}.ip"),
+                    format!(
+                        "{ip} is already listed as addresses[{first}]; each floating address \
+                         appears once, so remove one of them"
+                    ),
+                );
+            } else {
+                seen.insert(ip, i);
+            }
+            let iface = &a.interface;
+            if iface.is_empty()
+                || iface.len() > 15
+                || iface.contains(['/', '"', '\\'])
+                || iface.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                v.push(
+                    format!("{f}.interface"),
+                    format!(
+                        "{iface:?} is not a valid interface name; write 1 to 15 characters \
+                         without '/', quotes, backslashes or spaces, as `ip link` shows it, \
+                         e.g. \"eth0\""
+                    ),
+                );
+            }
+            match members.iter().find(|m| m.name == a.home) {
+                None => v.push(
+                    format!("{f}.home"),
+                    format!(
+                        "{:?} is not a member; write the name of a mail node, one of: {}",
+                        a.home,
+                        join_quoted(mail_names(&members).iter())
+                    ),
+                ),
+                Some(m) if m.role == Role::Witness => v.push(
+                    format!("{f}.home"),
+                    format!(
+                        "{:?} is a witness, and a witness never holds addresses; write the name \
+                         of a mail node, one of: {}",
+                        a.home,
+                        join_quoted(mail_names(&members).iter())
+                    ),
+                ),
+                Some(_) => {}
+            }
+            let mut listed = BTreeSet::new();
+            for (j, s) in a.services.iter().enumerate() {
+                if !self.checks.contains_key(s) {
+                    v.push(format!("{f}.services[{j}]"), self.unknown_check_message(s));
+                }
+                if !listed.insert(s) {
+                    v.push(
+                        format!("{f}.services[{j}]"),
+                        format!("{s:?} is listed twice; list each service once"),
+                    );
+                }
+            }
+        }
+    }
+}

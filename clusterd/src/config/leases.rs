@@ -1,0 +1,203 @@
+//! `[leases]`, `[placement]` and `[announce]`: how long an address lease lasts, the guard,
+//! failback, announcements, and their checks.
+
+use super::*;
+
+/// `[leases]`: the address leases behind the no-duplicate-address guarantee. Must be identical
+/// on every node. `check-config` refuses settings that could let two nodes serve one address.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LeasesConfig {
+    /// Length of a lease granted by the leader. A node that cannot renew drops its addresses
+    /// within this; a dead node's addresses move after about this long. Default "800ms".
+    pub lease: Millis,
+    /// How often a node renews. At most a third of the lease. Default "200ms".
+    pub renew_every: Millis,
+    /// Largest clock-rate difference between two nodes, in parts per million. Default 10000 (1%).
+    pub drift_ppm: u32,
+    /// Slack for scheduling and netlink latency. Default "50ms".
+    pub margin: Millis,
+    /// The leader grants leases only while a quorum acknowledged it within this. At least two
+    /// Raft heartbeats, at most half the lease. Default "150ms".
+    pub quorum_fresh: Millis,
+    /// What cuts off a node whose daemon froze: "nftables" (traffic and ARP for the address are
+    /// dropped when the lease runs out; default) or "lifetime-only" (only the address lifetime,
+    /// whole seconds: takeovers then wait several seconds longer).
+    pub guard: GuardKind,
+    /// Wait after a node's last lease before its addresses move. Default: the shortest safe
+    /// value, computed from the settings above; a shorter one is refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub takeover_delay: Option<Millis>,
+}
+
+impl Default for LeasesConfig {
+    fn default() -> Self {
+        let t = clusterd_fencing::LeaseTimings::default();
+        LeasesConfig {
+            lease: t.lease.into(),
+            renew_every: t.renew_every.into(),
+            drift_ppm: t.drift_ppm,
+            margin: t.margin.into(),
+            quorum_fresh: t.quorum_fresh.into(),
+            guard: GuardKind::Nftables,
+            takeover_delay: None,
+        }
+    }
+}
+
+impl LeasesConfig {
+    /// The lease arithmetic for these settings.
+    pub fn timings(&self) -> clusterd_fencing::LeaseTimings {
+        clusterd_fencing::LeaseTimings {
+            lease: self.lease.get(),
+            renew_every: self.renew_every.get(),
+            drift_ppm: self.drift_ppm,
+            margin: self.margin.get(),
+            quorum_fresh: self.quorum_fresh.get(),
+            guard: match self.guard {
+                GuardKind::Nftables => clusterd_fencing::Guard::Nftables,
+                GuardKind::LifetimeOnly => clusterd_fencing::Guard::LifetimeOnly,
+            },
+            takeover_delay: self.takeover_delay.map(Millis::get),
+        }
+    }
+}
+
+/// `leases.guard`: the kernel mechanism that enforces a lease when the daemon cannot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GuardKind {
+    /// nftables set elements that time out with the lease (millisecond precision).
+    #[default]
+    Nftables,
+    /// Only the address lifetime (whole seconds).
+    LifetimeOnly,
+}
+
+/// `[placement]`: where addresses go. Must be identical on every node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlacementConfig {
+    /// "auto": an address returns to its home node once that node has been healthy for
+    /// `failback_after`; "manual": it stays until an operator moves it. Default "auto".
+    pub failback: FailbackMode,
+    /// How long the home node must be healthy before an address returns to it. Default "60s".
+    pub failback_after: Millis,
+    /// Hold-down against flapping: a node where a service failed is not chosen again for an
+    /// address needing that service until the service has passed there this long. Default "30s".
+    pub hold_down: Millis,
+}
+
+impl Default for PlacementConfig {
+    fn default() -> Self {
+        PlacementConfig {
+            failback: FailbackMode::Auto,
+            failback_after: Millis::from_millis(60_000),
+            hold_down: Millis::from_millis(30_000),
+        }
+    }
+}
+
+/// `[announce]`: how a new owner tells the network (switches, routers, clients' neighbour
+/// caches) that an address moved: gratuitous ARP in both request and reply form (switches
+/// differ in which they accept), or IPv6 unsolicited neighbour advertisements.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnnounceConfig {
+    /// Announcements sent at once after the address is added, `burst_interval` apart.
+    /// Default 3.
+    pub burst: u32,
+    /// Gap between the announcements of the burst. Default "100ms".
+    pub burst_interval: Millis,
+    /// Further announcements over the next seconds, `repeat_interval` apart, for hosts that
+    /// missed the burst. Default 3.
+    pub repeats: u32,
+    /// Gap between repeats. Default "1s".
+    pub repeat_interval: Millis,
+    /// A slow periodic announcement while the address is held, so switch forwarding tables
+    /// that age out entries keep pointing at the owner. "0s" turns it off. Default "60s".
+    pub refresh: Millis,
+}
+
+impl Default for AnnounceConfig {
+    fn default() -> Self {
+        AnnounceConfig {
+            burst: 3,
+            burst_interval: Millis::from_millis(100),
+            repeats: 3,
+            repeat_interval: Millis::from_millis(1000),
+            refresh: Millis::from_millis(60_000),
+        }
+    }
+}
+
+/// `placement.failback`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailbackMode {
+    /// Return home after the stable period.
+    #[default]
+    Auto,
+    /// Stay until moved by an operator.
+    Manual,
+}
+
+impl Config {
+    pub(super) fn check_announce(&self, v: &mut Problems) {
+        let a = &self.announce;
+        if a.burst == 0 || a.burst > 20 {
+            v.push(
+                "announce.burst",
+                format!(
+                    "burst = {} announcements; use 1 to 20 (default 3): with none, clients and \
+                     switches keep sending to the old owner until their caches expire",
+                    a.burst
+                ),
+            );
+        }
+        if a.repeats > 100 {
+            v.push(
+                "announce.repeats",
+                format!("repeats = {}; use at most 100 (default 3)", a.repeats),
+            );
+        }
+        for (field, d) in [
+            ("announce.burst_interval", a.burst_interval),
+            ("announce.repeat_interval", a.repeat_interval),
+        ] {
+            if d.get() < std::time::Duration::from_millis(10) {
+                v.push(
+                    field,
+                    format!("{d} is too short to be useful; use at least \"10ms\""),
+                );
+            }
+        }
+    }
+
+    pub(super) fn check_leases(&self, v: &mut Problems) {
+        for p in self.leases.timings().problems() {
+            v.push(format!("leases.{}", p.field), p.message);
+        }
+        let heartbeat = self.raft.heartbeat_interval.get();
+        if self.leases.quorum_fresh.get() < heartbeat * 2 {
+            v.push(
+                "leases.quorum_fresh",
+                format!(
+                    "quorum_fresh ({}) is under two Raft heartbeats ({} each): the leader would                      often have no fresh quorum and refuse to renew leases; set it to at least {}",
+                    self.leases.quorum_fresh,
+                    self.raft.heartbeat_interval,
+                    Millis::from(heartbeat * 2)
+                ),
+            );
+        }
+        if self.placement.failback_after.get() < self.leases.lease.get() {
+            v.push(
+                "placement.failback_after",
+                format!(
+                    "failback_after ({}) is shorter than a lease ({}): addresses would bounce                      back to a node before it proved stable; use at least a few seconds, e.g.                      \"60s\"",
+                    self.placement.failback_after, self.leases.lease
+                ),
+            );
+        }
+    }
+}
