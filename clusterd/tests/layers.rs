@@ -16,9 +16,9 @@ use std::path::{Path, PathBuf};
 /// Largest file, outside its tests.
 const MAX_LINES: usize = 1200;
 
-/// Over [`MAX_LINES`] until they are split; the test fails once one is no longer over it, so
-/// the list cannot go stale.
-const OVERSIZE_PENDING: &[&str] = &["model"];
+/// Over [`MAX_LINES`] until they are split (none now); the test fails once one is no longer
+/// over it, so the list cannot go stale.
+const OVERSIZE_PENDING: &[&str] = &[];
 
 /// The layers, bottom first.
 const LAYERS: &[(&str, &[&str])] = &[
@@ -52,7 +52,9 @@ const LAYERS: &[(&str, &[&str])] = &[
             "metrics::registry",
             "metrics::text",
             "model",
+            "model::command",
             "model::drill",
+            "model::event",
             "model::fence",
             "model::health",
             "model::plan",
