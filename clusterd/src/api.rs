@@ -185,7 +185,7 @@ async fn authenticate(
         .map(|p| p.as_str())
         .unwrap_or("/");
     let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
-    let now = auth::unix_ms();
+    let now = crate::clock::unix_ms();
     let verdict = shared
         .key
         .verify(
@@ -439,7 +439,7 @@ async fn post_note(
     let cmd = Command::Note {
         by: s.me.clone(),
         text: req.text,
-        at_ms: auth::unix_ms(),
+        at_ms: crate::clock::unix_ms(),
     };
     Ok(Json(propose(&s, cmd).await?))
 }
@@ -544,7 +544,7 @@ async fn post_fence(
         return Err(ApiError::new(StatusCode::CONFLICT, refusal));
     }
     {
-        let mut gate = s.fencing.gate.lock().unwrap_or_else(|p| p.into_inner());
+        let mut gate = crate::lock(&s.fencing.gate);
         gate.reset_for(metrics.current_term);
         if !gate.begin(&node) {
             return Err(ApiError::new(
@@ -600,7 +600,7 @@ fn fence_refusal(
         .map(|(n, _)| n)
         .collect();
     if member.voter {
-        let peers = s.peers.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let peers = crate::lock(&s.peers).clone();
         let membership = metrics.membership_config.membership();
         let reachable = |name: &str| {
             name == s.me
@@ -626,7 +626,7 @@ fn fence_refusal(
         }
     }
     if member.role == Role::Mail {
-        let table = s.leases.table.lock().unwrap_or_else(|p| p.into_inner());
+        let table = crate::lock(&s.leases.table);
         let lease = s.leases.timings.lease;
         let others_live = state
             .members
@@ -839,7 +839,7 @@ fn state_name(state: ServerState) -> &'static str {
 pub fn build_status(s: &Shared, event_limit: usize) -> StatusReport {
     let metrics = s.raft.metrics().borrow().clone();
     let replica = s.replica.borrow().clone();
-    let peers = s.peers.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let peers = crate::lock(&s.peers).clone();
     let leader_contact = s.leader_contact_ms();
     let is_leader = metrics.state == ServerState::Leader;
     let reachable_within = s.reachable_within;
@@ -1059,7 +1059,7 @@ fn stuck_reason(
     a: &crate::model::AddressState,
     hold_down_ms: u64,
 ) -> Option<String> {
-    let now = auth::unix_ms();
+    let now = crate::clock::unix_ms();
     if !crate::model::plan::stuck_on_failing_owner(state, a, now, hold_down_ms) {
         return None;
     }

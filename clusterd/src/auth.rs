@@ -170,7 +170,7 @@ pub fn sign_headers(
     let signed = Signed {
         method,
         path,
-        time_ms: unix_ms(),
+        time_ms: crate::clock::unix_ms(),
         nonce: nonce(),
         target,
     };
@@ -403,11 +403,6 @@ impl ClusterKey {
         mac.update(body_digest);
         mac
     }
-}
-
-/// Milliseconds since the unix epoch, the clock signatures use ([`crate::clock::unix_ms`]).
-pub fn unix_ms() -> u64 {
-    crate::clock::unix_ms()
 }
 
 #[cfg(test)]

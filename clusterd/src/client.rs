@@ -237,7 +237,7 @@ impl ApiClient {
     }
 
     fn node(&self) -> Option<String> {
-        self.node.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        crate::lock(&self.node).clone()
     }
 
     /// Use another per-request deadline.
@@ -314,7 +314,7 @@ impl ApiClient {
             } if named.as_ref() != Some(&node) => {
                 // The node we reached is not (or not known to be) the one we signed for: sign
                 // again for it, once.
-                *self.node.lock().unwrap_or_else(|p| p.into_inner()) = Some(node.clone());
+                *crate::lock(&self.node) = Some(node.clone());
                 self.send_once(method, path, &node, body, extra_headers)
                     .await?
             }

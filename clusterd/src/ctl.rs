@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::auth::{self, ClusterKey};
+use crate::auth::ClusterKey;
 use crate::client::{AddMemberRequest, MembershipReply, NoteRequest, admin_paths};
 use crate::client::{ApiClient, ClientError, with_retries};
 use crate::config::{self, Config};
@@ -348,7 +348,11 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<(), Failure> 
             if *json {
                 writeln!(out, "{}", to_json(&events))?;
             } else {
-                write!(out, "{}", status::render_events(&events, auth::unix_ms()))?;
+                write!(
+                    out,
+                    "{}",
+                    status::render_events(&events, crate::clock::unix_ms())
+                )?;
             }
             Ok(())
         }
@@ -475,7 +479,7 @@ async fn set_admin(
         node: node.to_string(),
         state,
         by: "clusterctl".to_string(),
-        at_ms: auth::unix_ms(),
+        at_ms: crate::clock::unix_ms(),
     };
     let applied: Applied = with_retries(|| client.post(admin_paths::PROPOSE, &cmd)).await?;
     if applied.changed {
@@ -517,7 +521,7 @@ async fn move_cmd(
         ip: ip.clone(),
         to: node.to_string(),
         by: "clusterctl".to_string(),
-        at_ms: auth::unix_ms(),
+        at_ms: crate::clock::unix_ms(),
     };
     let _: Applied = with_retries(|| client.post(admin_paths::PROPOSE, &cmd)).await?;
     if current.owner.as_deref() == Some(node) {
@@ -646,7 +650,7 @@ async fn drill_cmd(
             let cmd = ModelCommand::EndDrill {
                 node: node.clone(),
                 by: "clusterctl".into(),
-                at_ms: auth::unix_ms(),
+                at_ms: crate::clock::unix_ms(),
             };
             let a: Applied = with_retries(|| client.post(admin_paths::PROPOSE, &cmd)).await?;
             if a.changed {
@@ -781,7 +785,7 @@ async fn status_cmd(
                 // Clear the screen and go home, like watch(1).
                 write!(out, "\x1b[2J\x1b[H")?;
             }
-            write!(out, "{}", status::render(&report, auth::unix_ms()))?;
+            write!(out, "{}", status::render(&report, crate::clock::unix_ms()))?;
         }
         out.flush()?;
         match args.watch {

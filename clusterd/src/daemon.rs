@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use crate::api;
-use crate::auth::{self, ClusterKey, KeyError};
+use crate::auth::{ClusterKey, KeyError};
 use crate::client::{AddMemberRequest, MembershipReply, admin_paths};
 use crate::config::{Config, FailbackMode};
 use crate::model::plan::Policy;
@@ -657,7 +657,7 @@ async fn run_duties(
         return Ok(());
     }
     let replica = shared.replica.borrow().clone();
-    let at_ms = auth::unix_ms();
+    let at_ms = crate::clock::unix_ms();
     if shared.leads(metrics) {
         if *announced_term != Some(metrics.current_term) {
             crate::raft::propose::propose(

@@ -20,7 +20,6 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::{TcpStream, UdpSocket};
 
-use crate::auth;
 use crate::client::admin_paths;
 use crate::client::{ApiClient, ClientError, with_retries};
 use crate::config::{CheckKind, Config};
@@ -295,10 +294,7 @@ impl Probers {
                     let store = store.clone();
                     probes.spawn(async move {
                         let greeting = probe(addr).await;
-                        store
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .push(Sample { at_ms, greeting });
+                        crate::lock(&store).push(Sample { at_ms, greeting });
                     });
                     while probes.try_join_next().is_some() {}
                 }
@@ -327,7 +323,7 @@ impl Probers {
 
 /// The samples in the order the probes started.
 fn sorted(samples: &Mutex<Vec<Sample>>) -> Vec<Sample> {
-    let mut v = samples.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut v = crate::lock(samples).clone();
     v.sort_by_key(|s| s.at_ms);
     v
 }
@@ -451,7 +447,7 @@ pub async fn run(
             node: plan.node.clone(),
             kind: plan.kind.clone(),
             by: "clusterctl drill".into(),
-            at_ms: auth::unix_ms(),
+            at_ms: crate::clock::unix_ms(),
         },
     )
     .await
@@ -597,7 +593,7 @@ pub async fn run(
         &Command::DrillReport {
             node: plan.node.clone(),
             result: summary,
-            at_ms: auth::unix_ms(),
+            at_ms: crate::clock::unix_ms(),
         },
     )
     .await;
@@ -618,7 +614,7 @@ async fn restore_phase<'a>(
         &Command::EndDrill {
             node: plan.node.clone(),
             by: "clusterctl drill".into(),
-            at_ms: auth::unix_ms(),
+            at_ms: crate::clock::unix_ms(),
         },
     )
     .await
@@ -677,7 +673,7 @@ async fn restore_phase<'a>(
                     ip: ip.clone(),
                     to: plan.node.clone(),
                     by: "clusterctl drill restore".into(),
-                    at_ms: auth::unix_ms(),
+                    at_ms: crate::clock::unix_ms(),
                 },
             )
             .await;

@@ -26,6 +26,6 @@ pub mod wire;
 /// Lock `m` whether or not a thread panicked while holding it: every value kept behind a
 /// mutex here stays consistent between statements (no invariant spans a panic point), so a
 /// poisoned lock is still safe to use, and a daemon must not die of someone else's panic.
-pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }

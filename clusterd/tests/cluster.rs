@@ -195,7 +195,7 @@ impl Cluster {
             ip: ip_key.into(),
             to: to.into(),
             by: "test".into(),
-            at_ms: clusterd::auth::unix_ms(),
+            at_ms: clusterd::clock::unix_ms(),
         };
         let _: Applied = with_retries(|| client.post("/v1/propose", &cmd))
             .await

@@ -21,13 +21,14 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, mpsc};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use clusterd::auth::ClusterKey;
 use clusterd::client::{ApiClient, with_retries};
 use clusterd::lease::table::Withheld;
+use clusterd::lock;
 use clusterd::model::{Applied, Command, EventKind, MoveReason};
 use clusterd::status::StatusReport;
 use clusterd::vip::mem::{MemNet, World};
@@ -57,10 +58,6 @@ const HOLD_LIMIT: Duration = Duration::from_secs(30);
 const EXTRA: &str = "[raft]\nelection_timeout_min = \"1000ms\"\nelection_timeout_max = \"1500ms\"\n\n\
                      [[addresses]]\nip = \"192.0.2.101/24\"\ninterface = \"eth0\"\nhome = \"mx1\"\n\
                      services = []\n";
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// A door that threads wait at until it opens, or until their own limit passes.
 #[derive(Debug, Default)]
@@ -552,7 +549,7 @@ fn a_resumed_owner_renewing_while_its_takeover_is_being_committed_never_holds_al
             ip: ADDRESS.into(),
             to: frozen.into(),
             by: "test".into(),
-            at_ms: clusterd::auth::unix_ms(),
+            at_ms: clusterd::clock::unix_ms(),
         };
         let leader_api =
             ApiClient::new(addr_of(&leader).to_string(), key.clone()).expect("an HTTP client");

@@ -31,6 +31,7 @@ use std::time::Duration;
 use clusterd::auth::{self, ClusterKey};
 use clusterd::config::Config;
 use clusterd::daemon::{Endpoint, RunError, run_at};
+use clusterd::lock;
 use clusterd::model::node_id;
 use clusterd::node::Shared;
 use clusterd::vip::mem::World;
@@ -50,10 +51,6 @@ const FAULT_PHASE: Duration = Duration::from_secs(20);
 const SETTLE: Duration = Duration::from_secs(30);
 /// One schedule may take this long in real time before it counts as stalled.
 const REAL_TIME_LIMIT: Duration = Duration::from_secs(120);
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// One node's end of the network.
 #[derive(Debug)]

@@ -9,6 +9,7 @@
 //! [`PowerSwitch`]: in the lab, [`LabPower`] stops every process of the node and takes its link
 //! down; elsewhere a plain flag.
 
+use clusterd::lock;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -289,10 +290,6 @@ impl Bmc {
         };
         decode_base64(basic).is_some_and(|d| d == format!("{}:{}", self.username, self.password))
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn decode_base64(text: &str) -> Option<String> {

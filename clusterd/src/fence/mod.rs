@@ -20,7 +20,6 @@ use crate::client::FenceReply;
 use clusterd_fencing::FenceGate;
 use tracing::{error, info, warn};
 
-use crate::auth;
 use crate::model::plan::Liveness;
 use crate::model::{Command, FenceProgress, State};
 use crate::node::Shared;
@@ -96,7 +95,7 @@ pub async fn run(
         agent: agent_name.clone(),
         attempt,
         by: by.clone(),
-        at_ms: auth::unix_ms(),
+        at_ms: crate::clock::unix_ms(),
     };
     if let Err(e) = crate::raft::propose::propose(&s, start).await {
         // Without a committed start there is no quorum behind this fence: do not run it.
@@ -117,7 +116,7 @@ pub async fn run(
             let done = Command::FenceSucceeded {
                 node: node.clone(),
                 reply: reply.clone(),
-                at_ms: auth::unix_ms(),
+                at_ms: crate::clock::unix_ms(),
             };
             match crate::raft::propose::propose(&s, done).await {
                 Ok(_) => {
@@ -156,7 +155,7 @@ pub async fn run(
                 node: node.clone(),
                 error: msg.clone(),
                 retry_in_ms: retry.as_millis() as u64,
-                at_ms: auth::unix_ms(),
+                at_ms: crate::clock::unix_ms(),
             };
             if let Err(e) = crate::raft::propose::propose(&s, record).await {
                 warn!(node = %node, error = %e, "could not record the failed fence");

@@ -22,7 +22,6 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
-use crate::auth;
 use crate::model::{Command, Health, HealthReport, Role};
 use crate::node::Shared;
 use probe::Probe;
@@ -40,7 +39,7 @@ pub async fn run(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         let _ = stop.wait_for(|s| *s).await;
         return;
     }
-    let now = auth::unix_ms();
+    let now = crate::clock::unix_ms();
     {
         let mut view = s.probes.lock();
         for name in s.config.checks.keys() {
@@ -128,7 +127,7 @@ async fn check_loop(
                 latency: Duration::ZERO,
             },
         };
-        let now = auth::unix_ms();
+        let now = crate::clock::unix_ms();
         let latency_ms = result.latency.as_millis() as u64;
         let transition = tracker.observe(&result.outcome);
         let mut view = s.probes.lock();
@@ -185,7 +184,7 @@ async fn reconcile(s: &Shared, checks: &[String], reset_done: &mut bool) -> bool
         let cmd = Command::HealthReset {
             node: s.me.clone(),
             checks: checks.to_vec(),
-            at_ms: auth::unix_ms(),
+            at_ms: crate::clock::unix_ms(),
         };
         match crate::raft::propose::propose(s, cmd).await {
             Ok(a) if a.refused.is_none() => *reset_done = true,

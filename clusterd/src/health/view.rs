@@ -45,6 +45,6 @@ impl LocalView {
     }
 
     pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, LocalCheck>> {
-        self.checks.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock(&self.checks)
     }
 }

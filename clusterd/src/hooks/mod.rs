@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::auth;
 use crate::model::EventKind;
 use crate::node::Shared;
 pub use event::{Contact, HookEvent, NodeWatch, Runs};
@@ -66,7 +65,7 @@ pub fn address_acquired(s: &Shared, address: &str, interface: &str, epoch: u64) 
         interface,
         Some(epoch),
         &reason,
-        auth::unix_ms(),
+        crate::clock::unix_ms(),
     ));
 }
 
@@ -80,7 +79,7 @@ pub fn address_released(s: &Shared, address: &str, interface: &str, reason: &str
         interface,
         epoch,
         reason,
-        auth::unix_ms(),
+        crate::clock::unix_ms(),
     ));
 }
 
@@ -149,7 +148,7 @@ pub async fn observe(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                 .is_some_and(|ms| Duration::from_millis(ms) < s.quorum_lost_after);
             if quorum {
                 let contact = member_contact(&s, &replica.state);
-                let now_ms = auth::unix_ms();
+                let now_ms = crate::clock::unix_ms();
                 for (node, up, reason) in watch.observe(
                     term,
                     crate::clock::since(since),

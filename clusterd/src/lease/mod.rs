@@ -15,7 +15,6 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::auth;
 use crate::client::ApiClient;
 use crate::client::admin_paths;
 use crate::model::plan::{self, Policy};
@@ -38,16 +37,12 @@ pub async fn confirm_loop(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         let metrics = s.raft.metrics().borrow().clone();
         pause = every;
         if !s.leads(&metrics) {
-            *s.leases.confirmed.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            *crate::lock(&s.leases.confirmed) = None;
             continue;
         }
         // A leader without a confirmation in its term grants nothing: check again soon.
-        let current = s
-            .leases
-            .confirmed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some_and(|(_, t)| t == metrics.current_term);
+        let current =
+            crate::lock(&s.leases.confirmed).is_some_and(|(_, t)| t == metrics.current_term);
         if !current {
             pause = Duration::from_millis(5);
         }
@@ -58,7 +53,7 @@ pub async fn confirm_loop(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                 .is_ok_and(|r| r.is_ok());
         let term = s.raft.metrics().borrow().current_term;
         if confirmed && term == metrics.current_term {
-            let mut c = s.leases.confirmed.lock().unwrap_or_else(|p| p.into_inner());
+            let mut c = crate::lock(&s.leases.confirmed);
             if c.is_none_or(|(at, t)| t != term || at < asked) {
                 *c = Some((asked, term));
             }
@@ -75,7 +70,7 @@ pub fn grant(s: &Shared, node: &str) -> Result<LeaseGrant, String> {
         return Err(format!("{} is not the leader", s.me));
     }
     let now = crate::clock::now();
-    let confirmed = *s.leases.confirmed.lock().unwrap_or_else(|p| p.into_inner());
+    let confirmed = *crate::lock(&s.leases.confirmed);
     let age = confirmed_age_ms(confirmed, metrics.current_term, now);
     if !s.leases.timings.may_grant(age) {
         return Err(format!(
@@ -83,7 +78,7 @@ pub fn grant(s: &Shared, node: &str) -> Result<LeaseGrant, String> {
             s.me
         ));
     }
-    let mut table = s.leases.table.lock().unwrap_or_else(|p| p.into_inner());
+    let mut table = crate::lock(&s.leases.table);
     let log_index = table
         .grant(
             metrics.current_term,
@@ -176,7 +171,7 @@ pub async fn placement_loop(s: Arc<Shared>, policy: Policy, mut stop: watch::Rec
         // and wakes when the quiet period ends, rather than on the next tick, so a new
         // leader's first takeover is not up to two ticks late.
         let (led_term, quiet_until) = {
-            let table = s.leases.table.lock().unwrap_or_else(|p| p.into_inner());
+            let table = crate::lock(&s.leases.table);
             (table.term, table.quiet_until(&s.leases.timings))
         };
         let now = crate::clock::now();
@@ -199,7 +194,7 @@ pub async fn placement_loop(s: Arc<Shared>, policy: Policy, mut stop: watch::Rec
         // every live node has had time to renew with this leader: otherwise an address could be
         // placed away from a home that simply had not renewed yet.
         let quiet = {
-            let mut table = s.leases.table.lock().unwrap_or_else(|p| p.into_inner());
+            let mut table = crate::lock(&s.leases.table);
             table.reset_for(metrics.current_term, now);
             table.quiet(now, &s.leases.timings)
         };
@@ -209,23 +204,18 @@ pub async fn placement_loop(s: Arc<Shared>, policy: Policy, mut stop: watch::Rec
         let term = metrics.current_term;
         // A takeover write that failed may still be in the log: settle it with a write of our
         // own before planning more (its commit commits everything before it).
-        let unsettled = s
-            .leases
-            .table
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .needs_settling();
+        let unsettled = crate::lock(&s.leases.table).needs_settling();
         if unsettled {
             match crate::raft::propose::write_here(
                 &s,
                 Command::RecordMembership {
-                    at_ms: auth::unix_ms(),
+                    at_ms: crate::clock::unix_ms(),
                 },
             )
             .await
             {
                 Ok(w) => {
-                    let mut table = s.leases.table.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut table = crate::lock(&s.leases.table);
                     table.settled(term, w.index);
                 }
                 Err(e) => {
@@ -235,12 +225,12 @@ pub async fn placement_loop(s: Arc<Shared>, policy: Policy, mut stop: watch::Rec
             }
         }
         let replica = s.replica.borrow().clone();
-        let now_ms = auth::unix_ms();
+        let now_ms = crate::clock::unix_ms();
         // Verdicts, plan and the grant rule's bookkeeping under one hold of the table: a grant
         // either came before (and the verdict counted it) or is withheld until the takeover's
         // log index is known.
         let (live, commands) = {
-            let mut table = s.leases.table.lock().unwrap_or_else(|p| p.into_inner());
+            let mut table = crate::lock(&s.leases.table);
             let mut names: Vec<&String> = replica
                 .state
                 .members
@@ -258,7 +248,7 @@ pub async fn placement_loop(s: Arc<Shared>, policy: Policy, mut stop: watch::Rec
             }
             let mut live = table.liveness(names, now, &s.leases.timings);
             // A silent node with a fence agent keeps its addresses until it is fenced.
-            let mut gate = s.fencing.gate.lock().unwrap_or_else(|p| p.into_inner());
+            let mut gate = crate::lock(&s.fencing.gate);
             gate.reset_for(term);
             let start = crate::fence::gate_liveness(
                 &mut gate,
@@ -326,7 +316,7 @@ pub async fn placement_loop(s: Arc<Shared>, policy: Policy, mut stop: watch::Rec
                 *last = last.zip(index).map(|(a, b)| a.max(b));
             }
         }
-        let mut table = s.leases.table.lock().unwrap_or_else(|p| p.into_inner());
+        let mut table = crate::lock(&s.leases.table);
         for (node, index) in taken {
             table.takeover_written(term, &node, index);
         }

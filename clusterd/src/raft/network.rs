@@ -256,7 +256,7 @@ pub struct PeerClient {
 
 impl PeerClient {
     fn note(&self, outcome: Result<(), String>) {
-        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut peers = crate::lock(&self.peers);
         let seen = peers.entry(self.target).or_default();
         match outcome {
             Ok(()) => seen.last_ok = Some(crate::clock::now()),

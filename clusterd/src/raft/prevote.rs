@@ -108,7 +108,7 @@ pub fn majority(granted: usize, voters: usize) -> bool {
 pub fn knows(s: &Shared) -> Knows {
     let m = s.raft.metrics().borrow().clone();
     let leads_confirmed_ms = if m.state == ServerState::Leader {
-        let confirmed = *s.leases.confirmed.lock().unwrap_or_else(|p| p.into_inner());
+        let confirmed = *crate::lock(&s.leases.confirmed);
         crate::lease::table::confirmed_age_ms(confirmed, m.current_term, crate::clock::now())
     } else {
         None

@@ -75,10 +75,7 @@ impl Loops {
 
     /// Loop `name` is alive now.
     pub fn beat(&self, name: &'static str) {
-        self.beats
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name, crate::clock::now());
+        crate::lock(&self.beats).insert(name, crate::clock::now());
     }
 
     /// The address runtime completed a pass with a valid lease and no kernel error.
@@ -92,7 +89,7 @@ impl Loops {
     }
 
     fn snapshot(&self) -> BTreeMap<&'static str, Instant> {
-        self.beats.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        crate::lock(&self.beats).clone()
     }
 }
 

@@ -123,12 +123,7 @@ impl LinuxNet {
     }
 
     async fn link(&self, iface: &str) -> Result<(u32, [u8; 6]), NetError> {
-        if let Some(l) = self
-            .links
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(iface)
-        {
+        if let Some(l) = crate::lock(&self.links).get(iface) {
             return Ok(*l);
         }
         let msg = self
@@ -150,15 +145,12 @@ impl LinuxNet {
             }
         }
         let entry = (msg.header.index, mac);
-        self.links
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(iface.to_string(), entry);
+        crate::lock(&self.links).insert(iface.to_string(), entry);
         Ok(entry)
     }
 
     fn nft(&self, commands: &str) -> Result<(), NetError> {
-        let mut guard = self.nft.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = crate::lock(&self.nft);
         if guard.is_none() {
             *guard = Some(Nft::start()?);
         }
@@ -283,7 +275,7 @@ impl NetOps for LinuxNet {
     }
 
     async fn guard_teardown(&self) -> Result<(), NetError> {
-        let nft = self.nft.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let nft = crate::lock(&self.nft).take();
         let nft = match nft {
             Some(n) => n,
             None => Nft::start()?,

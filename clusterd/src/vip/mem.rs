@@ -49,9 +49,7 @@ impl World {
 
     /// The `NetOps` of `node` in this world (for the node's current life).
     pub fn node(self: &Arc<Self>, node: &str) -> MemNet {
-        self.hosts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        crate::lock(&self.hosts)
             .entry(node.to_string())
             .or_default();
         MemNet {
@@ -62,22 +60,14 @@ impl World {
     }
 
     fn life(&self, node: &str) -> u64 {
-        self.lives
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(node)
-            .copied()
-            .unwrap_or(0)
+        crate::lock(&self.lives).get(node).copied().unwrap_or(0)
     }
 
     /// `kill -9` of `node`'s daemon as its kernel sees it: every `MemNet` handed out so far
     /// for it does nothing from now on, and its addresses and guard stay as they are (the
     /// guard's allowance runs out by itself). [`World::node`] gives the next life a new one.
     pub fn kill(&self, node: &str) {
-        *self
-            .lives
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        *crate::lock(&self.lives)
             .entry(node.to_string())
             .or_default() += 1;
     }
@@ -85,7 +75,7 @@ impl World {
     /// Hold (`true`) or release every address operation of `node` (a frozen daemon: its
     /// guard's allowance keeps running out meanwhile).
     pub fn pause(&self, node: &str, paused: bool) {
-        let mut p = self.paused.lock().unwrap_or_else(|p| p.into_inner());
+        let mut p = crate::lock(&self.paused);
         if paused {
             p.insert(node.to_string());
         } else {
@@ -94,18 +84,13 @@ impl World {
     }
 
     fn is_paused(&self, node: &str) -> bool {
-        self.paused
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(node)
+        crate::lock(&self.paused).contains(node)
     }
 
     /// Nodes that answer for `ip` right now.
     pub fn holders(&self, ip: IpAddr) -> Vec<String> {
         let now = crate::clock::now();
-        self.hosts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        crate::lock(&self.hosts)
             .iter()
             .filter(|(_, h)| h.answers_for(ip, now))
             .map(|(n, _)| n.clone())
@@ -114,9 +99,7 @@ impl World {
 
     /// How many announcements `node` sent for `ip`.
     pub fn announcements(&self, node: &str, ip: IpAddr) -> usize {
-        self.hosts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        crate::lock(&self.hosts)
             .get(node)
             .map(|h| h.announcements.iter().filter(|(a, _)| *a == ip).count())
             .unwrap_or(0)
@@ -124,15 +107,12 @@ impl World {
 
     /// Every moment two nodes answered for one address, as found at each change.
     pub fn violations(&self) -> Vec<String> {
-        self.violations
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        crate::lock(&self.violations).clone()
     }
 
     /// Remove an address from a node behind the daemon's back (drift).
     pub fn remove_by_hand(&self, node: &str, iface: &str, addr: IpPrefix) {
-        let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut hosts = crate::lock(&self.hosts);
         if let Some(set) = hosts.get_mut(node).and_then(|h| h.addrs.get_mut(iface)) {
             set.remove(&addr);
         }
@@ -146,10 +126,7 @@ impl World {
             .map(|(n, _)| n)
             .collect();
         if holders.len() > 1 {
-            self.violations
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(format!("{ip} answered by {holders:?}"));
+            crate::lock(&self.violations).push(format!("{ip} answered by {holders:?}"));
         }
     }
 }
@@ -175,7 +152,7 @@ impl MemNet {
         if self.world.life(&self.node) != self.life {
             return T::default();
         }
-        let mut hosts = self.world.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut hosts = crate::lock(&self.world.hosts);
         let mut host = hosts.remove(&self.node).unwrap_or_default();
         let out = f(&mut host, &self.world, &mut hosts);
         hosts.insert(self.node.clone(), host);

@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::auth;
 use crate::config::{AnnounceConfig, IpPrefix};
 use crate::model::{Command, State};
 use crate::node::Shared;
@@ -296,7 +295,7 @@ pub async fn run<N: NetOps>(s: Arc<Shared>, net: Arc<N>, mut stop: watch::Receiv
                     ip,
                     node,
                     epoch,
-                    at_ms: auth::unix_ms(),
+                    at_ms: crate::clock::unix_ms(),
                 });
             } else {
                 // Not ours (any more): stop announcing it, even if its lifetime already removed
@@ -329,7 +328,7 @@ pub async fn run<N: NetOps>(s: Arc<Shared>, net: Arc<N>, mut stop: watch::Receiv
                     ip,
                     node,
                     epoch,
-                    at_ms: auth::unix_ms(),
+                    at_ms: crate::clock::unix_ms(),
                 });
             }
         }
@@ -390,7 +389,7 @@ impl Reports {
         make: impl FnOnce(String, String, u64) -> Command,
     ) {
         {
-            let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+            let mut sent = crate::lock(&self.sent);
             if sent.get(key).is_some_and(|(e, _)| *e == epoch) {
                 return; // done, or in flight
             }
@@ -400,7 +399,7 @@ impl Reports {
         let (s, sent, key) = (s.clone(), self.sent.clone(), key.to_string());
         tokio::spawn(async move {
             let ok = crate::raft::propose::propose(&s, cmd).await.is_ok();
-            let mut sent = sent.lock().unwrap_or_else(|p| p.into_inner());
+            let mut sent = crate::lock(&sent);
             if ok {
                 sent.insert(key, (epoch, true));
             } else if sent.get(&key) == Some(&(epoch, false)) {

@@ -306,7 +306,7 @@ impl<'a> Campaign<'a> {
             dns_thread: None,
             timelines: Vec::new(),
             histories: check::Histories::default(),
-            origin_unix_ms: clusterd::auth::unix_ms(),
+            origin_unix_ms: clusterd::clock::unix_ms(),
             flaps: Vec::new(),
             quiet: Vec::new(),
             quiet_since: Some(Instant::now()),
