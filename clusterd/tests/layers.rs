@@ -78,7 +78,15 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "tasks",
         &[
-            "dns_feed", "fence", "health", "hooks", "lease", "metrics", "systemd", "vip",
+            "dns_feed",
+            "fence",
+            "health",
+            "hooks",
+            "lease",
+            "metrics",
+            "status::report",
+            "systemd",
+            "vip",
         ],
     ),
     // The HTTP API.

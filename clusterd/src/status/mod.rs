@@ -4,6 +4,8 @@
 //! same types are decoded by `clusterctl`. Field names here are a public interface (scripts read
 //! `clusterctl status --json`): add fields, never rename or remove them.
 
+pub mod report;
+
 use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
