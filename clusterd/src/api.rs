@@ -789,3 +789,97 @@ async fn delete_member(
     })
     .into_response())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_of(resp: Response) -> (StatusCode, ApiErrorBody) {
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 64 * 1024)
+            .await
+            .unwrap_or_default();
+        let body = serde_json::from_slice(&bytes).unwrap_or(ApiErrorBody {
+            error: format!("not JSON: {}", String::from_utf8_lossy(&bytes)),
+        });
+        (status, body)
+    }
+
+    #[test]
+    fn every_failed_write_gets_its_status_code() {
+        let code = |e: ProposeError| ApiError::from(e).status;
+        let me = || "mx1".to_string();
+        assert_eq!(
+            code(ProposeError::NoLeader { me: me() }),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            code(ProposeError::QuorumLost {
+                me: me(),
+                ack_ms: 900
+            }),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            code(ProposeError::NotCommitted { me: me() }),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            code(ProposeError::LeadershipMoving("leadership is moving")),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            code(ProposeError::Refused("mx3 is drained".into())),
+            StatusCode::CONFLICT
+        );
+        assert_eq!(
+            code(ProposeError::Membership("busy".into())),
+            StatusCode::CONFLICT
+        );
+        assert_eq!(
+            code(ProposeError::TooLarge(crate::model::CommandTooLarge {
+                bytes: crate::model::MAX_COMMAND_BYTES + 1,
+            })),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+        // The leader's own answer passes through with its status and words.
+        let forwarded = ApiError::from(ProposeError::Forward(ClientError::Api {
+            status: 409,
+            message: "mx3 cannot take 192.0.2.101/24".into(),
+        }));
+        assert_eq!(forwarded.status, StatusCode::CONFLICT);
+        assert_eq!(forwarded.message_text(), "mx3 cannot take 192.0.2.101/24");
+        let unreachable = ApiError::from(ProposeError::Forward(ClientError::Api {
+            status: 42,
+            message: "nonsense".into(),
+        }));
+        assert_eq!(unreachable.status, StatusCode::BAD_GATEWAY);
+    }
+
+    #[tokio::test]
+    async fn a_plain_text_or_empty_error_becomes_the_json_error_body() {
+        let plain = (StatusCode::BAD_REQUEST, "Failed to parse the request body").into_response();
+        let (status, body) = body_of(json_errors(plain, "/v1/propose").await).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body.error, "Failed to parse the request body");
+        let empty = StatusCode::NOT_FOUND.into_response();
+        let (status, body) = body_of(json_errors(empty, "/v1/nothing").await).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body.error, "no such route: /v1/nothing");
+        // JSON errors and successes pass untouched.
+        let ok = (StatusCode::OK, "fine").into_response();
+        assert_eq!(json_errors(ok, "/").await.status(), StatusCode::OK);
+    }
+
+    #[test]
+    fn membership_changes_keep_three_or_five_voters_unless_forced() {
+        for n in [3, 5] {
+            assert!(voter_count_problem(n, false).is_none());
+        }
+        for n in [1, 2, 4, 6] {
+            let why = voter_count_problem(n, false).unwrap_or_default();
+            assert!(why.contains(&format!("leave {n} voters")) && why.contains("--force"));
+            assert!(voter_count_problem(n, true).is_none());
+        }
+    }
+}
