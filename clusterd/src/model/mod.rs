@@ -710,9 +710,13 @@ impl State {
             if !failing.is_empty() {
                 // The planner would take it straight back (a service-failed handoff): refuse
                 // rather than move the address twice.
+                let (checks, are) = match failing.len() {
+                    1 => ("check", "is"),
+                    _ => ("checks", "are"),
+                };
                 return Applied::refused(format!(
-                    "{to} cannot take {ip}: its {} check is critical there (see `clusterctl \
-                     status`); move it once the service passes",
+                    "{to} cannot take {ip}: its {} {checks} {are} critical there (see \
+                     `clusterctl status`); move it once the service passes",
                     failing.join(", ")
                 ));
             }
