@@ -663,7 +663,7 @@ async fn addresses_go_home_and_a_dead_owners_address_moves_after_the_takeover_de
     assert!(epoch > before.1);
     // Never before n1's lease could have ended: the takeover delay counts from the last grant,
     // which came at most one renewal interval before n1 stopped renewing.
-    let timings = clusterd_fencing::LeaseTimings::default();
+    let timings = clusterd_lease::LeaseTimings::default();
     let earliest = timings.takeover_delay() - timings.renew_every;
     assert!(
         took >= earliest,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use clusterd::vip::NetOps;
 use clusterd::vip::linux::LinuxNet;
-use clusterd_fencing::GUARD_WRITE_WINDOW;
+use clusterd_lease::GUARD_WRITE_WINDOW;
 use clusterd_tests::lab::netns;
 use clusterd_tests::lab::testing::TestLab;
 use clusterd_tests::monitor::addresses::parse_nft_time;

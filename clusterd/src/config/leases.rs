@@ -32,7 +32,7 @@ pub struct LeasesConfig {
 
 impl Default for LeasesConfig {
     fn default() -> Self {
-        let t = clusterd_fencing::LeaseTimings::default();
+        let t = clusterd_lease::LeaseTimings::default();
         LeasesConfig {
             lease: t.lease.into(),
             renew_every: t.renew_every.into(),
@@ -47,16 +47,16 @@ impl Default for LeasesConfig {
 
 impl LeasesConfig {
     /// The lease arithmetic for these settings.
-    pub fn timings(&self) -> clusterd_fencing::LeaseTimings {
-        clusterd_fencing::LeaseTimings {
+    pub fn timings(&self) -> clusterd_lease::LeaseTimings {
+        clusterd_lease::LeaseTimings {
             lease: self.lease.get(),
             renew_every: self.renew_every.get(),
             drift_ppm: self.drift_ppm,
             margin: self.margin.get(),
             quorum_fresh: self.quorum_fresh.get(),
             guard: match self.guard {
-                GuardKind::Nftables => clusterd_fencing::Guard::Nftables,
-                GuardKind::LifetimeOnly => clusterd_fencing::Guard::LifetimeOnly,
+                GuardKind::Nftables => clusterd_lease::Guard::Nftables,
+                GuardKind::LifetimeOnly => clusterd_lease::Guard::LifetimeOnly,
             },
             takeover_delay: self.takeover_delay.map(Millis::get),
         }

@@ -8,7 +8,8 @@ use std::time::Duration;
 use clusterd_fencing::exec::{Exec, ExecConfig, OptionsVia};
 use clusterd_fencing::redfish::{Redfish, RedfishAuth, RedfishConfig};
 use clusterd_fencing::webhook::{Webhook, WebhookConfig};
-use clusterd_fencing::{Backoff, FenceError, FenceGate, FenceOptions, Fencer, Secret};
+use clusterd_fencing::{FenceError, FenceOptions, Fencer, Secret};
+use clusterd_lease::{Backoff, FenceGate};
 use tracing::warn;
 
 use crate::config::{

@@ -1,7 +1,7 @@
 //! Fencing at run time: the leader powers off a silent node that has a fence agent before its
 //! addresses move, and operators fence by hand with `clusterctl fence`.
 //!
-//! The decisions are pure and live elsewhere: `clusterd_fencing::FenceGate` decides which
+//! The decisions are pure and live elsewhere: `clusterd_lease::FenceGate` decides which
 //! expired nodes wait for a fence and when to (re)try; [`gate_liveness`] applies it to the
 //! planner's input; [`to_clear`] says which fencing records are over. This module carries them
 //! out: it builds the agents from `[fencing]`, records "started" through Raft *before* running
@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::client::FenceReply;
-use clusterd_fencing::FenceGate;
+use clusterd_lease::FenceGate;
 use tracing::{error, info, warn};
 
 use crate::model::plan::Liveness;

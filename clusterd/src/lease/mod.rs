@@ -2,7 +2,7 @@
 //! leader's placement loop that turns lease knowledge into [`model::plan`] input.
 //!
 //! The arithmetic (how long a lease lasts for its holder, when the leader may take it back) is
-//! `clusterd_fencing::LeaseTimings`; this module only keeps the clocks. Grants live in the
+//! `clusterd_lease::LeaseTimings`; this module only keeps the clocks. Grants live in the
 //! leader's memory, not in Raft: a new leader starts with an empty table and waits its quiet
 //! period before reassigning anything.
 

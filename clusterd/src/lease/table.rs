@@ -1,12 +1,12 @@
 //! The lease state a node keeps (by the node handle): as leader, the grants it gave
 //! ([`LeaseTable`]); as holder, its own lease ([`HeldLease`]); and when a quorum last
-//! confirmed its leadership. Clocks only: the arithmetic is `clusterd_fencing::LeaseTimings`.
+//! confirmed its leadership. Clocks only: the arithmetic is `clusterd_lease::LeaseTimings`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use clusterd_fencing::LeaseTimings;
+use clusterd_lease::LeaseTimings;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use clusterd_fencing::{GUARD_WRITE_WINDOW, guard_kernel_timeout};
+use clusterd_lease::{GUARD_WRITE_WINDOW, guard_kernel_timeout};
 
 use futures_util::TryStreamExt;
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, CacheInfo};
