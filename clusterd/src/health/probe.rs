@@ -33,6 +33,48 @@ pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Name the probe gives in EHLO/LHLO.
 const HELO_NAME: &str = "clusterd-probe.invalid";
 
+/// Why the service part of a probe failed (the check is then critical), in the words the
+/// check's reason shows.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// The check lacks what its kind needs (a port, a command, TLS settings); `check-config`
+    /// refuses such a check, so this is a defect, not an input.
+    #[error("{0}")]
+    Unconfigured(&'static str),
+    /// The TCP connection failed: refused, unreachable, or reset.
+    #[error("connect to {addr}: {source}")]
+    Connect {
+        /// Where.
+        addr: SocketAddr,
+        /// The kernel's answer.
+        source: std::io::Error,
+    },
+    /// The service answered wrongly, too much, or not at all (TLS included), in its words.
+    #[error("{0}")]
+    Protocol(String),
+}
+
+impl ProbeError {
+    /// Whether nothing listens: the kernel refused the connection at once. Unlike a slow or
+    /// wrong answer, that is decisive.
+    pub fn is_refused(&self) -> bool {
+        matches!(self, ProbeError::Connect { source, .. }
+            if source.kind() == std::io::ErrorKind::ConnectionRefused)
+    }
+}
+
+impl From<String> for ProbeError {
+    fn from(said: String) -> Self {
+        ProbeError::Protocol(said)
+    }
+}
+
+impl From<&str> for ProbeError {
+    fn from(said: &str) -> Self {
+        ProbeError::Protocol(said.to_string())
+    }
+}
+
 /// A check ready to run.
 #[derive(Debug)]
 pub struct Probe {
@@ -120,7 +162,7 @@ impl Probe {
             }
             Ok(Err(reason)) => {
                 return ProbeResult {
-                    outcome: Outcome::Critical(reason),
+                    outcome: Outcome::Critical(reason.to_string()),
                     latency,
                 };
             }
@@ -159,23 +201,28 @@ impl Probe {
     }
 
     /// The service part: pass or fail.
-    async fn exchange(&self, step: &mut &'static str) -> Result<Core, String> {
+    async fn exchange(&self, step: &mut &'static str) -> Result<Core, ProbeError> {
         if self.kind == CheckKind::Exec {
             *step = "waiting for the plugin";
-            let cmd = self.command.as_ref().ok_or("no command configured")?;
+            let cmd = self
+                .command
+                .as_ref()
+                .ok_or(ProbeError::Unconfigured("no command configured"))?;
             return match run_plugin(cmd).await {
                 Outcome::Ok => Ok(Core::default()),
                 Outcome::Warning(w) => Ok(Core {
                     warning: Some(w),
                     ..Core::default()
                 }),
-                Outcome::Critical(c) => Err(c),
+                Outcome::Critical(c) => Err(ProbeError::Protocol(c)),
             };
         }
-        let addr = self.addr.ok_or("no port configured")?;
+        let addr = self
+            .addr
+            .ok_or(ProbeError::Unconfigured("no port configured"))?;
         let tcp = TcpStream::connect(addr)
             .await
-            .map_err(|e| format!("connect to {addr}: {e}"))?;
+            .map_err(|source| ProbeError::Connect { addr, source })?;
         let _ = tcp.set_nodelay(true);
         let mut conn = Conn::plain(tcp);
         if matches!(
@@ -219,15 +266,17 @@ impl Probe {
         })
     }
 
-    async fn upgrade(&self, conn: Conn) -> Result<Conn, String> {
+    async fn upgrade(&self, conn: Conn) -> Result<Conn, ProbeError> {
         let Some(tls) = &self.tls else {
-            return Err("TLS is not configured for this check".into());
+            return Err(ProbeError::Unconfigured(
+                "TLS is not configured for this check",
+            ));
         };
         conn.upgrade(tls).await
     }
 
     /// SMTP, submission, smtps and LMTP: banner, EHLO, optional STARTTLS, NOOP, QUIT.
-    async fn smtp(&self, c: &mut Conn, step: &mut &'static str) -> Result<(), String> {
+    async fn smtp(&self, c: &mut Conn, step: &mut &'static str) -> Result<(), ProbeError> {
         let hello = if self.kind == CheckKind::Lmtp {
             "LHLO"
         } else {
@@ -264,11 +313,11 @@ impl Probe {
     }
 
     /// IMAP up to the point of login: greeting, CAPABILITY, optional STARTTLS.
-    async fn imap(&self, c: &mut Conn, step: &mut &'static str) -> Result<(), String> {
+    async fn imap(&self, c: &mut Conn, step: &mut &'static str) -> Result<(), ProbeError> {
         *step = "waiting for the greeting";
         let greeting = c.line().await?;
         if !(starts_with_ci(&greeting, "* OK") || starts_with_ci(&greeting, "* PREAUTH")) {
-            return Err(format!("greeting: {}", shorten(&greeting)));
+            return Err(format!("greeting: {}", shorten(&greeting)).into());
         }
         *step = "waiting for the CAPABILITY reply";
         let caps = c.imap_command("a1", "CAPABILITY").await?;
@@ -292,7 +341,7 @@ impl Probe {
     }
 
     /// POP3 up to the point of login: greeting, optional STLS.
-    async fn pop3(&self, c: &mut Conn, step: &mut &'static str) -> Result<(), String> {
+    async fn pop3(&self, c: &mut Conn, step: &mut &'static str) -> Result<(), ProbeError> {
         *step = "waiting for the greeting";
         c.pop3_expect("greeting").await?;
         if self.starttls {
@@ -306,7 +355,12 @@ impl Probe {
     }
 
     /// The test login on an open IMAP or POP3 session, then a clean goodbye.
-    async fn login(&self, mut c: Conn, user: &str, file: &std::path::Path) -> Result<(), String> {
+    async fn login(
+        &self,
+        mut c: Conn,
+        user: &str,
+        file: &std::path::Path,
+    ) -> Result<(), ProbeError> {
         let pass = read_password(file)?;
         if matches!(self.kind, CheckKind::Imap | CheckKind::Imaps) {
             let login = format!("LOGIN {} {}", imap_quote(user), imap_quote(&pass));
@@ -367,7 +421,7 @@ impl Conn {
             .ok_or_else(|| "connection closed".to_string())
     }
 
-    async fn upgrade(mut self, tls: &TlsClient) -> Result<Conn, String> {
+    async fn upgrade(mut self, tls: &TlsClient) -> Result<Conn, ProbeError> {
         let io = self.io.take().ok_or("connection closed")?;
         if !io.buffer().is_empty() {
             // Bytes sent before the handshake would be injected into the TLS session.
@@ -390,7 +444,7 @@ impl Conn {
         })
     }
 
-    async fn send(&mut self, line: &str) -> Result<(), String> {
+    async fn send(&mut self, line: &str) -> Result<(), ProbeError> {
         let io = self.io()?.get_mut();
         let mut buf = Vec::with_capacity(line.len() + 2);
         buf.extend_from_slice(line.as_bytes());
@@ -398,11 +452,13 @@ impl Conn {
         io.write_all(&buf)
             .await
             .map_err(|e| format!("write: {e}"))?;
-        io.flush().await.map_err(|e| format!("write: {e}"))
+        io.flush()
+            .await
+            .map_err(|e| ProbeError::Protocol(format!("write: {e}")))
     }
 
     /// One line without its CRLF; bounded length.
-    async fn line(&mut self) -> Result<String, String> {
+    async fn line(&mut self) -> Result<String, ProbeError> {
         let io = self.io()?;
         let mut buf = Vec::new();
         let n = (&mut *io)
@@ -418,7 +474,8 @@ impl Conn {
                 format!("a line longer than {MAX_LINE} bytes")
             } else {
                 "the service closed the connection mid-line".into()
-            });
+            }
+            .into());
         }
         while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
             buf.pop();
@@ -428,7 +485,7 @@ impl Conn {
 
     /// Read a whole SMTP reply (all `NNN-` lines and the final `NNN `); fail unless its code
     /// is `want`. Returns the text of each line.
-    async fn smtp_expect(&mut self, what: &str, want: u16) -> Result<Vec<String>, String> {
+    async fn smtp_expect(&mut self, what: &str, want: u16) -> Result<Vec<String>, ProbeError> {
         let mut texts = Vec::new();
         for _ in 0..MAX_LINES {
             let l = self.line().await?;
@@ -445,18 +502,18 @@ impl Conn {
                     return if code == want {
                         Ok(texts)
                     } else {
-                        Err(format!("{what}: {}", shorten(&l)))
+                        Err(format!("{what}: {}", shorten(&l)).into())
                     };
                 }
-                Some(_) => return Err(format!("{what}: malformed reply {:?}", shorten(&l))),
+                Some(_) => return Err(format!("{what}: malformed reply {:?}", shorten(&l)).into()),
             }
         }
-        Err(format!("{what}: reply longer than {MAX_LINES} lines"))
+        Err(format!("{what}: reply longer than {MAX_LINES} lines").into())
     }
 
     /// Send `tag command`, read untagged lines until the tagged answer; fail unless it is OK.
     /// Returns the untagged lines.
-    async fn imap_command(&mut self, tag: &str, command: &str) -> Result<Vec<String>, String> {
+    async fn imap_command(&mut self, tag: &str, command: &str) -> Result<Vec<String>, ProbeError> {
         self.send(&format!("{tag} {command}")).await?;
         let verb = command.split_whitespace().next().unwrap_or(command);
         let mut untagged = Vec::new();
@@ -466,20 +523,20 @@ impl Conn {
                 return if starts_with_ci(rest, "OK") {
                     Ok(untagged)
                 } else {
-                    Err(format!("{verb}: {}", shorten(rest)))
+                    Err(format!("{verb}: {}", shorten(rest)).into())
                 };
             }
             untagged.push(l);
         }
-        Err(format!("{verb}: no tagged answer within {MAX_LINES} lines"))
+        Err(format!("{verb}: no tagged answer within {MAX_LINES} lines").into())
     }
 
-    async fn pop3_expect(&mut self, what: &str) -> Result<String, String> {
+    async fn pop3_expect(&mut self, what: &str) -> Result<String, ProbeError> {
         let l = self.line().await?;
         if starts_with_ci(&l, "+OK") {
             Ok(l)
         } else {
-            Err(format!("{what}: {}", shorten(&l)))
+            Err(format!("{what}: {}", shorten(&l)).into())
         }
     }
 }

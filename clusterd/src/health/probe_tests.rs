@@ -213,6 +213,20 @@ async fn a_closed_port_is_critical() {
 }
 
 #[tokio::test]
+async fn a_refused_connection_is_told_apart_from_a_wrong_answer() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    let source = tokio::net::TcpStream::connect(addr).await.unwrap_err();
+    let refused = super::probe::ProbeError::Connect { addr, source };
+    assert!(refused.is_refused(), "{refused}");
+    assert!(refused.to_string().starts_with("connect to 127.0.0.1:"));
+    let wrong = super::probe::ProbeError::from("greeting: * BYE".to_string());
+    assert!(!wrong.is_refused());
+    assert_eq!(wrong.to_string(), "greeting: * BYE");
+}
+
+#[tokio::test]
 async fn smtp_starttls_does_a_real_handshake_and_says_ehlo_again() {
     let c = cert(365);
     let script = vec![
