@@ -293,11 +293,37 @@ pub async fn placement_loop(s: Arc<Shared>, policy: Policy, mut stop: watch::Rec
         let mut taken: BTreeMap<String, Option<u64>> = BTreeMap::new();
         let mut failed = false;
         for (cmd, from) in commands {
+            // A plan holds only in the term it was made in: the verdicts, the takeovers marked in
+            // flight and the grants they withhold belong to that term's table. Once this node
+            // lost the leadership (even if it won it back: the new term's table granted leases
+            // without knowing of this plan), nothing more of it is written.
+            let now_metrics = s.raft.metrics().borrow().clone();
+            let still = crate::lock(&s.leases.table).term == Some(term)
+                && now_metrics.current_term == term
+                && s.leads(&now_metrics);
+            if !still && !failed {
+                warn!(
+                    term,
+                    "leadership changed while writing a plan: dropping the rest of it"
+                );
+                failed = true;
+            }
             let index = if failed {
                 None
             } else {
                 info!(command = ?cmd, "placement");
                 match crate::raft::propose::write_here(&s, cmd).await {
+                    Ok(w) if w.term != term => {
+                        // Submitted in `term`, appended by this node as leader of a later term:
+                        // committed all the same, but the rest of the plan is stale.
+                        warn!(
+                            term,
+                            written_in = w.term,
+                            "a placement write landed in a later term: dropping the rest of the plan"
+                        );
+                        failed = true;
+                        Some(w.index)
+                    }
                     Ok(w) => {
                         if let Some(reason) = &w.applied.refused {
                             debug!(%reason, "placement command refused");

@@ -131,6 +131,9 @@ pub struct Written {
     pub applied: Applied,
     /// Where the entry sits in the log.
     pub index: u64,
+    /// The term of the leader that appended it (a write submitted in one term can land in a
+    /// later one when this node lost and won the leadership meanwhile).
+    pub term: u64,
 }
 
 /// Write `cmd` through this node's own Raft core, which must lead; never forwarded. A
@@ -140,7 +143,11 @@ pub async fn write_here(s: &Shared, cmd: Command) -> Result<Written, ProposeErro
     let write = tokio::time::timeout(WRITE_TIMEOUT, s.raft.client_write(cmd));
     tokio::select! {
         result = write => match result {
-            Ok(Ok(resp)) => Ok(Written { applied: resp.data, index: resp.log_id.index }),
+            Ok(Ok(resp)) => Ok(Written {
+                applied: resp.data,
+                index: resp.log_id.index,
+                term: resp.log_id.leader_id.term,
+            }),
             Ok(Err(e)) => Err(write_error(e)),
             Err(_) => Err(ProposeError::NotCommitted { me: s.me.clone() }),
         },

@@ -126,7 +126,30 @@ impl World {
             .map(|(n, _)| n)
             .collect();
         if holders.len() > 1 {
-            crate::lock(&self.violations).push(format!("{ip} answered by {holders:?}"));
+            let lives = crate::lock(&self.lives).clone();
+            let who: Vec<String> = holders
+                .iter()
+                .map(|n| {
+                    let h = &hosts[*n];
+                    let guard = match (h.guarded.contains(&ip), h.allowed.get(&ip)) {
+                        (false, _) => "unguarded".to_string(),
+                        (true, Some(t)) => format!(
+                            "guard open {} ms more",
+                            t.saturating_duration_since(now).as_millis()
+                        ),
+                        (true, None) => "guard closed".to_string(),
+                    };
+                    format!(
+                        "{n} (life {}, {guard})",
+                        lives.get(*n).copied().unwrap_or(0)
+                    )
+                })
+                .collect();
+            crate::lock(&self.violations).push(format!(
+                "{ip} answered by {} at unix ms {}",
+                who.join(" and "),
+                crate::clock::unix_ms()
+            ));
         }
     }
 }
