@@ -84,19 +84,14 @@ impl IntoResponse for ApiError {
 /// Every failed write's status code, in one place.
 impl From<ProposeError> for ApiError {
     fn from(e: ProposeError) -> Self {
-        let status = match &e {
-            ProposeError::Forward(ClientError::Api { status, message }) => {
-                return ApiError::new(
-                    StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY),
-                    message.clone(),
-                );
-            }
+        let status = match e {
+            // The leader's answer, or why it could not be had: as for any forwarded request.
+            ProposeError::Forward(e) => return ApiError::from(e),
             ProposeError::NoLeader { .. }
             | ProposeError::LeadershipMoving(_)
             | ProposeError::QuorumLost { .. }
             | ProposeError::NotCommitted { .. }
-            | ProposeError::Stopped(_)
-            | ProposeError::Forward(_) => StatusCode::SERVICE_UNAVAILABLE,
+            | ProposeError::Stopped(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProposeError::Refused(_) | ProposeError::Membership(_) => StatusCode::CONFLICT,
             ProposeError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProposeError::Encode(_) => StatusCode::INTERNAL_SERVER_ERROR,

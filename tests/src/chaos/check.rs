@@ -199,11 +199,12 @@ impl Histories {
     /// Every owner change of the address `ip` (without its prefix) in the history read: when
     /// (unix ms, as the proposer stamped it) and to whom.
     pub fn owner_changes(&self, ip: IpAddr) -> Vec<(u64, String)> {
+        let ip = ip.to_string();
         self.by_seq
             .values()
             .filter_map(|(_, e)| match &e.kind {
                 EventKind::OwnerChanged { ip: key, to, .. }
-                    if key.split('/').next() == Some(ip.to_string().as_str()) =>
+                    if key.split('/').next() == Some(ip.as_str()) =>
                 {
                     Some((e.at_ms, to.clone()))
                 }
@@ -240,15 +241,6 @@ impl Histories {
         }
         found
     }
-}
-
-/// [`Histories`] over `reads` (`(node, events)`, oldest read first).
-pub fn histories_agree(reads: &[(String, Vec<Event>)], final_reads: &[String]) -> Vec<String> {
-    let mut h = Histories::default();
-    for (node, events) in reads {
-        h.add(node, events);
-    }
-    h.finish(final_reads)
 }
 
 /// One DNS answer the client got.
@@ -342,6 +334,15 @@ fn covers(tl: &HolderTimeline, at: Instant) -> bool {
 mod tests {
     use super::*;
     use crate::monitor::holders::Holders;
+
+    /// [`Histories`] over `reads` (`(node, events)`, oldest read first).
+    fn histories_agree(reads: &[(String, Vec<Event>)], final_reads: &[String]) -> Vec<String> {
+        let mut h = Histories::default();
+        for (node, events) in reads {
+            h.add(node, events);
+        }
+        h.finish(final_reads)
+    }
 
     fn greet(origin: Instant, started: u64, at: u64, node: &str) -> Greeting {
         Greeting {
