@@ -280,6 +280,7 @@ mod tests {
             epoch: 0,
             reason: MoveReason::Initial,
             at_ms: 1,
+            term: None,
         });
         assert!(
             snapshot(&dns(), &s).zones[0].addresses[0]
@@ -341,6 +342,7 @@ mod tests {
             epoch: 0,
             reason: MoveReason::Initial,
             at_ms: 1,
+            term: None,
         });
         let after = snapshot(&dns(), &s).serial;
         assert!(after > before);

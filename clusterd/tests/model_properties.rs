@@ -98,6 +98,12 @@ fn reason() -> impl Strategy<Value = MoveReason> {
     ])
 }
 
+/// The term a leader's decision was stamped with, from the same small domain as the terms of
+/// log entries (or none, as an operator's tool writes it).
+fn decided_term() -> impl Strategy<Value = Option<u64>> {
+    prop::option::of(1u64..4)
+}
+
 /// Any command a log may hold, with fields from small domains so that they collide.
 fn command() -> impl Strategy<Value = Command> {
     let t = 0u64..400_000;
@@ -120,24 +126,40 @@ fn command() -> impl Strategy<Value = Command> {
             by: "mx1".into(),
             at_ms,
         }),
-        (ip(), name(), epoch.clone(), reason(), t.clone()).prop_map(
-            |(ip, to, epoch, reason, at_ms)| Command::Assign {
+        (
+            ip(),
+            name(),
+            epoch.clone(),
+            reason(),
+            t.clone(),
+            decided_term()
+        )
+            .prop_map(|(ip, to, epoch, reason, at_ms, term)| Command::Assign {
                 ip,
                 to,
                 epoch,
                 reason,
-                at_ms
-            }
-        ),
-        (ip(), name(), epoch.clone(), reason(), t.clone()).prop_map(
-            |(ip, to, epoch, reason, at_ms)| Command::StartHandoff {
-                ip,
-                to,
-                epoch,
-                reason,
-                at_ms
-            }
-        ),
+                at_ms,
+                term,
+            }),
+        (
+            ip(),
+            name(),
+            epoch.clone(),
+            reason(),
+            t.clone(),
+            decided_term()
+        )
+            .prop_map(
+                |(ip, to, epoch, reason, at_ms, term)| Command::StartHandoff {
+                    ip,
+                    to,
+                    epoch,
+                    reason,
+                    at_ms,
+                    term,
+                }
+            ),
         (ip(), epoch.clone(), t.clone()).prop_map(|(ip, epoch, at_ms)| Command::CancelHandoff {
             ip,
             epoch,
@@ -310,20 +332,24 @@ proptest! {
 
     #[test]
     fn any_command_sequence_keeps_owners_epochs_and_replicas_consistent(
-        cmds in prop::collection::vec(command(), 1..80)
+        cmds in prop::collection::vec((command(), 1u64..4), 1..80)
     ) {
         let mut s = cluster();
         let mut replica = cluster();
-        for cmd in &cmds {
+        for (cmd, log_term) in &cmds {
             let before = s.clone();
-            let applied = s.apply(cmd);
+            let applied = s.apply_entry(cmd, *log_term);
             prop_assert!(!(applied.changed && applied.refused.is_some()), "{applied:?}");
             if applied.refused.is_some() {
                 prop_assert_eq!(&s, &before, "a refused command changed the state: {:?}", cmd);
             }
+            // A decision written in another term than its own changes nothing.
+            if cmd.decided_term().is_some_and(|t| t != *log_term) {
+                prop_assert!(applied.refused.is_some(), "{:?} in term {} applied", cmd, log_term);
+            }
             check_step(&before, &s, cmd)?;
             // Every node applies the same log to the same result.
-            prop_assert_eq!(replica.apply(cmd), applied);
+            prop_assert_eq!(replica.apply_entry(cmd, *log_term), applied);
         }
         prop_assert_eq!(&replica, &s);
         // A snapshot restores the state exactly.

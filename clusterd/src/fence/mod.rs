@@ -239,6 +239,7 @@ mod tests {
             epoch: 0,
             reason: crate::model::MoveReason::Initial,
             at_ms: 1,
+            term: None,
         });
         s
     }

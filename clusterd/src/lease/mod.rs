@@ -269,6 +269,10 @@ pub async fn placement_loop(s: Arc<Shared>, policy: Policy, mut stop: watch::Rec
                 plan::plan(&replica.state, &live, &policy, now_ms)
                     .into_iter()
                     .map(|cmd| {
+                        // Stamped with its term: the state machine refuses it if it lands in
+                        // another (the check below cannot see a re-election that happens
+                        // between it and the append).
+                        let cmd = cmd.decided_in(term);
                         let from = plan::taken_from(&replica.state, &cmd).map(str::to_string);
                         if let Some(node) = &from {
                             table.takeover_decided(term, node);
@@ -315,7 +319,8 @@ pub async fn placement_loop(s: Arc<Shared>, policy: Policy, mut stop: watch::Rec
                 match crate::raft::propose::write_here(&s, cmd).await {
                     Ok(w) if w.term != term => {
                         // Submitted in `term`, appended by this node as leader of a later term:
-                        // committed all the same, but the rest of the plan is stale.
+                        // the state machine refused it (its stamp names `term`), and the rest
+                        // of the plan is stale too.
                         warn!(
                             term,
                             written_in = w.term,

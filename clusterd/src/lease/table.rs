@@ -478,6 +478,7 @@ mod tests {
             epoch: 0,
             reason: MoveReason::Initial,
             at_ms: 0,
+            term: None,
         });
         let mut log: BTreeMap<u64, State> = BTreeMap::from([(10, s.clone())]);
 

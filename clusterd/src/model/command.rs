@@ -72,6 +72,12 @@ pub enum Command {
         reason: MoveReason,
         /// Unix ms.
         at_ms: u64,
+        /// The Raft term of the leader that decided it. The state machine refuses the command
+        /// when its log entry was written in another term (the leader lost the leadership in
+        /// between, and the new term's lease table may have granted what the decision did not
+        /// see). `None` is not checked: commands of operators' tools and of older versions.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        term: Option<u64>,
     },
     /// The leader's planner starts a planned move (the owner releases first).
     StartHandoff {
@@ -85,6 +91,12 @@ pub enum Command {
         reason: MoveReason,
         /// Unix ms.
         at_ms: u64,
+        /// The Raft term of the leader that decided it. The state machine refuses the command
+        /// when its log entry was written in another term (the leader lost the leadership in
+        /// between, and the new term's lease table may have granted what the decision did not
+        /// see). `None` is not checked: commands of operators' tools and of older versions.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        term: Option<u64>,
     },
     /// The leader's planner calls off a planned move whose target became unfit.
     CancelHandoff {
@@ -248,6 +260,22 @@ pub const MAX_NOTE_LEN: usize = 1000;
 pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
 
 impl Command {
+    /// The term a leader's decision was made in, for the commands that carry one.
+    pub fn decided_term(&self) -> Option<u64> {
+        match self {
+            Command::Assign { term, .. } | Command::StartHandoff { term, .. } => *term,
+            _ => None,
+        }
+    }
+
+    /// The command stamped with the term its decision was made in (unchanged if it carries none).
+    pub fn decided_in(mut self, decided: u64) -> Self {
+        if let Command::Assign { term, .. } | Command::StartHandoff { term, .. } = &mut self {
+            *term = Some(decided);
+        }
+        self
+    }
+
     /// Refuse a command whose encoding is larger than [`MAX_COMMAND_BYTES`].
     pub fn check_size(&self) -> Result<(), CommandTooLarge> {
         CommandTooLarge::check(serde_json::to_vec(self).map_or(usize::MAX, |v| v.len()))

@@ -335,6 +335,22 @@ impl State {
         describe_difference(&self.address_specs(), &declared.addresses)
     }
 
+    /// Apply the command of one log entry, appended by the leader of `log_term`. A leader's
+    /// decision written in a term other than its own is refused: it was made against the lease
+    /// table of a term that ended, and the new term's table may have granted a lease the decision
+    /// never saw (a takeover would then leave the address on two nodes).
+    pub fn apply_entry(&mut self, cmd: &Command, log_term: u64) -> Applied {
+        if let Some(decided) = cmd.decided_term()
+            && decided != log_term
+        {
+            return Applied::refused(format!(
+                "decided in term {decided} but written in term {log_term}: a leader's plan \
+                 holds only in the term it was made in"
+            ));
+        }
+        self.apply(cmd)
+    }
+
     /// Apply one command. Deterministic: the same state and command give the same result on
     /// every replica.
     pub fn apply(&mut self, cmd: &Command) -> Applied {
@@ -422,6 +438,7 @@ impl State {
                 epoch,
                 reason,
                 at_ms,
+                term: _,
             } => self.assign(ip, to, *epoch, *reason, *at_ms),
             Command::StartHandoff {
                 ip,
@@ -429,6 +446,7 @@ impl State {
                 epoch,
                 reason,
                 at_ms,
+                term: _,
             } => self.start_handoff(ip, to, *epoch, *reason, *at_ms),
             Command::CancelHandoff { ip, epoch, at_ms } => {
                 let Some(a) = self.addresses.get_mut(ip) else {

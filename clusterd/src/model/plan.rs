@@ -195,6 +195,7 @@ pub fn plan(state: &State, live: &Liveness, policy: &Policy, now_ms: u64) -> Vec
             epoch,
             reason,
             at_ms: now_ms,
+            term: None,
         };
         let handoff = |to: String, reason| Command::StartHandoff {
             ip: ip.clone(),
@@ -202,6 +203,7 @@ pub fn plan(state: &State, live: &Liveness, policy: &Policy, now_ms: u64) -> Vec
             epoch,
             reason,
             at_ms: now_ms,
+            term: None,
         };
         let Some(owner) = a.owner.as_deref() else {
             let waiting_for_home = state.can_hold(home)
@@ -449,6 +451,7 @@ mod tests {
             epoch: 1,
             reason: MoveReason::Operator,
             at_ms: NOW,
+            term: None,
         };
         assert_eq!(taken_from(&s, &handoff), None);
         let to_owner = Command::Assign {
@@ -457,6 +460,7 @@ mod tests {
             epoch: 1,
             reason: MoveReason::Initial,
             at_ms: NOW,
+            term: None,
         };
         assert_eq!(taken_from(&s, &to_owner), None);
         assert_eq!(taken_from(&state(), &cmds[0]), None);
@@ -620,6 +624,54 @@ mod tests {
     }
 
     #[test]
+    fn a_decision_applies_only_in_the_term_it_was_made_in() {
+        let s = placed();
+        let l = live(&[("mx2", 5000), ("mx3", 5000)], &["mx1"]);
+        let cmds = plan(&s, &l, &Policy::default(), NOW);
+        let [takeover] = &cmds[..] else {
+            panic!("one takeover expected: {cmds:?}");
+        };
+        let takeover = takeover.clone().decided_in(3);
+        assert_eq!(takeover.decided_term(), Some(3));
+        // Written by the leader of a later term (it lost and won the leadership meanwhile):
+        // refused, and nothing changes.
+        let mut later = s.clone();
+        let r = later.apply_entry(&takeover, 4);
+        assert!(
+            r.refused
+                .unwrap()
+                .contains("decided in term 3 but written in term 4")
+        );
+        assert_eq!(later, s);
+        // In its own term it applies.
+        let mut same = s.clone();
+        let r = same.apply_entry(&takeover, 3);
+        assert!(r.changed && r.refused.is_none(), "{r:?}");
+        assert_ne!(owner(&same, "192.0.2.101/24").as_deref(), Some("mx1"));
+        // A planned move is stamped and checked the same way; a command without a stamp, or of a
+        // kind no leader decides, is applied in any term.
+        let handoff = Command::StartHandoff {
+            ip: "192.0.2.101/24".into(),
+            to: "mx2".into(),
+            epoch: 1,
+            reason: MoveReason::Operator,
+            at_ms: NOW,
+            term: None,
+        };
+        assert!(s.clone().apply_entry(&handoff, 9).refused.is_none());
+        let stamped = handoff.decided_in(2);
+        assert!(s.clone().apply_entry(&stamped, 9).refused.is_some());
+        let note = Command::Note {
+            by: "mx1".into(),
+            text: "hello".into(),
+            at_ms: NOW,
+        }
+        .decided_in(2);
+        assert_eq!(note.decided_term(), None);
+        assert!(s.clone().apply_entry(&note, 9).refused.is_none());
+    }
+
+    #[test]
     fn stale_decisions_change_nothing() {
         let mut s = placed();
         let before = s.clone();
@@ -629,6 +681,7 @@ mod tests {
             epoch: 0,
             reason: MoveReason::LeaseExpired,
             at_ms: 9,
+            term: None,
         });
         assert!(r.refused.unwrap().contains("stale"));
         let r = s.apply(&Command::Released {
@@ -669,6 +722,7 @@ mod tests {
                 epoch: 0,
                 reason: MoveReason::Operator,
                 at_ms: 1,
+                term: None,
             });
             assert!(r.refused.is_some(), "{to}");
         }

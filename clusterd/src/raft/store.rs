@@ -461,7 +461,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             self.data.last_applied = Some(entry.log_id);
             let reply = match &entry.payload {
                 EntryPayload::Blank => Applied::default(),
-                EntryPayload::Normal(cmd) => self.data.state.apply(cmd),
+                EntryPayload::Normal(cmd) => self
+                    .data
+                    .state
+                    .apply_entry(cmd, entry.log_id.leader_id.term),
                 EntryPayload::Membership(m) => {
                     self.data.last_membership =
                         StoredMembership::new(Some(entry.log_id), m.clone());
@@ -661,6 +664,71 @@ mod tests {
     fn redb_store_passes_openraft_storage_suite() -> StorageResult<()> {
         Suite::test_all(RedbBuilder)?;
         Ok(())
+    }
+
+    #[tokio::test]
+    async fn the_state_machine_refuses_a_decision_whose_entry_is_of_another_term() {
+        use crate::model::{Command, MoveReason};
+        use openraft::CommittedLeaderId;
+        let entry = |i: u64, log_term: u64, cmd: Command| Entry::<TypeConfig> {
+            log_id: LogId::new(CommittedLeaderId::new(log_term, 7), i),
+            payload: EntryPayload::Normal(cmd),
+        };
+        let declare = Command::SetAddresses {
+            by: "mx1".into(),
+            addresses: vec![crate::model::AddressSpec {
+                ip: "192.0.2.101/24".into(),
+                interface: "eth0".into(),
+                home: "mx1".into(),
+                services: vec![],
+            }],
+            at_ms: 1,
+        };
+        let assign = |to: &str, epoch: u64| {
+            Command::Assign {
+                ip: "192.0.2.101/24".into(),
+                to: to.into(),
+                epoch,
+                reason: MoveReason::Initial,
+                at_ms: 2,
+                term: None,
+            }
+            .decided_in(3)
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (_log, mut sm, rx) = open(dir.path(), 100).unwrap();
+        sm.data.state.set_membership(["mx1", "mx2"].map(|name| {
+            let addr = "127.0.0.1:1".to_string();
+            let role = crate::model::Role::Mail;
+            (
+                crate::model::Member {
+                    name: name.into(),
+                    addr,
+                    role,
+                },
+                true,
+            )
+        }));
+        let replies = sm
+            .apply(vec![
+                entry(1, 3, declare),
+                // Decided in term 3, appended by the leader of term 4: refused.
+                entry(2, 4, assign("mx2", 0)),
+                entry(3, 3, assign("mx1", 0)),
+            ])
+            .await
+            .unwrap();
+        let refused = replies[1].refused.as_deref().unwrap_or_default();
+        assert!(refused.contains("written in term 4"), "{replies:?}");
+        assert!(
+            replies[2].changed && replies[2].refused.is_none(),
+            "{replies:?}"
+        );
+        let state = rx.borrow().state.clone();
+        assert_eq!(
+            state.addresses["192.0.2.101/24"].owner.as_deref(),
+            Some("mx1")
+        );
     }
 
     #[tokio::test]

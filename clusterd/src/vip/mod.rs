@@ -474,6 +474,7 @@ mod tests {
             epoch: 0,
             reason: MoveReason::Initial,
             at_ms: 0,
+            term: None,
         });
         s
     }
