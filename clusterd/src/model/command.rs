@@ -75,7 +75,7 @@ pub enum Command {
         /// The Raft term of the leader that decided it. The state machine refuses the command
         /// when its log entry was written in another term (the leader lost the leadership in
         /// between, and the new term's lease table may have granted what the decision did not
-        /// see). `None` is not checked: commands of operators' tools and of older versions.
+        /// see). `None` is not checked: entries written by earlier builds replay as they applied.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         term: Option<u64>,
     },
@@ -94,7 +94,7 @@ pub enum Command {
         /// The Raft term of the leader that decided it. The state machine refuses the command
         /// when its log entry was written in another term (the leader lost the leadership in
         /// between, and the new term's lease table may have granted what the decision did not
-        /// see). `None` is not checked: commands of operators' tools and of older versions.
+        /// see). `None` is not checked: entries written by earlier builds replay as they applied.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         term: Option<u64>,
     },
