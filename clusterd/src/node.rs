@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use crate::auth::ClusterKey;
 use crate::client::ApiClient;
 use crate::config::Config;
+use crate::lease::table::confirmed_age_ms;
 use crate::model::NodeId;
 use crate::raft::network::PeerTable;
 use crate::raft::store::Replica;
@@ -111,5 +112,39 @@ impl Shared {
     /// "do I lead" in the daemon asks this.
     pub fn leads(&self, m: &Metrics) -> bool {
         m.state == ServerState::Leader && m.current_leader == Some(self.id)
+    }
+
+    /// Whether this node leads by `m`, and how fresh its quorum is: the one source of quorum
+    /// freshness for lease grants, placement, node up/down reports, writes and `/metrics`.
+    /// The age comes from the leadership check ([`crate::lease::confirm_loop`]) on this node's
+    /// monotonic clock, never from openraft's `millis_since_quorum_ack`, which a daemon resumed
+    /// after a freeze reads as it was before the freeze until openraft runs again.
+    pub fn leading(&self, m: &Metrics) -> Option<Leading> {
+        if !self.leads(m) {
+            return None;
+        }
+        let confirmed = *crate::lock(&self.leases.confirmed);
+        Some(Leading {
+            term: m.current_term,
+            confirmed_ms: confirmed_age_ms(confirmed, m.current_term, crate::clock::now()),
+        })
+    }
+}
+
+/// This node's leadership, as [`Shared::leading`] found it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Leading {
+    /// The term it leads in.
+    pub term: u64,
+    /// ms since a quorum last confirmed the leadership, counted from when that check began;
+    /// `None` until the first check of this term is confirmed.
+    pub confirmed_ms: Option<u64>,
+}
+
+impl Leading {
+    /// Whether a quorum confirmed the leadership less than `within` ago.
+    pub fn confirmed_within(&self, within: Duration) -> bool {
+        self.confirmed_ms
+            .is_some_and(|ms| u128::from(ms) < within.as_millis())
     }
 }

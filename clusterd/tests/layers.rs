@@ -348,3 +348,28 @@ fn the_reader_sees_imports_in_every_form() {
             .is_some_and(|t| t.contains("raft::propose"))
     );
 }
+
+/// Modules whose code (comments and tests left out) mentions `needle`.
+fn modules_using(needle: &str) -> Vec<String> {
+    modules()
+        .into_iter()
+        .filter(|(_, (code, _))| code.contains(needle))
+        .map(|(m, _)| m)
+        .collect()
+}
+
+#[test]
+fn quorum_freshness_and_leadership_are_asked_in_one_place() {
+    // openraft's `millis_since_quorum_ack` reads stale after a freeze: every freshness question
+    // goes through `Shared::leading`, and only the leadership check (`lease`) writes what it
+    // reads.
+    assert_eq!(
+        modules_using("millis_since_quorum_ack"),
+        Vec::<String>::new()
+    );
+    assert_eq!(modules_using("leases.confirmed"), vec!["lease", "node"]);
+    assert_eq!(
+        modules_using("confirmed_age_ms"),
+        vec!["lease::table", "node"]
+    );
+}

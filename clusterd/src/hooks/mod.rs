@@ -143,9 +143,9 @@ pub async fn observe(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             };
             // A leader cut off from the majority sees everyone silent: it reports nothing, and
             // the majority's new leader reports it down instead.
-            let quorum = metrics
-                .millis_since_quorum_ack
-                .is_some_and(|ms| Duration::from_millis(ms) < s.quorum_lost_after);
+            let quorum = s
+                .leading(&metrics)
+                .is_some_and(|l| l.confirmed_within(s.quorum_lost_after));
             if quorum {
                 let contact = member_contact(&s, &replica.state);
                 let now_ms = crate::clock::unix_ms();

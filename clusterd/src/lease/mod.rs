@@ -20,7 +20,7 @@ use crate::client::admin_paths;
 use crate::model::plan::{self, Policy};
 use crate::model::{Command, Role};
 use crate::node::Shared;
-use table::{HeldLease, LeaseGrant, LeaseRequest, confirmed_age_ms};
+use table::{HeldLease, LeaseGrant, LeaseRequest};
 
 /// The leader's leadership check: every third of `quorum_fresh`, ask a quorum to confirm that
 /// this node still leads (heartbeats through openraft's `get_read_log_id`), and record when the
@@ -66,12 +66,11 @@ pub async fn confirm_loop(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
 /// [`LeaseTable`]).
 pub fn grant(s: &Shared, node: &str) -> Result<LeaseGrant, String> {
     let metrics = s.raft.metrics().borrow().clone();
-    if !s.leads(&metrics) {
+    let Some(leading) = s.leading(&metrics) else {
         return Err(format!("{} is not the leader", s.me));
-    }
+    };
     let now = crate::clock::now();
-    let confirmed = *crate::lock(&s.leases.confirmed);
-    let age = confirmed_age_ms(confirmed, metrics.current_term, now);
+    let age = leading.confirmed_ms;
     if !s.leases.timings.may_grant(age) {
         return Err(format!(
             "{} has no fresh quorum (leadership last confirmed {age:?} ms ago)",
@@ -185,9 +184,9 @@ pub async fn placement_loop(s: Arc<Shared>, policy: Policy, mut stop: watch::Rec
             _ = stop.wait_for(|s| *s) => return,
         }
         let metrics = s.raft.metrics().borrow().clone();
-        if !s.leads(&metrics) {
+        let Some(leading) = s.leading(&metrics) else {
             continue;
-        }
+        };
         let now = crate::clock::now();
         // Elected: the quiet period counts from now (or from the first lease request this
         // leader answered, if that came first). Plan nothing, not even first placements, until
@@ -198,7 +197,7 @@ pub async fn placement_loop(s: Arc<Shared>, policy: Policy, mut stop: watch::Rec
             table.reset_for(metrics.current_term, now);
             table.quiet(now, &s.leases.timings)
         };
-        if quiet || !s.leases.timings.may_grant(metrics.millis_since_quorum_ack) {
+        if quiet || !s.leases.timings.may_grant(leading.confirmed_ms) {
             continue;
         }
         let term = metrics.current_term;

@@ -135,11 +135,12 @@ pub fn render(s: &Shared) -> String {
         &[],
         metrics.last_log_index.unwrap_or(0),
     );
-    if leads && let Some(ms) = metrics.millis_since_quorum_ack {
+    if let Some(ms) = s.leading(&metrics).and_then(|l| l.confirmed_ms) {
         t.family(
             "clusterd_raft_quorum_ack_age_seconds",
             "gauge",
-            "Leader only: time since a quorum last acknowledged it.",
+            "Leader only: time since a quorum last confirmed its leadership (counted from when \
+             that check began; leases are granted only while it is under quorum_fresh).",
         );
         t.sample(
             "clusterd_raft_quorum_ack_age_seconds",

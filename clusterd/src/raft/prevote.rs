@@ -107,12 +107,7 @@ pub fn majority(granted: usize, voters: usize) -> bool {
 /// What this node knows right now (for answering).
 pub fn knows(s: &Shared) -> Knows {
     let m = s.raft.metrics().borrow().clone();
-    let leads_confirmed_ms = if m.state == ServerState::Leader {
-        let confirmed = *crate::lock(&s.leases.confirmed);
-        crate::lease::table::confirmed_age_ms(confirmed, m.current_term, crate::clock::now())
-    } else {
-        None
-    };
+    let leads_confirmed_ms = s.leading(&m).and_then(|l| l.confirmed_ms);
     Knows {
         leads_confirmed_ms,
         leader_heard_ms: s.leader_contact_ms(),

@@ -156,10 +156,11 @@ pub async fn write_here(s: &Shared, cmd: Command) -> Result<Written, ProposeErro
 }
 
 /// openraft 0.9 has no CheckQuorum: a cut-off leader still believes it leads. It has lost its
-/// quorum when no quorum acknowledged it for longer than `Shared::quorum_lost_after`.
+/// quorum when no quorum confirmed its leadership for longer than `Shared::quorum_lost_after`
+/// ([`Shared::leading`]).
 fn no_quorum(s: &Shared, metrics: &crate::raft::Metrics) -> Option<ProposeError> {
-    // `None`: elected a moment ago and not acknowledged yet; the write itself will tell.
-    let ack = metrics.millis_since_quorum_ack?;
+    // `None`: elected a moment ago and not confirmed yet; the write itself will tell.
+    let ack = s.leading(metrics)?.confirmed_ms?;
     if u128::from(ack) <= s.quorum_lost_after.as_millis() {
         return None;
     }

@@ -176,16 +176,16 @@ pub fn build_status(s: &Shared, event_limit: usize) -> StatusReport {
         .collect();
 
     let (last_contact_ms, summary) = if is_leader {
-        let ack = metrics.millis_since_quorum_ack;
+        let ack = s.leading(&metrics).and_then(|l| l.confirmed_ms);
         (
             ack,
             match ack {
                 Some(ms) if u128::from(ms) > s.quorum_lost_after.as_millis() => format!(
-                    "leader WITHOUT QUORUM: no quorum acknowledged it for {ms} ms, it cannot \
+                    "leader WITHOUT QUORUM: no quorum confirmed it for {ms} ms, it cannot \
                      commit; this view may be stale"
                 ),
-                Some(ms) => format!("leader, quorum acknowledged {ms} ms ago"),
-                None => "leader, no quorum acknowledgement yet".to_string(),
+                Some(ms) => format!("leader, quorum confirmed {ms} ms ago"),
+                None => "leader, no quorum confirmation yet".to_string(),
             },
         )
     } else {
