@@ -128,22 +128,6 @@ impl Supervised {
     }
 }
 
-/// The configured floating addresses of `config` in model form, sorted by ip.
-pub fn declared_addresses(config: &Config) -> Vec<AddressSpec> {
-    let mut specs: Vec<AddressSpec> = config
-        .addresses
-        .iter()
-        .map(|a| AddressSpec {
-            ip: a.ip.to_string(),
-            interface: a.interface.clone(),
-            home: a.home.clone(),
-            services: a.services.clone(),
-        })
-        .collect();
-    specs.sort();
-    specs
-}
-
 fn raft_config(config: &Config) -> Result<openraft::Config, RunError> {
     let ms = |d: Duration| d.as_millis() as u64;
     let r = &config.raft;
@@ -372,7 +356,7 @@ pub async fn run_at<N: crate::vip::NetOps>(
     background.spawn_watched(
         loops,
         PLACEMENT,
-        crate::lease::placement_loop(shared.clone(), policy, stop_rx.clone()),
+        crate::placement::run(shared.clone(), policy, stop_rx.clone()),
     );
     background.spawn_watched(
         loops,
@@ -596,13 +580,13 @@ fn name_of(m: &Metrics, id: Option<NodeId>) -> String {
         .unwrap_or_else(|| "none".into())
 }
 
-/// The background loop: log Raft changes, and propose what this node is responsible for.
+/// The node's own duties: log Raft changes, and declare this mail node's configured addresses
+/// (the leader's duties are [`crate::placement`]'s).
 async fn duties(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut metrics_rx = shared.raft.metrics();
     let mut last: Option<Observed> = None;
-    let mut announced_term: Option<u64> = None;
     let mut retry_at = crate::clock::now();
-    let declared = declared_addresses(&shared.config);
+    let declared = shared.config.declared_addresses();
     loop {
         shared.loops.beat(crate::systemd::loops::DUTIES);
         let metrics = metrics_rx.borrow_and_update().clone();
@@ -616,9 +600,9 @@ async fn duties(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             last = Some(now);
         }
         if crate::clock::now() >= retry_at
-            && let Err(e) = run_duties(&shared, &metrics, &mut announced_term, &declared).await
+            && let Err(e) = declare(&shared, &metrics, &declared).await
         {
-            debug!(error = %e, "duty failed; will retry");
+            debug!(error = %e, "declaring the configured addresses failed; will retry");
             retry_at = crate::clock::now() + DUTY_RETRY;
         }
         tokio::select! {
@@ -647,10 +631,10 @@ fn log_change(before: Option<&Observed>, now: &Observed, m: &Metrics) {
     }
 }
 
-async fn run_duties(
+/// A mail node reports its configured address set when the replica does not have it yet.
+async fn declare(
     shared: &Shared,
     metrics: &Metrics,
-    announced_term: &mut Option<u64>,
     declared: &[AddressSpec],
 ) -> Result<(), ProposeError> {
     if metrics.current_leader.is_none() {
@@ -658,45 +642,6 @@ async fn run_duties(
     }
     let replica = shared.replica.borrow().clone();
     let at_ms = crate::clock::unix_ms();
-    if shared.leads(metrics) {
-        if *announced_term != Some(metrics.current_term) {
-            crate::raft::propose::propose(
-                shared,
-                Command::LeaderElected {
-                    node: shared.me.clone(),
-                    term: metrics.current_term,
-                    at_ms,
-                },
-            )
-            .await?;
-            *announced_term = Some(metrics.current_term);
-        }
-        if replica.state.membership_unrecorded()
-            && !metrics
-                .membership_config
-                .membership()
-                .get_joint_config()
-                .len()
-                > 1
-        {
-            crate::raft::propose::propose(shared, Command::RecordMembership { at_ms }).await?;
-        }
-        if replica.state.address_specs() != declared {
-            info!(
-                addresses = declared.len(),
-                "reconciling the cluster's address set to this node's config"
-            );
-            crate::raft::propose::propose(
-                shared,
-                Command::SetAddresses {
-                    by: shared.me.clone(),
-                    addresses: declared.to_vec(),
-                    at_ms,
-                },
-            )
-            .await?;
-        }
-    }
     let reported = replica
         .state
         .declared

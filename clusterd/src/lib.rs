@@ -17,6 +17,7 @@ pub mod lease;
 pub mod metrics;
 pub mod model;
 pub mod node;
+pub mod placement;
 pub mod raft;
 pub mod status;
 pub mod systemd;

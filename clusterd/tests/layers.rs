@@ -84,6 +84,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "hooks",
             "lease",
             "metrics",
+            "placement",
             "status::report",
             "systemd",
             "vip",
@@ -372,4 +373,23 @@ fn quorum_freshness_and_leadership_are_asked_in_one_place() {
         modules_using("confirmed_age_ms"),
         vec!["lease::table", "node"]
     );
+}
+
+#[test]
+fn the_leaders_duties_have_one_home() {
+    // Recording the leadership, watching the members and planning live in `placement` only.
+    for needle in [
+        "Command::LeaderElected",
+        "Command::SetAddresses",
+        "Command::RecordMembership",
+        "plan::plan(",
+        "HookEvent::node(",
+    ] {
+        // The model defines and applies the commands; it does not write them.
+        let writers: Vec<String> = modules_using(needle)
+            .into_iter()
+            .filter(|m| m != "model" && !m.starts_with("model::"))
+            .collect();
+        assert_eq!(writers, vec!["placement"], "{needle}");
+    }
 }

@@ -110,3 +110,22 @@ impl Config {
         }
     }
 }
+
+impl Config {
+    /// The configured floating addresses in model form, sorted by ip: what this node declares
+    /// and what its leadership reconciles the cluster to.
+    pub fn declared_addresses(&self) -> Vec<AddressSpec> {
+        let mut specs: Vec<AddressSpec> = self
+            .addresses
+            .iter()
+            .map(|a| AddressSpec {
+                ip: a.ip.to_string(),
+                interface: a.interface.clone(),
+                home: a.home.clone(),
+                services: a.services.clone(),
+            })
+            .collect();
+        specs.sort();
+        specs
+    }
+}

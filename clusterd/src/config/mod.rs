@@ -148,7 +148,7 @@ pub struct NodeConfig {
     pub dry_run: bool,
 }
 
-use crate::model::Role;
+use crate::model::{AddressSpec, Role};
 
 // ---------------------------------------------------------------------------------------------
 // Value types

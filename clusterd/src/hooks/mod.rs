@@ -3,7 +3,8 @@
 //!
 //! Transitions come from three places: the address runtime (this node acquired or released an
 //! address), the applied history ([`observe`]: owner changes, service health, fencing, leader
-//! and membership changes) and, on the leader, its contact with every member (node down/up).
+//! and membership changes) and, on the leader, its contact with every member (node down/up,
+//! watched by [`crate::placement`]).
 //! [`event`] decides which node runs which transition, so each runs on one node only.
 //!
 //! [`Hooks::emit`] never blocks and never fails: it appends to a bounded queue (dropping the
@@ -15,19 +16,17 @@
 pub mod event;
 pub mod queue;
 
-use crate::lock;
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::model::EventKind;
 use crate::node::Shared;
 pub use event::{Contact, HookEvent, NodeWatch, Runs};
 
-/// How often the observer looks at the leader's contact with members when nothing changed.
+/// How often the observer wakes when the history does not change (it beats its liveness).
 const OBSERVE_TICK: Duration = Duration::from_millis(200);
 /// Run the queued hooks in order until `stop` ([`queue::Hooks::run`]).
 pub async fn run(s: Arc<Shared>, stop: watch::Receiver<bool>) {
@@ -83,15 +82,12 @@ pub fn address_released(s: &Shared, address: &str, interface: &str, reason: &str
     ));
 }
 
-/// Follow the applied history (hooks this node runs, failover and fence counters) and, while
-/// this node leads with a quorum, its contact with every member (node_down / node_up), until
-/// `stop`.
+/// Follow the applied history (hooks this node runs, failover and fence counters) until `stop`.
+/// Node down / node up come from the leader's member watch ([`crate::placement`]).
 pub async fn observe(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut replica_rx = s.replica.clone();
     // Transitions already in the history at start-up were dealt with before.
     let mut last_seq = replica_rx.borrow_and_update().state.next_event_seq - 1;
-    let mut watch = NodeWatch::default();
-    let mut leader_since: Option<(u64, Instant)> = None;
     loop {
         s.loops.beat(crate::systemd::loops::HOOKS);
         let replica = replica_rx.borrow_and_update().clone();
@@ -131,67 +127,12 @@ pub async fn observe(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             }
         }
 
-        if leading {
-            let term = metrics.current_term;
-            let since = match leader_since {
-                Some((t, at)) if t == term => at,
-                _ => {
-                    let now = crate::clock::now();
-                    leader_since = Some((term, now));
-                    now
-                }
-            };
-            // A leader cut off from the majority sees everyone silent: it reports nothing, and
-            // the majority's new leader reports it down instead.
-            let quorum = s
-                .leading(&metrics)
-                .is_some_and(|l| l.confirmed_within(s.quorum_lost_after));
-            if quorum {
-                let contact = member_contact(&s, &replica.state);
-                let now_ms = crate::clock::unix_ms();
-                for (node, up, reason) in watch.observe(
-                    term,
-                    crate::clock::since(since),
-                    s.reachable_within,
-                    &contact,
-                ) {
-                    if up {
-                        info!(%node, %reason, "node up");
-                    } else {
-                        warn!(%node, %reason, "node down");
-                    }
-                    s.hooks.emit(HookEvent::node(&node, up, &reason, now_ms));
-                }
-            }
-        } else {
-            leader_since = None;
-        }
-
         tokio::select! {
             _ = replica_rx.changed() => {}
             _ = tokio::time::sleep(OBSERVE_TICK) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
     }
-}
-
-/// The leader's contact with every other member, from its own Raft RPCs to them.
-fn member_contact(s: &Shared, state: &crate::model::State) -> BTreeMap<String, Contact> {
-    let peers = lock(&s.peers).clone();
-    state
-        .members
-        .iter()
-        .filter(|(name, _)| **name != s.me)
-        .map(|(name, _)| {
-            let seen = peers.get(&crate::model::node_id(name));
-            let last_ok = seen.and_then(|p| p.last_ok).map(crate::clock::since);
-            let c = match last_ok {
-                Some(age) if age < s.reachable_within => Contact::Recent,
-                other => Contact::Silent(other),
-            };
-            (name.clone(), c)
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -62,7 +62,7 @@ struct Granted {
 /// new owner until that lease ran out.
 #[derive(Debug, Default)]
 pub struct LeaseTable {
-    pub(super) term: Option<u64>,
+    term: Option<u64>,
     elected_at: Option<Instant>,
     grants: BTreeMap<String, Granted>,
     /// Nodes with a takeover decided in this term whose write has not come back yet.
@@ -95,8 +95,13 @@ impl std::fmt::Display for Withheld {
 }
 
 impl LeaseTable {
+    /// The term the table was last reset for (`None`: this node never led).
+    pub fn term(&self) -> Option<u64> {
+        self.term
+    }
+
     /// Start over for a new term (called when this node becomes leader).
-    pub(super) fn reset_for(&mut self, term: u64, now: Instant) {
+    pub fn reset_for(&mut self, term: u64, now: Instant) {
         if self.term != Some(term) {
             self.term = Some(term);
             self.elected_at = Some(now);

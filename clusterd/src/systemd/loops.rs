@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-/// The leader-duty loop (`daemon`).
+/// The node's own duties: logging Raft changes, declaring its addresses (`daemon`).
 pub const DUTIES: &str = "duties";
 /// The address runtime's loop.
 pub const ADDRESSES: &str = "address runtime";
-/// The placement loop (`lease`).
+/// The leader's loop: records, member watch, placement (`placement`).
 pub const PLACEMENT: &str = "placement";
 /// The lease renewal loop (`lease`).
 pub const LEASE_RENEWAL: &str = "lease renewal";
