@@ -30,7 +30,7 @@ use crate::client::{
     AddMemberRequest, ApiErrorBody, ClientError, EventsQuery, HEADER_FORWARDED, MembershipReply,
     NoteRequest, RemoveMemberQuery, admin_paths,
 };
-use crate::model::{Applied, Command, Member, NodeId, Role, node_id};
+use crate::model::{Applied, Command, Member, NodeId, RefusalKind, Role, node_id};
 use crate::node::Shared;
 use crate::raft::TypeConfig;
 use crate::raft::network::paths;
@@ -92,7 +92,12 @@ impl From<ProposeError> for ApiError {
             | ProposeError::QuorumLost { .. }
             | ProposeError::NotCommitted { .. }
             | ProposeError::Stopped(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ProposeError::Refused(_) | ProposeError::Membership(_) => StatusCode::CONFLICT,
+            ProposeError::Refused(ref r) => match r.kind() {
+                RefusalKind::Unknown => StatusCode::NOT_FOUND,
+                RefusalKind::Invalid => StatusCode::BAD_REQUEST,
+                RefusalKind::Conflict => StatusCode::CONFLICT,
+            },
+            ProposeError::Membership(_) => StatusCode::CONFLICT,
             ProposeError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProposeError::Encode(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -823,10 +828,20 @@ mod tests {
             code(ProposeError::LeadershipMoving("leadership is moving")),
             StatusCode::SERVICE_UNAVAILABLE
         );
-        assert_eq!(
-            code(ProposeError::Refused("mx3 is drained".into())),
-            StatusCode::CONFLICT
-        );
+        // A refusal's kind picks the code: unknown names 404, malformed requests 400, the
+        // rest (the state does not allow it now) 409.
+        use crate::model::Refusal;
+        let refused = |r| code(ProposeError::Refused(r));
+        let drained = Refusal::NotActive {
+            node: "mx3".into(),
+            ip: "192.0.2.101/24".into(),
+        };
+        assert_eq!(refused(drained), StatusCode::CONFLICT);
+        let unknown = Refusal::UnknownAddress {
+            ip: "192.0.2.250/24".into(),
+        };
+        assert_eq!(refused(unknown), StatusCode::NOT_FOUND);
+        assert_eq!(refused(Refusal::EmptyNote), StatusCode::BAD_REQUEST);
         assert_eq!(
             code(ProposeError::Membership("busy".into())),
             StatusCode::CONFLICT

@@ -323,13 +323,14 @@ async fn writes_through_a_follower_reach_every_replica() {
         })
         .await;
     }
-    // The model refuses an empty note; the refusal comes back as 409 with the reason.
+    // The model refuses an empty note; the refusal, forwarded back from the leader, comes back
+    // as 400 (a malformed request, whatever the state) with the reason.
     let empty = NoteRequest { text: " ".into() };
     let err = with_retries(|| client.post::<_, Applied>("/v1/note", &empty))
         .await
         .unwrap_err();
     assert!(
-        matches!(err, ClientError::Api { status: 409, ref message } if message.contains("empty")),
+        matches!(err, ClientError::Api { status: 400, ref message } if message.contains("empty")),
         "{err}"
     );
     c.stop_all().await;

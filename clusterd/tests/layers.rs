@@ -58,6 +58,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "model::fence",
             "model::health",
             "model::plan",
+            "model::refusal",
             "raft",
             "raft::network",
             "raft::store",

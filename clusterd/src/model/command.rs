@@ -231,7 +231,8 @@ pub struct Applied {
     /// Whether the state changed.
     pub changed: bool,
     /// Why the command was refused, if it was.
-    pub refused: Option<String>,
+    #[serde(default, deserialize_with = "super::refusal::deserialize_refused")]
+    pub refused: Option<Refusal>,
 }
 
 impl Applied {
@@ -242,10 +243,10 @@ impl Applied {
         }
     }
 
-    pub(super) fn refused(reason: impl Into<String>) -> Self {
+    pub(super) fn refused(reason: Refusal) -> Self {
         Applied {
             changed: false,
-            refused: Some(reason.into()),
+            refused: Some(reason),
         }
     }
 }

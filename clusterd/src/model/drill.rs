@@ -10,7 +10,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Applied, EventKind, Role, State};
+use super::{Applied, EventKind, Refusal, Role, State};
 
 /// What a drill simulates.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -71,16 +71,16 @@ impl State {
         at_ms: u64,
     ) -> Applied {
         if self.members.get(node).is_none_or(|m| m.role != Role::Mail) {
-            return Applied::refused(format!(
-                "{node} is not a mail member; only mail nodes hold addresses to drill"
-            ));
+            return Applied::refused(Refusal::NoDrillOn {
+                node: node.to_string(),
+            });
         }
         if let Some((other, d)) = self.drills.iter().next() {
-            return Applied::refused(format!(
-                "a drill ({}) is already running on {other} since {}; end it first with \
-                 `clusterctl drill end {other}`",
-                d.kind, d.started_ms
-            ));
+            return Applied::refused(Refusal::DrillRunning {
+                node: other.clone(),
+                kind: d.kind.to_string(),
+                since_ms: d.started_ms,
+            });
         }
         self.drills.insert(
             node.to_string(),
@@ -177,10 +177,7 @@ mod tests {
         assert!(start(&mut s, "mx1", DrillKind::Node).refused.is_none());
         let again = start(&mut s, "mx2", DrillKind::Node);
         assert!(
-            again
-                .refused
-                .as_deref()
-                .is_some_and(|r| r.contains("already running on mx1")),
+            matches!(&again.refused, Some(Refusal::DrillRunning { node, .. }) if node == "mx1"),
             "{again:?}"
         );
     }

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Applied, Command, EventKind, State};
+use super::{Applied, Command, EventKind, Refusal, State};
 
 /// Where a node's latest fence stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,9 +63,7 @@ impl State {
                 at_ms,
             } => {
                 if !self.members.contains_key(node) {
-                    return Applied::refused(format!(
-                        "{node} is not a member; `clusterctl status` lists the members"
-                    ));
+                    return Applied::refused(Refusal::NotAMember { node: node.clone() });
                 }
                 self.fencing.insert(
                     node.clone(),
@@ -147,7 +145,7 @@ impl State {
                 );
                 Applied::changed(true)
             }
-            _ => Applied::refused("not a fencing command"),
+            _ => Applied::refused(Refusal::NotFencing),
         }
     }
 
@@ -168,9 +166,9 @@ impl State {
 }
 
 fn not_started(node: &str) -> Applied {
-    Applied::refused(format!(
-        "no fence of {node} is under way (a new leader starts its own); nothing to record"
-    ))
+    Applied::refused(Refusal::NoFence {
+        node: node.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -243,7 +241,7 @@ mod tests {
             reply: "off".into(),
             at_ms: 1,
         });
-        assert!(r.refused.unwrap().contains("no fence of mx2"));
+        assert_eq!(r.refused, Some(Refusal::NoFence { node: "mx2".into() }));
         start(&mut s, 2);
         s.apply(&Command::FenceSucceeded {
             node: "mx2".into(),
@@ -271,7 +269,7 @@ mod tests {
             by: "leader mx1".into(),
             at_ms: 1,
         });
-        assert!(r.refused.unwrap().contains("not a member"));
+        assert!(matches!(r.refused, Some(Refusal::NotAMember { .. })));
         assert!(s.fencing.is_empty() && s.events.is_empty());
     }
 

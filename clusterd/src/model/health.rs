@@ -11,7 +11,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Applied, EventKind, Role, State};
+use super::{Applied, EventKind, Refusal, Role, State};
 
 /// Health of one service on one node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -128,7 +128,9 @@ impl State {
     /// restarts after failing still serves out its hold-down.
     pub(super) fn reset_health(&mut self, node: &str, checks: &[String], at_ms: u64) -> Applied {
         if self.members.get(node).is_none_or(|m| m.role != Role::Mail) {
-            return Applied::refused(format!("{node} is not a mail member and runs no checks"));
+            return Applied::refused(Refusal::RunsNoChecks {
+                node: node.to_string(),
+            });
         }
         let old = self.health.remove(node).unwrap_or_default();
         let mut next = BTreeMap::new();
@@ -175,10 +177,9 @@ impl State {
             .get(&r.node)
             .is_none_or(|m| m.role != Role::Mail)
         {
-            return Applied::refused(format!(
-                "{} is not a mail member and runs no checks",
-                r.node
-            ));
+            return Applied::refused(Refusal::RunsNoChecks {
+                node: r.node.clone(),
+            });
         }
         let checks = self.health.entry(r.node.clone()).or_default();
         let prev = checks.get(&r.check).cloned();

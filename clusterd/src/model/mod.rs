@@ -43,12 +43,14 @@ mod event;
 pub mod fence;
 pub mod health;
 pub mod plan;
+mod refusal;
 
 pub use command::*;
 pub use drill::{Drill, DrillKind};
 pub use event::*;
 pub use fence::{FenceProgress, FenceRecord};
 pub use health::{Health, HealthReport, ServiceHealth};
+pub use refusal::{Refusal, RefusalKind};
 
 /// A state whose members are `mail` mail nodes and `witnesses`, all voters (for unit tests).
 #[cfg(test)]
@@ -343,10 +345,10 @@ impl State {
         if let Some(decided) = cmd.decided_term()
             && decided != log_term
         {
-            return Applied::refused(format!(
-                "decided in term {decided} but written in term {log_term}: a leader's plan \
-                 holds only in the term it was made in"
-            ));
+            return Applied::refused(Refusal::OtherTerm {
+                decided,
+                written: log_term,
+            });
         }
         self.apply(cmd)
     }
@@ -414,9 +416,7 @@ impl State {
                 at_ms,
             } => {
                 let Some(member) = self.members.get_mut(node) else {
-                    return Applied::refused(format!(
-                        "{node} is not a member; `clusterctl status` lists the members"
-                    ));
+                    return Applied::refused(Refusal::NotAMember { node: node.clone() });
                 };
                 if member.admin == *state {
                     return Applied::changed(false);
@@ -450,10 +450,14 @@ impl State {
             } => self.start_handoff(ip, to, *epoch, *reason, *at_ms),
             Command::CancelHandoff { ip, epoch, at_ms } => {
                 let Some(a) = self.addresses.get_mut(ip) else {
-                    return Applied::refused(unknown_address(ip));
+                    return Applied::refused(Refusal::UnknownAddress { ip: ip.to_string() });
                 };
                 if a.epoch != *epoch {
-                    return Applied::refused(stale(ip, *epoch, a.epoch));
+                    return Applied::refused(Refusal::Stale {
+                        ip: ip.clone(),
+                        epoch: *epoch,
+                        current: a.epoch,
+                    });
                 }
                 let Some(h) = a.handoff.take() else {
                     return Applied::changed(false);
@@ -470,15 +474,17 @@ impl State {
                 at_ms,
             } => {
                 let Some(a) = self.addresses.get(ip) else {
-                    return Applied::refused(unknown_address(ip));
+                    return Applied::refused(Refusal::UnknownAddress { ip: ip.to_string() });
                 };
                 if a.epoch != *epoch || a.owner.as_deref() != Some(node.as_str()) {
-                    return Applied::refused(stale(ip, *epoch, a.epoch));
+                    return Applied::refused(Refusal::Stale {
+                        ip: ip.clone(),
+                        epoch: *epoch,
+                        current: a.epoch,
+                    });
                 }
                 let Some(h) = a.handoff.clone() else {
-                    return Applied::refused(format!(
-                        "{ip} has no planned move; nothing to release"
-                    ));
+                    return Applied::refused(Refusal::NothingToRelease { ip: ip.clone() });
                 };
                 let applied = self.assign(ip, &h.to, *epoch, h.reason, *at_ms);
                 if let Some(a) = self.addresses.get_mut(ip) {
@@ -493,10 +499,14 @@ impl State {
                 at_ms,
             } => {
                 let Some(a) = self.addresses.get_mut(ip) else {
-                    return Applied::refused(unknown_address(ip));
+                    return Applied::refused(Refusal::UnknownAddress { ip: ip.to_string() });
                 };
                 if a.epoch != *epoch || a.owner.as_deref() != Some(node.as_str()) {
-                    return Applied::refused(stale(ip, *epoch, a.epoch));
+                    return Applied::refused(Refusal::Stale {
+                        ip: ip.clone(),
+                        epoch: *epoch,
+                        current: a.epoch,
+                    });
                 }
                 if a.serving_since_ms.is_some() {
                     return Applied::changed(false);
@@ -530,7 +540,7 @@ impl State {
                 at_ms,
             } => {
                 if result.len() > MAX_NOTE_LEN * 4 {
-                    return Applied::refused("the drill report is too long");
+                    return Applied::refused(Refusal::ReportTooLong);
                 }
                 self.push_event(
                     *at_ms,
@@ -549,13 +559,10 @@ impl State {
             } => self.reset_health(node, checks, *at_ms),
             Command::Note { by, text, at_ms } => {
                 if text.trim().is_empty() {
-                    return Applied::refused("the note is empty; write some text");
+                    return Applied::refused(Refusal::EmptyNote);
                 }
                 if text.len() > MAX_NOTE_LEN {
-                    return Applied::refused(format!(
-                        "the note is {} bytes; keep it under {MAX_NOTE_LEN}",
-                        text.len()
-                    ));
+                    return Applied::refused(Refusal::NoteTooLong { bytes: text.len() });
                 }
                 self.push_event(
                     *at_ms,
@@ -577,10 +584,9 @@ impl State {
         let mut wanted: BTreeMap<&str, &AddressSpec> = BTreeMap::new();
         for spec in addresses {
             if wanted.insert(spec.ip.as_str(), spec).is_some() {
-                return Applied::refused(format!(
-                    "address {} is declared twice; declare each address once",
-                    spec.ip
-                ));
+                return Applied::refused(Refusal::DeclaredTwice {
+                    ip: spec.ip.clone(),
+                });
             }
         }
         let removed: Vec<String> = self
@@ -640,13 +646,20 @@ impl State {
         at_ms: u64,
     ) -> Applied {
         if self.members.get(to).is_none_or(|m| m.role != Role::Mail) {
-            return Applied::refused(format!("{to} is not a mail member and cannot hold {ip}"));
+            return Applied::refused(Refusal::CannotHold {
+                node: to.to_string(),
+                ip: ip.to_string(),
+            });
         }
         let Some(a) = self.addresses.get_mut(ip) else {
-            return Applied::refused(unknown_address(ip));
+            return Applied::refused(Refusal::UnknownAddress { ip: ip.to_string() });
         };
         if a.epoch != epoch {
-            return Applied::refused(stale(ip, epoch, a.epoch));
+            return Applied::refused(Refusal::Stale {
+                ip: ip.to_string(),
+                epoch,
+                current: a.epoch,
+            });
         }
         let from = a.owner.replace(to.to_string());
         a.epoch += 1;
@@ -679,18 +692,23 @@ impl State {
         at_ms: u64,
     ) -> Applied {
         if !self.can_hold(to) {
-            return Applied::refused(format!(
-                "{to} cannot take {ip}: it is not an active mail member"
-            ));
+            return Applied::refused(Refusal::NotActive {
+                node: to.to_string(),
+                ip: ip.to_string(),
+            });
         }
         let Some(a) = self.addresses.get_mut(ip) else {
-            return Applied::refused(unknown_address(ip));
+            return Applied::refused(Refusal::UnknownAddress { ip: ip.to_string() });
         };
         if a.epoch != epoch {
-            return Applied::refused(stale(ip, epoch, a.epoch));
+            return Applied::refused(Refusal::Stale {
+                ip: ip.to_string(),
+                epoch,
+                current: a.epoch,
+            });
         }
         let Some(from) = a.owner.clone() else {
-            return Applied::refused(format!("{ip} has no owner to hand it over"));
+            return Applied::refused(Refusal::NoOwner { ip: ip.to_string() });
         };
         if from == to || a.handoff.as_ref().is_some_and(|h| h.to == to) {
             return Applied::changed(false);
@@ -715,28 +733,24 @@ impl State {
 
     fn request_move(&mut self, ip: &str, to: &str, by: &str, at_ms: u64) -> Applied {
         let Some(a) = self.addresses.get(ip) else {
-            return Applied::refused(unknown_address(ip));
+            return Applied::refused(Refusal::UnknownAddress { ip: ip.to_string() });
         };
         if !self.can_hold(to) {
-            return Applied::refused(format!(
-                "{to} cannot take {ip}: it is not an active mail member (drained, a witness or \
-                 unknown; see `clusterctl status`)"
-            ));
+            return Applied::refused(Refusal::NotActive {
+                node: to.to_string(),
+                ip: ip.to_string(),
+            });
         }
         if a.owner.as_deref() != Some(to) {
             let failing = self.failing(to, &a.spec.services);
             if !failing.is_empty() {
                 // The planner would take it straight back (a service-failed handoff): refuse
                 // rather than move the address twice.
-                let (checks, are) = match failing.len() {
-                    1 => ("check", "is"),
-                    _ => ("checks", "are"),
-                };
-                return Applied::refused(format!(
-                    "{to} cannot take {ip}: its {} {checks} {are} critical there (see \
-                     `clusterctl status`); move it once the service passes",
-                    failing.join(", ")
-                ));
+                return Applied::refused(Refusal::ServiceFailing {
+                    node: to.to_string(),
+                    ip: ip.to_string(),
+                    checks: failing.into_iter().map(str::to_string).collect(),
+                });
             }
         }
         let epoch = a.epoch;
@@ -778,14 +792,6 @@ impl State {
 
 /// Largest replicated state the configuration may allow: what a snapshot may reach.
 pub const MAX_STATE_BYTES: usize = 64 * 1024 * 1024;
-
-fn unknown_address(ip: &str) -> String {
-    format!("{ip} is not a floating address of this cluster; `clusterctl status` lists them")
-}
-
-fn stale(ip: &str, asked: u64, current: u64) -> String {
-    format!("{ip} is at epoch {current}, not {asked}: the decision is stale")
-}
 
 /// Describe how `declared` differs from `cluster`, or `None` when equal (order ignored).
 pub fn describe_difference(cluster: &[AddressSpec], declared: &[AddressSpec]) -> Option<String> {
@@ -1004,7 +1010,7 @@ mod tests {
             addresses: vec![spec("192.0.2.101/24", "mx1"), spec("192.0.2.101/24", "mx2")],
             at_ms: 10,
         });
-        assert!(r.refused.unwrap().contains("declared twice"));
+        assert!(matches!(r.refused, Some(Refusal::DeclaredTwice { .. })));
         assert!(s.addresses.is_empty());
     }
 
@@ -1114,7 +1120,7 @@ mod tests {
             text: "x".repeat(MAX_NOTE_LEN + 1),
             at_ms: 0,
         });
-        assert!(r.refused.unwrap().contains("keep it under"));
+        assert!(matches!(r.refused, Some(Refusal::NoteTooLong { .. })));
         assert!(s.events.is_empty());
     }
 
@@ -1127,7 +1133,7 @@ mod tests {
             by: "mx1".into(),
             at_ms: 0,
         });
-        assert!(r.refused.unwrap().contains("not a member"));
+        assert!(matches!(r.refused, Some(Refusal::NotAMember { .. })));
     }
 
     #[test]

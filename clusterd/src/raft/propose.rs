@@ -11,7 +11,7 @@ use std::time::Duration;
 use openraft::error::{ClientWriteError, RaftError};
 
 use crate::client::{ApiClient, ClientError, HEADER_FORWARDED, admin_paths};
-use crate::model::{Applied, Command, CommandTooLarge, Member, NodeId};
+use crate::model::{Applied, Command, CommandTooLarge, Member, NodeId, Refusal};
 use crate::node::Shared;
 
 /// How long a write may take to commit before the writer gives up waiting.
@@ -56,7 +56,7 @@ pub enum ProposeError {
     },
     /// Committed, and refused by the model (the reason is the model's).
     #[error("{0}")]
-    Refused(String),
+    Refused(Refusal),
     /// Too large to be one log entry; never sent.
     #[error("{0}: one log entry must stay far below what a follower accepts")]
     TooLarge(CommandTooLarge),
@@ -100,13 +100,12 @@ pub async fn propose_as(
     cmd: Command,
     forwarded: bool,
 ) -> Result<Applied, ProposeError> {
+    // Refused at intake, whoever leads and whether anyone does: no use routing it.
+    let body = serde_json::to_vec(&cmd).map_err(|e| ProposeError::Encode(e.to_string()))?;
+    CommandTooLarge::check(body.len()).map_err(ProposeError::TooLarge)?;
     let applied = match leader_route(s, forwarded)? {
-        // `write_here` checks the size at intake.
         LeaderRoute::Here => write_here(s, cmd).await?.applied,
         LeaderRoute::Forward(client) => {
-            let body = serde_json::to_vec(&cmd).map_err(|e| ProposeError::Encode(e.to_string()))?;
-            // Refused here rather than by the leader: no use sending it.
-            CommandTooLarge::check(body.len()).map_err(ProposeError::TooLarge)?;
             client
                 .send(
                     "POST",

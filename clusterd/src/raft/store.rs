@@ -718,8 +718,11 @@ mod tests {
             ])
             .await
             .unwrap();
-        let refused = replies[1].refused.as_deref().unwrap_or_default();
-        assert!(refused.contains("written in term 4"), "{replies:?}");
+        let written_later = crate::model::Refusal::OtherTerm {
+            decided: 3,
+            written: 4,
+        };
+        assert_eq!(replies[1].refused, Some(written_later), "{replies:?}");
         assert!(
             replies[2].changed && replies[2].refused.is_none(),
             "{replies:?}"
