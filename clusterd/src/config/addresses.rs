@@ -129,3 +129,73 @@ impl Config {
         specs
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{assert_refused, assert_valid, base};
+
+    #[test]
+    fn duplicate_address_ips_refused() {
+        let mut c = base();
+        c.addresses[1].ip = "192.0.2.101/25".parse().expect("prefix");
+        assert_refused(&c, "addresses[1].ip", "already listed as addresses[0]");
+    }
+
+    #[test]
+    fn non_unicast_address_refused() {
+        let mut c = base();
+        c.addresses[1].ip = "127.0.0.1/8".parse().expect("prefix");
+        assert_refused(&c, "addresses[1].ip", "not a unicast address");
+    }
+
+    #[test]
+    fn address_prefix_out_of_range_refused() {
+        let mut c = base();
+        c.addresses[0].ip.prefix_len = 0;
+        assert_refused(&c, "addresses[0].ip", "write 1 to 32");
+    }
+
+    #[test]
+    fn address_home_must_be_a_member() {
+        let mut c = base();
+        c.addresses[0].home = "mx9".into();
+        assert_refused(&c, "addresses[0].home", "\"mx9\" is not a member");
+    }
+
+    #[test]
+    fn witness_cannot_be_address_home() {
+        let mut c = base();
+        c.addresses[0].home = "w1".into();
+        assert_refused(&c, "addresses[0].home", "witness never holds addresses");
+    }
+
+    #[test]
+    fn address_service_must_name_a_check() {
+        let mut c = base();
+        c.addresses[0].services.push("pop3".into());
+        assert_refused(&c, "addresses[0].services[2]", "\"pop3\" names no check");
+    }
+
+    #[test]
+    fn address_without_services_accepted() {
+        let mut c = base();
+        c.addresses[0].services.clear();
+        assert_valid(&c);
+    }
+
+    #[test]
+    fn bad_interface_names_refused() {
+        for bad in [
+            "",
+            "eth0/1",
+            "eth 0",
+            "averyveryverylongname",
+            "eth\"0",
+            "eth\\0",
+        ] {
+            let mut c = base();
+            c.addresses[0].interface = bad.into();
+            assert_refused(&c, "addresses[0].interface", "1 to 15 characters");
+        }
+    }
+}

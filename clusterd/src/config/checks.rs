@@ -467,3 +467,291 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{BASE, assert_refused, assert_valid, check, with_check};
+    use super::*;
+
+    #[test]
+    fn check_ports_default_from_kind() {
+        let expect = [
+            (CheckKind::Smtp, Some(25)),
+            (CheckKind::Submission, Some(587)),
+            (CheckKind::Smtps, Some(465)),
+            (CheckKind::Imap, Some(143)),
+            (CheckKind::Imaps, Some(993)),
+            (CheckKind::Pop3, Some(110)),
+            (CheckKind::Pop3s, Some(995)),
+            (CheckKind::Lmtp, Some(24)),
+            (CheckKind::Tcp, None),
+            (CheckKind::Exec, None),
+        ];
+        for (kind, port) in expect {
+            assert_eq!(check(kind).effective_port(), port, "{kind}");
+        }
+        let mut explicit = check(CheckKind::Imap);
+        explicit.port = Some(1143);
+        assert_eq!(explicit.effective_port(), Some(1143));
+    }
+
+    #[test]
+    fn check_name_outside_charset_refused() {
+        let c = with_check("IMAP_2", check(CheckKind::Imap));
+        assert_refused(&c, "checks.IMAP_2", "check name");
+    }
+
+    #[test]
+    fn tcp_check_requires_port() {
+        let c = with_check("sieve", check(CheckKind::Tcp));
+        assert_refused(&c, "checks.sieve.port", "add port = N");
+        let mut t = check(CheckKind::Tcp);
+        t.port = Some(4190);
+        assert_valid(&with_check("sieve", t));
+    }
+
+    #[test]
+    fn exec_check_forbids_port() {
+        let mut e = check(CheckKind::Exec);
+        e.command = Some(vec!["/usr/lib/nagios/plugins/check_disk".into()]);
+        assert_valid(&with_check("disk", e.clone()));
+        e.port = Some(25);
+        assert_refused(
+            &with_check("disk", e),
+            "checks.disk.port",
+            "not used by an exec check",
+        );
+    }
+
+    #[test]
+    fn queue_command_needs_a_threshold_and_an_absolute_program() {
+        let mut c = check(CheckKind::Smtp);
+        c.queue_command = Some(vec!["/usr/sbin/postqueue".into(), "-j".into()]);
+        assert_refused(
+            &with_check("smtp", c.clone()),
+            "checks.smtp.queue_command",
+            "add queue_threshold",
+        );
+        c.queue_threshold = Some(100);
+        assert_valid(&with_check("smtp", c.clone()));
+        c.queue_command = Some(vec!["postqueue".into()]);
+        assert_refused(
+            &with_check("smtp", c),
+            "checks.smtp.queue_command",
+            "absolute path",
+        );
+    }
+
+    #[test]
+    fn tls_settings_only_on_tls_checks() {
+        let mut c = check(CheckKind::Imap);
+        c.tls_ca_file = Some("/etc/ssl/ca.pem".into());
+        assert_refused(
+            &with_check("imap", c.clone()),
+            "checks.imap.tls_ca_file",
+            "only to TLS probes",
+        );
+        c.tls_ca_file = None;
+        c.tls_server_name = Some("mail.example.com".into());
+        assert_refused(
+            &with_check("imap", c.clone()),
+            "checks.imap.tls_server_name",
+            "only to TLS probes",
+        );
+        c.starttls = true;
+        assert_valid(&with_check("imap", c.clone()));
+        let mut i = check(CheckKind::Imaps);
+        i.tls_ca_file = Some("ca.pem".into());
+        assert_refused(
+            &with_check("imaps", i.clone()),
+            "checks.imaps.tls_ca_file",
+            "absolute",
+        );
+        i.tls_ca_file = None;
+        i.tls_server_name = Some("not a name!".into());
+        assert_refused(
+            &with_check("imaps", i),
+            "checks.imaps.tls_server_name",
+            "not a DNS name",
+        );
+    }
+
+    #[test]
+    fn check_host_and_cert_warning_parse_with_days() {
+        let c = parse(&format!(
+            "{BASE}\n[checks.imaps]\nkind = \"imaps\"\nhost = \"192.0.2.11\"\ncert_warning = \"30d\"\n"
+        ))
+        .unwrap();
+        let i = &c.checks["imaps"];
+        assert_eq!(i.host, "192.0.2.11".parse::<IpAddr>().unwrap());
+        assert_eq!(i.cert_warning.as_millis(), 30 * 86_400_000);
+        assert_eq!(
+            c.checks["imap"].host,
+            "127.0.0.1".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn port_zero_check_refused() {
+        let mut i = check(CheckKind::Imap);
+        i.port = Some(0);
+        assert_refused(&with_check("imap", i), "checks.imap.port", "default 143");
+    }
+
+    #[test]
+    fn exec_check_requires_command() {
+        let c = with_check("disk", check(CheckKind::Exec));
+        assert_refused(&c, "checks.disk.command", "needs the program");
+        let mut e = check(CheckKind::Exec);
+        e.command = Some(vec![]);
+        assert_refused(
+            &with_check("disk", e),
+            "checks.disk.command",
+            "command is empty",
+        );
+    }
+
+    #[test]
+    fn exec_command_must_be_absolute() {
+        let mut e = check(CheckKind::Exec);
+        e.command = Some(vec!["check_disk".into(), "-w".into()]);
+        assert_refused(
+            &with_check("disk", e),
+            "checks.disk.command",
+            "absolute path",
+        );
+    }
+
+    #[test]
+    fn command_forbidden_for_protocol_checks() {
+        let mut i = check(CheckKind::Imap);
+        i.command = Some(vec!["/bin/true".into()]);
+        assert_refused(
+            &with_check("imap", i),
+            "checks.imap.command",
+            "only to kind = \"exec\"",
+        );
+    }
+
+    #[test]
+    fn zero_check_durations_refused() {
+        let mut i = check(CheckKind::Imap);
+        i.interval = Millis::from_millis(0);
+        assert_refused(&with_check("imap", i), "checks.imap.interval", "positive");
+        let mut i = check(CheckKind::Imap);
+        i.timeout = Millis::from_millis(0);
+        assert_refused(&with_check("imap", i), "checks.imap.timeout", "positive");
+    }
+
+    #[test]
+    fn timeout_longer_than_interval_refused() {
+        let mut i = check(CheckKind::Imap);
+        i.timeout = Millis::from_millis(2000);
+        assert_refused(
+            &with_check("imap", i),
+            "checks.imap.timeout",
+            "at most interval",
+        );
+    }
+
+    #[test]
+    fn rise_and_fall_zero_refused() {
+        let mut i = check(CheckKind::Imap);
+        i.rise = 0;
+        i.fall = 0;
+        let c = with_check("imap", i);
+        assert_refused(&c, "checks.imap.rise", "at least 1");
+        assert_refused(&c, "checks.imap.fall", "at least 1");
+    }
+
+    #[test]
+    fn starttls_only_for_plaintext_protocols() {
+        for kind in [
+            CheckKind::Smtp,
+            CheckKind::Submission,
+            CheckKind::Imap,
+            CheckKind::Pop3,
+        ] {
+            let mut k = check(kind);
+            k.starttls = true;
+            assert_valid(&with_check("x", k));
+        }
+        let mut k = check(CheckKind::Imaps);
+        k.starttls = true;
+        assert_refused(&with_check("x", k), "checks.x.starttls", "already uses TLS");
+        let mut k = check(CheckKind::Lmtp);
+        k.starttls = true;
+        assert_refused(&with_check("x", k), "checks.x.starttls", "not lmtp");
+    }
+
+    #[test]
+    fn login_only_for_imap_and_pop3() {
+        let mut s = check(CheckKind::Smtp);
+        s.login_user = Some("probe".into());
+        s.password_file = Some("/etc/clusterd/probe.pass".into());
+        assert_refused(
+            &with_check("x", s),
+            "checks.x.login_user",
+            "imap, imaps, pop3, pop3s",
+        );
+        let mut p = check(CheckKind::Pop3s);
+        p.login_user = Some("probe".into());
+        p.password_file = Some("/etc/clusterd/probe.pass".into());
+        assert_valid(&with_check("x", p));
+    }
+
+    #[test]
+    fn login_user_requires_password_file() {
+        let mut i = check(CheckKind::Imap);
+        i.login_user = Some("probe".into());
+        assert_refused(
+            &with_check("imap", i),
+            "checks.imap.password_file",
+            "needs the password",
+        );
+    }
+
+    #[test]
+    fn password_file_requires_login_user() {
+        let mut i = check(CheckKind::Imap);
+        i.password_file = Some("/etc/clusterd/probe.pass".into());
+        assert_refused(
+            &with_check("imap", i),
+            "checks.imap.login_user",
+            "login_user is not",
+        );
+    }
+
+    #[test]
+    fn relative_password_file_refused() {
+        let mut i = check(CheckKind::Imap);
+        i.login_user = Some("probe".into());
+        i.password_file = Some("probe.pass".into());
+        assert_refused(
+            &with_check("imap", i),
+            "checks.imap.password_file",
+            "absolute path",
+        );
+    }
+
+    #[test]
+    fn queue_threshold_only_for_smtp_kinds() {
+        let mut s = check(CheckKind::Smtps);
+        s.queue_threshold = Some(1000);
+        assert_valid(&with_check("x", s));
+        let mut i = check(CheckKind::Imap);
+        i.queue_threshold = Some(1000);
+        assert_refused(
+            &with_check("x", i),
+            "checks.x.queue_threshold",
+            "smtp, submission, smtps",
+        );
+        let mut z = check(CheckKind::Smtp);
+        z.queue_threshold = Some(0);
+        assert_refused(
+            &with_check("x", z),
+            "checks.x.queue_threshold",
+            "at least 1",
+        );
+    }
+}

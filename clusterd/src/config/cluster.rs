@@ -310,3 +310,259 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{assert_refused, assert_valid, base, peer};
+    use super::*;
+
+    #[test]
+    fn members_include_this_node_sorted_by_name() {
+        let mut c = base();
+        c.node.name = "mx3".to_string();
+        c.node.advertise = Some("192.0.2.99:7401".parse().expect("addr"));
+        let m = c.members();
+        let names: Vec<&str> = m.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["mx2", "mx3", "w1"]);
+        assert_eq!(m[1].address, "192.0.2.99:7401".parse().expect("addr"));
+        assert_eq!(m[1].role, Role::Mail);
+        assert_eq!(m[2].role, Role::Witness);
+    }
+
+    #[test]
+    fn voters_default_to_every_member() {
+        let c = base();
+        assert_eq!(c.voters(), ["mx1", "mx2", "w1"]);
+        assert!(c.is_voter("mx1") && c.is_voter("w1"));
+        assert!(!c.is_voter("mx9"));
+    }
+
+    #[test]
+    fn members_left_out_of_voters_are_learners() {
+        let mut c = base();
+        c.peers.push(peer("mx3", 14, Role::Mail));
+        c.cluster.voters = Some(vec!["w1".into(), "mx2".into(), "mx1".into()]);
+        assert_valid(&c);
+        assert_eq!(c.voters(), ["mx1", "mx2", "w1"]);
+        assert!(!c.is_voter("mx3"));
+    }
+
+    #[test]
+    fn advertise_falls_back_to_listen() {
+        let mut c = base();
+        assert_eq!(c.advertise(), c.node.listen);
+        let adv: SocketAddr = "198.51.100.1:7400".parse().expect("addr");
+        c.node.advertise = Some(adv);
+        assert_eq!(c.advertise(), adv);
+    }
+
+    #[test]
+    fn node_name_outside_charset_refused() {
+        for bad in ["MX1", "-mx1", "mx1-", "", "mx_1", "mx.1", &"a".repeat(64)] {
+            let mut c = base();
+            c.node.name = bad.to_string();
+            c.cluster.voters = None;
+            assert_refused(&c, "node.name", "1 to 63 characters");
+        }
+        let mut c = base();
+        c.node.name = "a".repeat(63);
+        c.addresses[0].home = c.node.name.clone();
+        assert_valid(&c);
+    }
+
+    #[test]
+    fn peer_name_outside_charset_refused() {
+        let mut c = base();
+        c.peers[0].name = "Mx2".into();
+        assert_refused(&c, "peers[0].name", "lowercase");
+    }
+
+    #[test]
+    fn node_listed_in_peers_refused() {
+        let mut c = base();
+        c.peers.push(peer("mx1", 14, Role::Mail));
+        assert_refused(&c, "peers[2].name", "this node's own name");
+    }
+
+    #[test]
+    fn duplicate_member_names_refused() {
+        let mut c = base();
+        c.peers.push(peer("mx2", 14, Role::Mail));
+        assert_refused(&c, "peers[2].name", "already used by peers[0].name");
+    }
+
+    #[test]
+    fn duplicate_member_addresses_refused() {
+        let mut c = base();
+        c.peers[0].address = c.node.listen;
+        assert_refused(&c, "peers[0].address", "already used by node.advertise");
+        let mut c = base();
+        c.peers[1].address = c.peers[0].address;
+        assert_refused(&c, "peers[1].address", "already used by peers[0].address");
+    }
+
+    #[test]
+    fn unspecified_listen_requires_advertise() {
+        let mut c = base();
+        c.node.listen = "0.0.0.0:7400".parse().expect("addr");
+        assert_refused(&c, "node.advertise", "set advertise");
+        c.node.listen = "[::]:7400".parse().expect("addr");
+        assert_refused(&c, "node.advertise", "set advertise");
+        c.node.advertise = Some("192.0.2.11:7400".parse().expect("addr"));
+        assert_valid(&c);
+    }
+
+    #[test]
+    fn unspecified_advertise_refused() {
+        let mut c = base();
+        c.node.advertise = Some("0.0.0.0:7400".parse().expect("addr"));
+        assert_refused(&c, "node.advertise", "unspecified");
+    }
+
+    #[test]
+    fn unspecified_peer_address_refused() {
+        let mut c = base();
+        c.peers[0].address = "0.0.0.0:7400".parse().expect("addr");
+        assert_refused(&c, "peers[0].address", "unspecified");
+    }
+
+    #[test]
+    fn port_zero_refused() {
+        let mut c = base();
+        c.node.listen = "192.0.2.11:0".parse().expect("addr");
+        assert_refused(&c, "node.listen", "port 0");
+        let mut c = base();
+        c.peers[0].address = "192.0.2.12:0".parse().expect("addr");
+        assert_refused(&c, "peers[0].address", "port 0");
+    }
+
+    #[test]
+    fn relative_data_dir_refused() {
+        let mut c = base();
+        c.node.data_dir = "var/lib/clusterd".into();
+        assert_refused(&c, "node.data_dir", "absolute path");
+    }
+
+    #[test]
+    fn relative_key_file_refused() {
+        let mut c = base();
+        c.node.key_file = "cluster.key".into();
+        assert_refused(&c, "node.key_file", "absolute path");
+    }
+
+    #[test]
+    fn two_voters_refused_without_override() {
+        let mut c = base();
+        c.peers.pop();
+        assert_refused(&c, "cluster.voters", "losing either one stops the cluster");
+        assert_refused(&c, "cluster.voters", "role = \"witness\"");
+        assert_refused(&c, "cluster.voters", "cluster.allow_two_voters = true");
+    }
+
+    #[test]
+    fn two_voters_accepted_with_override() {
+        let mut c = base();
+        c.peers.pop();
+        c.cluster.allow_two_voters = true;
+        assert_valid(&c);
+    }
+
+    #[test]
+    fn one_voter_refused() {
+        let mut c = base();
+        c.peers.clear();
+        c.addresses.truncate(1);
+        assert_refused(&c, "cluster.voters", "3 or 5 voters");
+        let mut c = base();
+        c.cluster.voters = Some(vec!["mx1".into()]);
+        c.peers.pop();
+        c.cluster.allow_two_voters = true;
+        assert_refused(&c, "cluster.voters", "3 or 5 voters");
+    }
+
+    #[test]
+    fn four_voters_refused_with_learner_advice() {
+        let mut c = base();
+        c.peers.push(peer("mx3", 14, Role::Mail));
+        assert_refused(&c, "cluster.voters", "leaving it out of cluster.voters");
+    }
+
+    #[test]
+    fn five_voters_accepted() {
+        let mut c = base();
+        c.peers.push(peer("mx3", 14, Role::Mail));
+        c.peers.push(peer("mx4", 15, Role::Mail));
+        assert_valid(&c);
+    }
+
+    #[test]
+    fn more_than_five_voters_refused() {
+        let mut c = base();
+        for (i, n) in ["mx3", "mx4", "mx5"].iter().enumerate() {
+            c.peers.push(peer(n, 14 + i as u8, Role::Mail));
+        }
+        assert_refused(&c, "cluster.voters", "Keep 5 voters");
+        c.cluster.voters = Some(vec![
+            "mx1".into(),
+            "mx2".into(),
+            "mx3".into(),
+            "mx4".into(),
+            "w1".into(),
+        ]);
+        assert_valid(&c);
+    }
+
+    #[test]
+    fn voter_that_is_not_a_member_refused() {
+        let mut c = base();
+        c.cluster.voters = Some(vec!["mx1".into(), "mx2".into(), "w2".into()]);
+        assert_refused(&c, "cluster.voters[2]", "\"w2\" is not a member");
+    }
+
+    #[test]
+    fn voter_listed_twice_refused() {
+        let mut c = base();
+        c.cluster.voters = Some(vec!["mx1".into(), "mx2".into(), "w1".into(), "mx2".into()]);
+        assert_refused(&c, "cluster.voters[3]", "listed twice");
+    }
+
+    #[test]
+    fn witness_must_be_a_voter() {
+        let mut c = base();
+        c.peers.push(peer("mx3", 14, Role::Mail));
+        c.cluster.voters = Some(vec!["mx1".into(), "mx2".into(), "mx3".into()]);
+        assert_refused(
+            &c,
+            "cluster.voters",
+            "\"w1\" has role witness but is not a voter",
+        );
+    }
+
+    #[test]
+    fn listeners_sharing_a_port_on_overlapping_addresses_are_refused_naming_both() {
+        let with_dns = |listen: &[&str]| {
+            let mut c = base();
+            c.dns.as_mut().unwrap().listen = listen.iter().map(|l| l.parse().unwrap()).collect();
+            c
+        };
+        // DNS over TCP on the API's own address and port.
+        assert_refused(
+            &with_dns(&["192.0.2.11:7400"]),
+            "dns.listen[0]",
+            "overlaps node.listen (192.0.2.11:7400)",
+        );
+        // All addresses overlaps every address of the family, IPv6's any overlaps IPv4 too.
+        assert_refused(&with_dns(&["0.0.0.0:7400"]), "dns.listen[0]", "node.listen");
+        assert_refused(&with_dns(&["[::]:7400"]), "dns.listen[0]", "node.listen");
+        // Another port, or another address, is fine.
+        assert_valid(&with_dns(&[
+            "192.0.2.11:53",
+            "192.0.2.12:7400",
+            "[2001:db8::11]:7400",
+        ]));
+        // The metrics listener too.
+        let mut c = base();
+        c.metrics.listen = Some("192.0.2.11:53".parse().unwrap());
+        assert_refused(&c, "dns.listen[0]", "overlaps metrics.listen");
+    }
+}

@@ -233,3 +233,159 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{assert_refused, assert_valid, base};
+    use super::*;
+
+    #[test]
+    fn srv_record_with_bad_service_unknown_target_or_port_0_is_refused() {
+        let mut c = base();
+        let zone = &mut c.dns.as_mut().unwrap().zones[0];
+        zone.srv.push(SrvConfig {
+            service: "imaps".into(),
+            target: "nope".into(),
+            port: 0,
+            priority: 0,
+            weight: 1,
+        });
+        assert_refused(&c, "dns.zones[0].srv[0].service", "_imaps._tcp");
+        assert_refused(
+            &c,
+            "dns.zones[0].srv[0].target",
+            "not one of this zone's names",
+        );
+        assert_refused(&c, "dns.zones[0].srv[0].port", "port 0");
+        let zone = &mut c.dns.as_mut().unwrap().zones[0];
+        zone.srv[0] = SrvConfig {
+            service: "_imaps._tcp".into(),
+            target: "imap".into(),
+            port: 993,
+            priority: 0,
+            weight: 1,
+        };
+        assert_valid(&c);
+    }
+
+    #[test]
+    fn dns_rate_limit_defaults_on_and_one_past_its_maximum_is_refused() {
+        let c = base();
+        assert_eq!(c.dns.as_ref().unwrap().rate_limit, DEFAULT_DNS_RATE_LIMIT);
+        let mut c = base();
+        c.dns.as_mut().unwrap().rate_limit = MAX_DNS_RATE_LIMIT;
+        assert_valid(&c);
+        c.dns.as_mut().unwrap().rate_limit = MAX_DNS_RATE_LIMIT + 1;
+        assert_refused(&c, "dns.rate_limit", "0 to turn the limit off");
+        c.dns.as_mut().unwrap().rate_limit = 0;
+        assert_valid(&c);
+    }
+
+    fn zone(c: &mut Config) -> &mut ZoneConfig {
+        &mut c.dns.as_mut().expect("dns").zones[0]
+    }
+
+    #[test]
+    fn zone_name_must_end_with_dot() {
+        let mut c = base();
+        zone(&mut c).name = "mail.example.com".into();
+        assert_refused(&c, "dns.zones[0].name", "write \"mail.example.com.\"");
+    }
+
+    #[test]
+    fn zone_name_with_bad_label_refused() {
+        for bad in [
+            "mail..example.com.",
+            "Mail.example.com.",
+            "-mail.example.com.",
+            ".",
+        ] {
+            let mut c = base();
+            zone(&mut c).name = bad.into();
+            assert_refused(&c, "dns.zones[0].name", "");
+        }
+        let mut c = base();
+        zone(&mut c).name = format!("{}.example.com.", "a".repeat(64));
+        assert_refused(&c, "dns.zones[0].name", "1 to 63");
+    }
+
+    #[test]
+    fn zone_name_longer_than_253_refused() {
+        let mut c = base();
+        let long = vec!["a".repeat(63); 4].join(".");
+        zone(&mut c).name = format!("{long}.");
+        assert_refused(&c, "dns.zones[0].name", "at most 253");
+    }
+
+    #[test]
+    fn duplicate_zones_refused() {
+        let mut c = base();
+        let z = zone(&mut c).clone();
+        c.dns.as_mut().expect("dns").zones.push(z);
+        assert_refused(&c, "dns.zones[1].name", "already defined as dns.zones[0]");
+    }
+
+    #[test]
+    fn dns_name_service_must_name_a_check() {
+        let mut c = base();
+        zone(&mut c)
+            .names
+            .insert("pop3".into(), vec!["pop3".into()]);
+        assert_refused(&c, "dns.zones[0].names.pop3[0]", "\"pop3\" names no check");
+    }
+
+    #[test]
+    fn dns_name_must_be_a_label_or_apex() {
+        let mut c = base();
+        zone(&mut c).names.insert("@".into(), vec!["smtp".into()]);
+        assert_valid(&c);
+        zone(&mut c)
+            .names
+            .insert("imap.eu".into(), vec!["imap".into()]);
+        assert_refused(&c, "dns.zones[0].names.imap.eu", "\"@\" for the zone apex");
+    }
+
+    #[test]
+    fn mx_must_name_a_zone_name() {
+        let mut c = base();
+        zone(&mut c).mx.push("mx".into());
+        assert_refused(
+            &c,
+            "dns.zones[0].mx[1]",
+            "\"mx\" is not one of this zone's names",
+        );
+    }
+
+    #[test]
+    fn dns_without_listen_refused() {
+        let mut c = base();
+        c.dns.as_mut().expect("dns").listen.clear();
+        assert_refused(&c, "dns.listen", "at least one");
+    }
+
+    #[test]
+    fn dns_without_zones_refused() {
+        let mut c = base();
+        c.dns.as_mut().expect("dns").zones.clear();
+        assert_refused(&c, "dns.zones", "add a [[dns.zones]]");
+    }
+
+    #[test]
+    fn dns_ttl_out_of_range_refused() {
+        for bad in [0, 86_401] {
+            let mut c = base();
+            c.dns.as_mut().expect("dns").ttl = bad;
+            assert_refused(&c, "dns.ttl", "1 to 86400");
+        }
+    }
+
+    #[test]
+    fn witness_with_dns_refused() {
+        let mut c = base();
+        c.node.role = Role::Witness;
+        c.addresses.retain(|a| a.home != "mx1");
+        assert_refused(&c, "dns", "does not serve DNS");
+        c.dns = None;
+        assert_valid(&c);
+    }
+}

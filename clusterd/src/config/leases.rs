@@ -201,3 +201,79 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{BASE, assert_refused, assert_valid, base};
+    use super::*;
+
+    #[test]
+    fn takeover_delay_shorter_than_the_lease_is_refused() {
+        let mut c = base();
+        c.leases.takeover_delay = Some(Millis::from_millis(500));
+        assert_refused(&c, "leases.takeover_delay", "at least 858 ms");
+    }
+
+    #[test]
+    fn takeover_delay_without_nftables_must_cover_the_address_lifetime() {
+        let mut c = base();
+        c.leases.guard = GuardKind::LifetimeOnly;
+        c.leases.takeover_delay = Some(Millis::from_millis(2000));
+        assert_refused(&c, "leases.takeover_delay", "address lifetime");
+        c.leases.takeover_delay = None;
+        assert_valid(&c);
+        assert_eq!(c.leases.timings().takeover_delay().as_millis(), 4858);
+    }
+
+    #[test]
+    fn lease_renewal_slower_than_a_third_of_the_lease_is_refused() {
+        let mut c = base();
+        c.leases.renew_every = Millis::from_millis(400);
+        assert_refused(&c, "leases.renew_every", "fewer than three tries");
+    }
+
+    #[test]
+    fn quorum_freshness_under_two_heartbeats_is_refused() {
+        let mut c = base();
+        c.raft.heartbeat_interval = Millis::from_millis(100);
+        c.leases.quorum_fresh = Millis::from_millis(150);
+        assert_refused(&c, "leases.quorum_fresh", "two Raft heartbeats");
+    }
+
+    #[test]
+    fn failback_sooner_than_a_lease_is_refused() {
+        let mut c = base();
+        c.placement.failback_after = Millis::from_millis(100);
+        assert_refused(&c, "placement.failback_after", "shorter than a lease");
+    }
+
+    #[test]
+    fn lease_and_placement_sections_parse_with_their_names() {
+        let text = format!(
+            "{BASE}\n[leases]\nlease = \"1s\"\nrenew_every = \"250ms\"\n\
+             guard = \"lifetime-only\"\ntakeover_delay = \"10s\"\n\n\
+             [placement]\nfailback = \"manual\"\nfailback_after = \"2m\"\n"
+        );
+        let c = parse(&text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.leases.guard, GuardKind::LifetimeOnly);
+        assert_eq!(c.leases.lease, Millis::from_millis(1000));
+        assert_eq!(c.leases.takeover_delay, Some(Millis::from_millis(10_000)));
+        assert_eq!(c.placement.failback, FailbackMode::Manual);
+        assert_eq!(c.placement.failback_after, Millis::from_millis(120_000));
+        assert_eq!(base().leases, LeasesConfig::default());
+    }
+
+    #[test]
+    fn announcement_burst_of_zero_is_refused() {
+        let mut c = base();
+        c.announce.burst = 0;
+        assert_refused(&c, "announce.burst", "use 1 to 20");
+    }
+
+    #[test]
+    fn announcement_interval_under_10ms_is_refused() {
+        let mut c = base();
+        c.announce.repeat_interval = Millis::from_millis(1);
+        assert_refused(&c, "announce.repeat_interval", "at least");
+    }
+}

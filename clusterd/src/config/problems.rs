@@ -249,3 +249,90 @@ pub(super) fn check_absolute(v: &mut Problems, field: &str, path: &Path, example
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{BASE, base, parse_err};
+    use super::*;
+
+    #[test]
+    fn unknown_field_lists_allowed_fields_and_line() {
+        let p = parse_err(&BASE.replace("name = \"mx1\"", "nmae = \"mx1\""));
+        assert_eq!(p.field, "node.nmae (line 3, column 1)");
+        assert!(p.message.contains("unknown field `nmae`"), "{p}");
+        assert!(
+            p.message.contains("`name`") && p.message.contains("`key_file`"),
+            "{p}"
+        );
+        assert!(p.message.contains("correct its spelling"), "{p}");
+    }
+
+    #[test]
+    fn unknown_field_in_array_table_names_its_index() {
+        let p = parse_err(&BASE.replace("role = \"witness\"", "role = \"witness\"\nport = 1"));
+        assert!(p.field.starts_with("peers[1].port"), "{p}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let p = parse_err(&BASE.replace("kind = \"smtp\"", "kind = \"smtp\"\nrise = \"two\""));
+        assert!(p.field.starts_with("checks.smtp.rise"), "{p}");
+        assert!(p.message.contains("invalid type"), "{p}");
+    }
+
+    #[test]
+    fn unknown_check_kind_lists_kinds() {
+        let p = parse_err(&BASE.replace("kind = \"smtp\"", "kind = \"esmtp\""));
+        assert!(p.field.starts_with("checks.smtp.kind"), "{p}");
+        assert!(
+            p.message.contains("`lmtp`") && p.message.contains("`exec`"),
+            "{p}"
+        );
+    }
+
+    #[test]
+    fn missing_required_field_is_named() {
+        let p = parse_err(&BASE.replace("listen = \"192.0.2.11:7400\"", ""));
+        assert!(p.field.starts_with("node.listen"), "{p}");
+        assert!(p.message.contains("add it"), "{p}");
+        let p = parse_err("");
+        assert!(p.field.starts_with("node"), "{p}");
+    }
+
+    #[test]
+    fn toml_syntax_error_names_the_line() {
+        let p = parse_err(&BASE.replace("name = \"mx1\"", "name = mx1"));
+        assert!(p.field.contains("line 3"), "{p}");
+        assert!(p.message.contains("TOML syntax"), "{p}");
+    }
+
+    #[test]
+    fn load_of_missing_file_names_the_path() {
+        let err = load(Path::new("/nonexistent/clusterd.toml")).expect_err("missing");
+        assert_eq!(err.problems[0].field, "/nonexistent/clusterd.toml");
+        assert!(err.problems[0].message.contains("cannot read"), "{err}");
+    }
+
+    #[test]
+    fn load_reads_and_validates_a_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("clusterd.toml");
+        std::fs::write(&path, BASE).expect("write");
+        assert_eq!(load(&path).expect("valid"), base());
+    }
+
+    #[test]
+    fn every_problem_is_reported_one_per_line() {
+        let mut c = base();
+        c.node.name = "MX1".into();
+        c.addresses[0].home = "nobody".into();
+        c.raft.snapshot_after = 1;
+        let err = c.validate().expect_err("invalid");
+        assert!(err.problems.len() >= 3, "{err}");
+        let text = err.to_string();
+        assert_eq!(text.lines().count(), err.problems.len(), "{text}");
+        assert!(text.contains("node.name: "), "{text}");
+        assert!(text.contains("addresses[0].home: "), "{text}");
+        assert!(text.contains("raft.snapshot_after: "), "{text}");
+    }
+}

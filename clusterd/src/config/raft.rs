@@ -114,3 +114,58 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{assert_refused, base};
+    use super::*;
+
+    #[test]
+    fn election_timeout_min_must_be_below_max() {
+        let mut c = base();
+        c.raft.election_timeout_max = Millis::from_millis(100);
+        assert_refused(
+            &c,
+            "raft.election_timeout_min",
+            "must be below election_timeout_max",
+        );
+    }
+
+    #[test]
+    fn heartbeat_must_be_below_election_timeout() {
+        let mut c = base();
+        c.raft.heartbeat_interval = Millis::from_millis(150);
+        assert_refused(
+            &c,
+            "raft.heartbeat_interval",
+            "heartbeat_interval must be well below election_timeout_min, e.g. a third",
+        );
+    }
+
+    #[test]
+    fn zero_raft_durations_refused() {
+        let mut c = base();
+        c.raft.heartbeat_interval = Millis::from_millis(0);
+        assert_refused(&c, "raft.heartbeat_interval", "positive");
+    }
+
+    #[test]
+    fn snapshot_after_below_ten_refused() {
+        let mut c = base();
+        c.raft.snapshot_after = 9;
+        assert_refused(&c, "raft.snapshot_after", "at least 10");
+    }
+
+    #[test]
+    fn history_limit_out_of_range_refused() {
+        for bad in [9, MAX_HISTORY_LIMIT + 1, 100_000] {
+            let mut c = base();
+            c.raft.history_limit = bad;
+            assert_refused(&c, "raft.history_limit", "10 to 8192");
+            assert_refused(&c, "raft.history_limit", "under 64 MiB");
+        }
+        let mut c = base();
+        c.raft.history_limit = MAX_HISTORY_LIMIT;
+        assert!(c.validate().is_ok());
+    }
+}

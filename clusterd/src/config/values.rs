@@ -259,3 +259,98 @@ impl<'de> Deserialize<'de> for IpPrefix {
         deserializer.deserialize_str(Visitor)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{BASE, parse_err};
+    use super::*;
+
+    #[test]
+    fn durations_accept_documented_forms() {
+        for (text, ms) in [
+            ("50ms", 50),
+            ("1s", 1000),
+            ("1.5s", 1500),
+            ("2m", 120_000),
+            ("1h", 3_600_000),
+            ("0.25s", 250),
+            ("0s", 0),
+        ] {
+            assert_eq!(
+                text.parse::<Millis>(),
+                Ok(Millis::from_millis(ms)),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_duration_names_accepted_forms() {
+        for text in [
+            "50", "1.5", "fast", "1 sec", "-1s", "1.s", ".5s", "0.0001s", "s",
+        ] {
+            let err = text.parse::<Millis>().expect_err(text);
+            assert!(
+                err.contains("\"50ms\", \"1s\", \"1.5s\", \"2m\""),
+                "{text}: {err}"
+            );
+        }
+        let p =
+            parse_err(&BASE.replace("kind = \"imap\"", "kind = \"imap\"\ninterval = \"1 sec\""));
+        assert!(p.field.starts_with("checks.imap.interval"), "{p}");
+        assert!(p.message.contains("\"1.5s\""), "{p}");
+        let p = parse_err(&BASE.replace("kind = \"imap\"", "kind = \"imap\"\ninterval = 1"));
+        assert!(p.message.contains("duration string"), "{p}");
+    }
+
+    #[test]
+    fn durations_serialise_to_the_accepted_form() {
+        for (ms, text) in [
+            (50, "50ms"),
+            (1000, "1s"),
+            (1500, "1.5s"),
+            (1050, "1.05s"),
+            (120_000, "2m"),
+            (90_000, "1.5m"),
+            (7_200_000, "2h"),
+            (0, "0ms"),
+        ] {
+            let shown = Millis::from_millis(ms).to_string();
+            if ms == 90_000 {
+                // Not a whole number of minutes: shown in seconds.
+                assert_eq!(shown, "90s");
+            } else {
+                assert_eq!(shown, text);
+            }
+            assert_eq!(shown.parse::<Millis>(), Ok(Millis::from_millis(ms)));
+        }
+    }
+
+    #[test]
+    fn ip_prefix_parses_and_displays_as_ip_slash_prefix() {
+        let p: IpPrefix = "192.0.2.101/24".parse().expect("v4");
+        assert_eq!(p.addr, IpAddr::from([192, 0, 2, 101]));
+        assert_eq!(p.prefix_len, 24);
+        assert_eq!(p.to_string(), "192.0.2.101/24");
+        let p: IpPrefix = "2001:db8::101/64".parse().expect("v6");
+        assert_eq!(p.to_string(), "2001:db8::101/64");
+        assert!("2001:db8::1/128".parse::<IpPrefix>().is_ok());
+    }
+
+    #[test]
+    fn ip_prefix_out_of_range_refused() {
+        for bad in [
+            "192.0.2.1/33",
+            "192.0.2.1/0",
+            "2001:db8::1/129",
+            "192.0.2.1",
+            "mx1/24",
+        ] {
+            let err = bad.parse::<IpPrefix>().expect_err(bad);
+            assert!(err.contains("192.0.2.101/24"), "{bad}: {err}");
+        }
+        let p = parse_err(&BASE.replace("192.0.2.102/24", "192.0.2.102/40"));
+        assert_eq!(p.field, "addresses[1].ip (line 22, column 6)");
+        assert!(p.message.contains("1 to 32"), "{p}");
+    }
+}
