@@ -433,7 +433,7 @@ async fn post_lease(
 ) -> Result<Json<crate::lease::table::LeaseGrant>, ApiError> {
     crate::lease::grant(&s, &req.node)
         .map(Json)
-        .map_err(ApiError::unavailable)
+        .map_err(|e| ApiError::unavailable(e.to_string()))
 }
 
 fn is_forwarded(headers: &HeaderMap) -> bool {

@@ -361,7 +361,7 @@ fn modules_using(needle: &str) -> Vec<String> {
 }
 
 #[test]
-fn quorum_freshness_and_leadership_are_asked_in_one_place() {
+fn quorum_freshness_is_asked_and_the_log_written_in_one_place() {
     // openraft's `millis_since_quorum_ack` reads stale after a freeze: every freshness question
     // goes through `Shared::leading`, and only the leadership check (`lease`) writes what it
     // reads.
@@ -370,6 +370,8 @@ fn quorum_freshness_and_leadership_are_asked_in_one_place() {
         Vec::<String>::new()
     );
     assert_eq!(modules_using("leases.confirmed"), vec!["lease", "node"]);
+    // Commands reach the log only through `raft::propose`.
+    assert_eq!(modules_using("client_write("), vec!["raft::propose"]);
     assert_eq!(
         modules_using("confirmed_age_ms"),
         vec!["lease::table", "node"]

@@ -59,21 +59,49 @@ pub async fn confirm_loop(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// Why this node grants no lease now. Every reason is passing: the holder asks again at its
+/// next renewal (the API answers 503).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GrantRefused {
+    /// This node does not lead.
+    #[error("{me} is not the leader")]
+    NotLeader {
+        /// This node.
+        me: String,
+    },
+    /// No quorum confirmed the leadership within `quorum_fresh`.
+    #[error("{me} has no fresh quorum (leadership last confirmed {age_ms:?} ms ago)")]
+    NoFreshQuorum {
+        /// This node.
+        me: String,
+        /// Since the last confirmation (`None`: none in this term).
+        age_ms: Option<u64>,
+    },
+    /// The grant rule holds it back ([`table::Withheld`]).
+    #[error("{me} withholds a lease from {node}: {why}")]
+    Withheld {
+        /// This node.
+        me: String,
+        /// The node that asked.
+        node: String,
+        /// Why.
+        why: table::Withheld,
+    },
+}
+
 /// Grant (or refuse) a lease to `node` on this node, which must lead with a fresh quorum. The
 /// grant names this leader's last log index, or a later one the grant rule asks for (see
 /// [`LeaseTable`]).
-pub fn grant(s: &Shared, node: &str) -> Result<LeaseGrant, String> {
+pub fn grant(s: &Shared, node: &str) -> Result<LeaseGrant, GrantRefused> {
     let metrics = s.raft.metrics().borrow().clone();
+    let me = || s.me.clone();
     let Some(leading) = s.leading(&metrics) else {
-        return Err(format!("{} is not the leader", s.me));
+        return Err(GrantRefused::NotLeader { me: me() });
     };
     let now = crate::clock::now();
-    let age = leading.confirmed_ms;
-    if !s.leases.timings.may_grant(age) {
-        return Err(format!(
-            "{} has no fresh quorum (leadership last confirmed {age:?} ms ago)",
-            s.me
-        ));
+    let age_ms = leading.confirmed_ms;
+    if !s.leases.timings.may_grant(age_ms) {
+        return Err(GrantRefused::NoFreshQuorum { me: me(), age_ms });
     }
     let mut table = crate::lock(&s.leases.table);
     let log_index = table
@@ -84,7 +112,11 @@ pub fn grant(s: &Shared, node: &str) -> Result<LeaseGrant, String> {
             metrics.last_log_index.unwrap_or(0),
             &s.leases.timings,
         )
-        .map_err(|w| format!("{} withholds a lease from {node}: {w}", s.me))?;
+        .map_err(|why| GrantRefused::Withheld {
+            me: me(),
+            node: node.to_string(),
+            why,
+        })?;
     Ok(LeaseGrant {
         lease_ms: s.leases.timings.lease.as_millis() as u64,
         leader: s.me.clone(),
@@ -109,7 +141,7 @@ pub async fn renew_loop(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         let granted = match leader.map(|(id, m)| (id, m.addr, m.name)) {
             _ if drilled => Err("failover drill: playing a failed node".to_string()),
             None => Err("no leader known".to_string()),
-            Some((leader, _, _)) if leader == s.id => grant(&s, &s.me),
+            Some((leader, _, _)) if leader == s.id => grant(&s, &s.me).map_err(|e| e.to_string()),
             Some((_, addr, name)) => {
                 let c = match &client {
                     Some(c) if c.addr() == addr => c.clone(),
