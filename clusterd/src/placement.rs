@@ -62,9 +62,12 @@ pub async fn run(s: Arc<Shared>, policy: Policy, mut stop: watch::Receiver<bool>
             members.stood_down();
             continue;
         };
+        // Elected: the quiet period counts from now (or from the first lease request this
+        // leader answered, if that came first), before any record is written.
+        crate::lock(&s.leases.table).reset_for(leading.term, crate::clock::now());
         records.keep(&s, &metrics).await;
         members.watch(&s, leading);
-        place(&s, &policy, &metrics, leading).await;
+        place(&s, &policy, leading).await;
     }
 }
 
@@ -209,17 +212,12 @@ fn member_contact(s: &Shared, state: &crate::model::State) -> BTreeMap<String, C
 
 /// One placement round of the leader of `leading.term`: compute liveness from the lease table,
 /// gate it through fencing, and write the planner's commands, stamped with the term.
-async fn place(s: &Arc<Shared>, policy: &Policy, metrics: &Metrics, leading: Leading) {
+async fn place(s: &Arc<Shared>, policy: &Policy, leading: Leading) {
     let now = crate::clock::now();
-    // Elected: the quiet period counts from now (or from the first lease request this
-    // leader answered, if that came first). Plan nothing, not even first placements, until
-    // every live node has had time to renew with this leader: otherwise an address could be
-    // placed away from a home that simply had not renewed yet.
-    let quiet = {
-        let mut table = crate::lock(&s.leases.table);
-        table.reset_for(metrics.current_term, now);
-        table.quiet(now, &s.leases.timings)
-    };
+    // Plan nothing, not even first placements, during the quiet period after the election
+    // ([`run`] started it): until every live node has had time to renew with this leader, an
+    // address could be placed away from a home that simply had not renewed yet.
+    let quiet = crate::lock(&s.leases.table).quiet(now, &s.leases.timings);
     if quiet || !s.leases.timings.may_grant(leading.confirmed_ms) {
         return;
     }
