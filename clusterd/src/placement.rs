@@ -172,7 +172,8 @@ impl Members {
         if !leading.confirmed_within(s.quorum_lost_after) {
             return;
         }
-        let contact = member_contact(s, &s.replica.borrow().state);
+        let replica = s.replica.borrow().clone();
+        let contact = member_contact(s, &replica.state);
         let now_ms = crate::clock::unix_ms();
         let changes = self.watch.observe(
             leading.term,
