@@ -324,8 +324,7 @@ async fn place(s: &Arc<Shared>, policy: &Policy, leading: Leading) {
         // without knowing of this plan), nothing more of it is written.
         let now_metrics = s.raft.metrics().borrow().clone();
         let still = crate::lock(&s.leases.table).term() == Some(term)
-            && now_metrics.current_term == term
-            && s.leads(&now_metrics);
+            && s.leading(&now_metrics).is_some_and(|l| l.term == term);
         if !still && !failed {
             warn!(
                 term,

@@ -98,10 +98,14 @@ fn reason() -> impl Strategy<Value = MoveReason> {
     ])
 }
 
-/// The term a leader's decision was stamped with, from the same small domain as the terms of
-/// log entries (or none, as an operator's tool writes it).
-fn decided_term() -> impl Strategy<Value = Option<u64>> {
-    prop::option::of(1u64..4)
+/// The fields of a leader's decision (`Assign`, `StartHandoff`): address, target, epoch, reason,
+/// time, and the term it was stamped with, from the same small domain as the terms of log
+/// entries (or none, as entries of earlier builds carry).
+fn decision(
+    t: std::ops::Range<u64>,
+    epoch: std::ops::Range<u64>,
+) -> impl Strategy<Value = (String, String, u64, MoveReason, u64, Option<u64>)> {
+    (ip(), name(), epoch, reason(), t, prop::option::of(1u64..4))
 }
 
 /// Any command a log may hold, with fields from small domains so that they collide.
@@ -126,40 +130,26 @@ fn command() -> impl Strategy<Value = Command> {
             by: "mx1".into(),
             at_ms,
         }),
-        (
-            ip(),
-            name(),
-            epoch.clone(),
-            reason(),
-            t.clone(),
-            decided_term()
-        )
-            .prop_map(|(ip, to, epoch, reason, at_ms, term)| Command::Assign {
+        decision(t.clone(), epoch.clone()).prop_map(|(ip, to, epoch, reason, at_ms, term)| {
+            Command::Assign {
                 ip,
                 to,
                 epoch,
                 reason,
                 at_ms,
                 term,
-            }),
-        (
-            ip(),
-            name(),
-            epoch.clone(),
-            reason(),
-            t.clone(),
-            decided_term()
-        )
-            .prop_map(
-                |(ip, to, epoch, reason, at_ms, term)| Command::StartHandoff {
-                    ip,
-                    to,
-                    epoch,
-                    reason,
-                    at_ms,
-                    term,
-                }
-            ),
+            }
+        }),
+        decision(t.clone(), epoch.clone()).prop_map(|(ip, to, epoch, reason, at_ms, term)| {
+            Command::StartHandoff {
+                ip,
+                to,
+                epoch,
+                reason,
+                at_ms,
+                term,
+            }
+        }),
         (ip(), epoch.clone(), t.clone()).prop_map(|(ip, epoch, at_ms)| Command::CancelHandoff {
             ip,
             epoch,
