@@ -68,6 +68,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "vip::linux",
             "vip::mem",
             "vip::packet",
+            "vip::sockets",
             "wire",
         ],
     ),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use clusterd::model::{EventKind, Health, MoveReason};
-use clusterd::status::StatusReport;
+use clusterd::status::{ServiceReport, StatusReport};
 use clusterd_tests::lab::testing::TestLab;
 use clusterd_tests::monitor::Monitors;
 use clusterd_tests::probe::{imap_session, pop3_session, smtp_send};
@@ -263,8 +263,97 @@ fn postfix_stopped_moves_the_address_and_mail_sent_to_it_is_read_on_the_new_owne
 }
 
 #[test]
-fn a_black_holed_imap_port_is_critical_after_fall_times_interval_and_the_address_moves()
--> Result<()> {
+fn a_crashed_dovecot_is_seen_by_the_listener_watch_and_critical_on_one_refusal() -> Result<()> {
+    // fall = 3, probes 2 s apart, and a "fast" re-probe as slow as that: a failure that is not
+    // decisive would need three probes, at least 4 s, before imap counted as critical.
+    let mut lab = TestLab::up(LabSpec {
+        imap_check_extra: "interval = \"2s\"\nfast_interval = \"2s\"\nfall = 3\n".into(),
+        ..spec()
+    })?;
+    wait_all_passing(&lab)?;
+    let monitors = Monitors::start(&lab)?;
+    let crashed_at = clusterd::clock::unix_ms();
+    lab.fault("mx1", Fault::ServiceCrash(Service::Dovecot))?;
+    wait("mx2 greets on .101", Duration::from_secs(15), || {
+        (lab.imap_greeter(IpAddr::V4(FLOATING_MX1)).as_deref() == Some("mx2")).then_some(())
+    })?;
+    let r = status(&lab, "mx2")?;
+    mx1_imap_critical(&r, "Connection refused")?;
+    let critical_at = r
+        .events
+        .iter()
+        .find_map(|e| match &e.kind {
+            EventKind::HealthChanged {
+                node,
+                check,
+                to: Health::Critical,
+                ..
+            } if node == "mx1" && check == "imap" => Some(e.at_ms),
+            _ => None,
+        })
+        .context("mx1 imap's critical transition in the history")?;
+    eprintln!(
+        "dovecot crashed on mx1; imap critical after {} ms",
+        critical_at.saturating_sub(crashed_at)
+    );
+    ensure!(
+        critical_at < crashed_at + 2000,
+        "imap became critical {} ms after the crash: three failures were counted, so the \
+         refusal was not decisive",
+        critical_at.saturating_sub(crashed_at)
+    );
+    // The listener watch started that probe.
+    let log = without_colours(
+        &std::fs::read_to_string(lab.node("mx1")?.dir.join("clusterd.log"))
+            .context("mx1's clusterd log")?,
+    );
+    ensure!(
+        log.lines()
+            .any(|l| l.contains("checked port changed; probing now")
+                && l.contains("check=imap")
+                && l.contains("listening=false")),
+        "the listener watch never woke the imap check on mx1"
+    );
+    monitors.finish()?;
+    Ok(())
+}
+
+/// mx1's imap as `r` shows it; an error unless it is critical for a reason containing `why`.
+fn mx1_imap_critical<'a>(r: &'a StatusReport, why: &str) -> Result<&'a ServiceReport> {
+    let imap = r
+        .health
+        .iter()
+        .find(|h| h.node == "mx1" && h.check == "imap")
+        .context("mx1 imap in status")?;
+    ensure!(imap.state == Health::Critical, "mx1 imap is {}", imap.state);
+    ensure!(
+        imap.reason.contains(why),
+        "mx1 imap should be critical for \"{why}\", got: {}",
+        imap.reason
+    );
+    Ok(imap)
+}
+
+/// A log with its terminal colour sequences (`ESC [ ... m`) removed.
+fn without_colours(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_black_holed_imap_port_is_critical_after_fall_timeouts_and_the_address_moves() -> Result<()> {
     let mut lab = TestLab::up(spec())?;
     wait_all_passing(&lab)?;
     let monitors = Monitors::start(&lab)?;
@@ -278,19 +367,9 @@ fn a_black_holed_imap_port_is_critical_after_fall_times_interval_and_the_address
         blocked.elapsed()
     );
     let r = status(&lab, "mx2")?;
-    let imap = r
-        .health
-        .iter()
-        .find(|h| h.node == "mx1" && h.check == "imap")
-        .context("mx1 imap in status")?;
-    ensure!(imap.state == Health::Critical, "mx1 imap is {}", imap.state);
-    ensure!(
-        imap.reason.contains("no answer within"),
-        "a hanging port should time out, got: {}",
-        imap.reason
-    );
-    // With the default 1 s interval and timeout and fall 2, the hang is noticed after two
-    // probes that each waited their full timeout.
+    let imap = mx1_imap_critical(&r, "no answer within")?;
+    // With the default 1 s timeout and fall 2, the hang is noticed after two probes that each
+    // waited their full timeout (the second one right after the first: fast_interval).
     ensure!(
         imap.latency_ms.is_some_and(|ms| ms >= 1000),
         "the deciding probe waited {:?}",

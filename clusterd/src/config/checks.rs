@@ -20,6 +20,18 @@ pub struct CheckConfig {
     /// How long one probe may take before it counts as failed. At most `interval`. Default "1s".
     #[serde(default = "default_check_timeout")]
     pub timeout: Millis,
+    /// Time between two probes while the check is changing state: after a failure while the
+    /// service is up, or a pass while it is down (HAProxy's `fastinter`). A first failure is
+    /// confirmed or cleared this soon, without probing more often while all is well. At most
+    /// `interval`. Default "100ms".
+    #[serde(default = "default_check_fast_interval")]
+    pub fast_interval: Millis,
+    /// Watch the kernel's listening sockets (netlink sock_diag, every 100 ms, no packet to the
+    /// service) and probe at once when the checked port stops or starts listening, so a stopped
+    /// service is seen within a tenth of a second. The probe still decides; a refused
+    /// connection is decisive. Ignored for exec checks. Default true.
+    #[serde(default = "default_true")]
+    pub watch_listener: bool,
     /// Consecutive passes before a failing service counts as healthy again. At least 1. Default 2.
     #[serde(default = "default_rise_fall")]
     pub rise: u32,
@@ -80,6 +92,8 @@ impl CheckConfig {
             port: None,
             interval: default_check_interval(),
             timeout: default_check_timeout(),
+            fast_interval: default_check_fast_interval(),
+            watch_listener: true,
             rise: default_rise_fall(),
             fall: default_rise_fall(),
             starttls: false,
@@ -254,7 +268,11 @@ impl Config {
                 _ => {}
             }
             let mut durations_ok = true;
-            for (key, d) in [("interval", c.interval), ("timeout", c.timeout)] {
+            for (key, d) in [
+                ("interval", c.interval),
+                ("timeout", c.timeout),
+                ("fast_interval", c.fast_interval),
+            ] {
                 if d.get().is_zero() {
                     durations_ok = false;
                     v.push(
@@ -270,6 +288,17 @@ impl Config {
                         "timeout ({}) is longer than interval ({}), so probes would overlap; \
                          make timeout at most interval, e.g. timeout = \"{}\"",
                         c.timeout, c.interval, c.interval
+                    ),
+                );
+            }
+            if durations_ok && c.fast_interval > c.interval {
+                v.push(
+                    format!("{f}.fast_interval"),
+                    format!(
+                        "fast_interval ({}) is longer than interval ({}); it is the quicker \
+                         pace while a check changes state, so make it at most interval \
+                         (default \"100ms\")",
+                        c.fast_interval, c.interval
                     ),
                 );
             }
@@ -641,6 +670,26 @@ mod tests {
         let mut i = check(CheckKind::Imap);
         i.timeout = Millis::from_millis(0);
         assert_refused(&with_check("imap", i), "checks.imap.timeout", "positive");
+        let mut i = check(CheckKind::Imap);
+        i.fast_interval = Millis::from_millis(0);
+        assert_refused(
+            &with_check("imap", i),
+            "checks.imap.fast_interval",
+            "positive",
+        );
+    }
+
+    #[test]
+    fn fast_interval_one_past_interval_refused() {
+        let mut i = check(CheckKind::Imap);
+        i.fast_interval = i.interval;
+        assert!(with_check("imap", i.clone()).validate().is_ok());
+        i.fast_interval = Millis::from_millis(i.interval.get().as_millis() as u64 + 1);
+        assert_refused(
+            &with_check("imap", i),
+            "checks.imap.fast_interval",
+            "at most interval",
+        );
     }
 
     #[test]

@@ -25,6 +25,10 @@ pub(super) fn default_check_interval() -> Millis {
     Millis::from_millis(1000)
 }
 
+pub(super) fn default_check_fast_interval() -> Millis {
+    Millis::from_millis(100)
+}
+
 pub(super) fn default_check_timeout() -> Millis {
     Millis::from_millis(1000)
 }

@@ -162,7 +162,11 @@ impl Probe {
             }
             Ok(Err(reason)) => {
                 return ProbeResult {
-                    outcome: Outcome::Critical(reason.to_string()),
+                    outcome: if reason.is_refused() {
+                        Outcome::Refused(reason.to_string())
+                    } else {
+                        Outcome::Critical(reason.to_string())
+                    },
                     latency,
                 };
             }
@@ -214,7 +218,7 @@ impl Probe {
                     warning: Some(w),
                     ..Core::default()
                 }),
-                Outcome::Critical(c) => Err(ProbeError::Protocol(c)),
+                Outcome::Critical(c) | Outcome::Refused(c) => Err(ProbeError::Protocol(c)),
             };
         }
         let addr = self

@@ -204,12 +204,16 @@ async fn a_port_that_hangs_is_critical_after_the_timeout_and_says_where_it_hung(
 }
 
 #[tokio::test]
-async fn a_closed_port_is_critical() {
+async fn a_closed_port_is_refused_which_is_decisive() {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     drop(l);
     let o = run(&check(CheckKind::Tcp, port)).await;
-    assert!(is_critical(&o, "connect to 127.0.0.1"), "{o:?}");
+    assert!(
+        matches!(&o, Outcome::Refused(r) if r.starts_with("connect to 127.0.0.1")
+            && r.contains("refused")),
+        "{o:?}"
+    );
 }
 
 #[tokio::test]

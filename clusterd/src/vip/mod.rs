@@ -26,6 +26,7 @@ pub mod cleanup;
 pub mod linux;
 pub mod mem;
 pub mod packet;
+pub mod sockets;
 
 /// A kernel operation failed.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -164,6 +164,11 @@ enum FaultCmd {
         /// dovecot or postfix.
         service: String,
     },
+    /// Crash dovecot or postfix (SIGKILL of its master process).
+    ServiceCrash {
+        /// dovecot or postfix.
+        service: String,
+    },
     /// Start dovecot or postfix again.
     ServiceStart {
         /// dovecot or postfix.
@@ -306,6 +311,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 FaultCmd::Unstarve => Fault::Unstarve,
                 FaultCmd::ServiceStop { service } => {
                     Fault::ServiceStop(service.parse::<Service>()?)
+                }
+                FaultCmd::ServiceCrash { service } => {
+                    Fault::ServiceCrash(service.parse::<Service>()?)
                 }
                 FaultCmd::ServiceStart { service } => {
                     Fault::ServiceStart(service.parse::<Service>()?)

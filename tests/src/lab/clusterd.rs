@@ -148,6 +148,9 @@ pub fn config_toml(state: &LabState, node: &NodeState) -> String {
         "password_file = {}",
         q(&probe_password_path(node).to_string_lossy())
     );
+    if !state.imap_check_extra.is_empty() {
+        let _ = writeln!(t, "{}", state.imap_check_extra.trim_end());
+    }
     let _ = writeln!(t, "\n[checks.pop3]\nkind = \"pop3\"");
     let _ = writeln!(t, "\n[checks.smtp]\nkind = \"smtp\"");
     let _ = writeln!(t, "queue_threshold = {LAB_QUEUE_THRESHOLD}");

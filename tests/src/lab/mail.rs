@@ -249,6 +249,14 @@ pub fn start_postfix(node: &NodeState) -> Result<()> {
 }
 
 /// Stop the node's postfix and wait (bounded) until its master is gone.
+/// Crash the node's postfix: SIGKILL of its master; its daemons exit by themselves.
+pub fn crash_postfix(node: &NodeState) -> Result<()> {
+    match postfix_pid(node) {
+        Some(master) => master.crash(Duration::from_secs(2)),
+        None => Ok(()),
+    }
+}
+
 pub fn stop_postfix(node: &NodeState) -> Result<()> {
     let Some(master) = postfix_pid(node) else {
         return Ok(());

@@ -74,6 +74,9 @@ pub struct LabSpec {
     /// address when none passes). `Some(false)` makes every answer a claim that its
     /// addresses are served, which the chaos campaign checks.
     pub dns_fail_open: Option<bool>,
+    /// TOML lines added to every mail node's `[checks.imap]`, e.g. `fall = 3`; empty for the
+    /// defaults.
+    pub imap_check_extra: String,
 }
 
 impl Default for LabSpec {
@@ -92,6 +95,7 @@ impl Default for LabSpec {
             ipv6_floating: false,
             placement: None,
             dns_fail_open: None,
+            imap_check_extra: String::new(),
         }
     }
 }
@@ -137,8 +141,11 @@ pub enum Fault {
     Starve,
     /// End the starvation: the busy loops are killed, the daemon is scheduled normally again.
     Unstarve,
-    /// Stop dovecot or postfix on the node.
+    /// Stop dovecot or postfix on the node (SIGTERM: the service shuts down in its own way).
     ServiceStop(Service),
+    /// Crash dovecot or postfix: SIGKILL of its master process alone; its workers exit by
+    /// themselves (any left after 2 s are killed too).
+    ServiceCrash(Service),
     /// Start it again.
     ServiceStart(Service),
     /// Silently drop incoming TCP to this port inside the node (from the client, the peers and
@@ -566,6 +573,13 @@ impl Lab {
                 }
                 self.state.node_mut(name)?.dovecot = None;
             }
+            Fault::ServiceCrash(Service::Dovecot) => {
+                if let Some(p) = node.dovecot {
+                    p.crash(Duration::from_secs(2))?;
+                }
+                self.state.node_mut(name)?.dovecot = None;
+            }
+            Fault::ServiceCrash(Service::Postfix) => mail::crash_postfix(&node)?,
             Fault::ServiceStart(Service::Dovecot) => {
                 if node.dovecot.is_some_and(|p| p.alive()) {
                     return Ok(());
@@ -911,6 +925,7 @@ pub(crate) fn plan(
         floating: floating.into_iter().chain(floating6).collect(),
         placement: spec.placement,
         dns_fail_open: spec.dns_fail_open,
+        imap_check_extra: spec.imap_check_extra.clone(),
         netns_inodes: Vec::new(),
         clusterd_bin,
         clusterctl_bin,

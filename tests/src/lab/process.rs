@@ -121,6 +121,30 @@ impl ProcId {
         found.into_iter().skip(1).filter_map(ProcId::of).collect()
     }
 
+    /// A crash: SIGKILL this process alone, give its children `grace` to notice and exit by
+    /// themselves (as a service's workers do when their master dies), then SIGKILL whichever
+    /// are left, so no orphan keeps a listening socket open.
+    pub fn crash(&self, grace: Duration) -> Result<()> {
+        let tree = self.descendants();
+        self.signal(Signal::SIGKILL)?;
+        wait_until(grace, Duration::from_millis(10), || {
+            !self.alive() && tree.iter().all(|p| !p.alive())
+        });
+        for p in &tree {
+            p.signal(Signal::SIGKILL)?;
+        }
+        if wait_until(Duration::from_secs(5), Duration::from_millis(10), || {
+            !self.alive() && tree.iter().all(|p| !p.alive())
+        }) {
+            Ok(())
+        } else {
+            Err(LabError::Timeout {
+                what: format!("pid {} and its children to exit", self.pid),
+                after: grace + Duration::from_secs(5),
+            })
+        }
+    }
+
     /// SIGTERM, give the process `grace` to end (with its children), then SIGKILL it and every
     /// descendant still there, so no orphan keeps a listening socket open.
     pub fn terminate_tree(&self, grace: Duration) -> Result<()> {

@@ -182,6 +182,9 @@ pub struct LabState {
     /// `[dns] fail_open` of every mail node (`None`: clusterd's default, fail open).
     #[serde(default)]
     pub dns_fail_open: Option<bool>,
+    /// TOML lines added to every mail node's `[checks.imap]` (empty: the defaults).
+    #[serde(default)]
+    pub imap_check_extra: String,
     /// Inodes of the lab's namespaces, to find processes still inside them after teardown.
     #[serde(default)]
     pub netns_inodes: Vec<u64>,
