@@ -315,20 +315,45 @@ async fn raft_append(
     State(s): State<Arc<Shared>>,
     Json(req): Json<AppendEntriesRequest<TypeConfig>>,
 ) -> Json<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>> {
+    let term = req.vote.leader_id().term;
+    // Held until the contact is noted, so a vote's answer never misses this heartbeat.
+    let _gate = s.leases.contact_gate.read().await;
     let res = s.raft.append_entries(req).await;
     if let Ok(r) = &res
         && !matches!(r, AppendEntriesResponse::HigherVote(_))
     {
-        s.note_leader_contact();
+        s.note_leader_contact(term);
     }
     Json(res)
 }
 
-async fn raft_vote(
-    State(s): State<Arc<Shared>>,
-    Json(req): Json<VoteRequest<NodeId>>,
-) -> impl IntoResponse {
-    Json(s.raft.vote(req).await)
+/// A vote; a granted one carries this node's last contact with a leader of an earlier term
+/// ([`crate::wire::HEADER_CONTACT`], `clusterd_lease::handover`), read once no heartbeat
+/// accepted before the vote is still on its way to being noted.
+async fn raft_vote(State(s): State<Arc<Shared>>, Json(req): Json<VoteRequest<NodeId>>) -> Response {
+    let term = req.vote.leader_id().term;
+    let res = s.raft.vote(req).await;
+    let granted = res
+        .as_ref()
+        .is_ok_and(|v| v.vote_granted && v.vote.leader_id().term == term);
+    let contact = if granted {
+        let _gate = s.leases.contact_gate.write().await;
+        let now = crate::clock::now();
+        let last = crate::lock(&s.leases.contacts).latest_before(term, now);
+        Some(crate::raft::network::contact_header(
+            term,
+            now.saturating_duration_since(last),
+        ))
+    } else {
+        None
+    };
+    let mut response = Json(res).into_response();
+    if let Some(value) = contact.and_then(|c| axum::http::HeaderValue::from_str(&c).ok()) {
+        response
+            .headers_mut()
+            .insert(crate::wire::HEADER_CONTACT, value);
+    }
+    response
 }
 
 async fn raft_prevote(
@@ -349,9 +374,11 @@ async fn raft_snapshot(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
         Err(why) => return ApiError::new(StatusCode::BAD_REQUEST, why).into_response(),
     };
     drop(body);
+    let term = req.vote.leader_id().term;
+    let _gate = s.leases.contact_gate.read().await;
     let res = s.raft.install_snapshot(req).await;
     if res.is_ok() {
-        s.note_leader_contact();
+        s.note_leader_contact(term);
     }
     Json(res).into_response()
 }

@@ -207,6 +207,8 @@ pub async fn run_at<N: crate::vip::NetOps>(
     shutdown: impl Future<Output = ()> + Send + 'static,
     net: Option<Arc<N>>,
 ) -> Result<(), RunError> {
+    // Before Raft runs: whatever this node acknowledged in an earlier life was before this.
+    let started = crate::clock::now();
     let key = ClusterKey::load(&config.node.key_file)?;
     // A fence secret open to others is refused when a fence reads it; say so now, not at the
     // first fence.
@@ -250,13 +252,17 @@ pub async fn run_at<N: crate::vip::NetOps>(
             .into(),
         Endpoint::Sim { wire, .. } => crate::wire::Http::Sim(wire.clone()),
     };
+    let votes = Arc::new(std::sync::Mutex::new(
+        crate::lease::table::VoteAnswers::default(),
+    ));
     let network = Network::new(
         id,
         key.clone(),
         peers.clone(),
         Duration::from_millis(raft_cfg.heartbeat_interval * 4),
         http.clone(),
-    );
+    )
+    .with_vote_answers(votes.clone(), lease_timings.drift_ppm);
     let raft = Raft::new(id, Arc::new(raft_cfg), network, log_store, state_machine)
         .await
         .map_err(|e| RunError::Raft(e.to_string()))?;
@@ -277,7 +283,7 @@ pub async fn run_at<N: crate::vip::NetOps>(
         loops: Default::default(),
         reachable_within,
         quorum_lost_after,
-        leases: crate::lease::table::Leases::new(lease_timings),
+        leases: crate::lease::table::Leases::new(lease_timings, started, votes),
         probes: crate::health::view::LocalView::default(),
         fencing: crate::fence::agents::Fencing::from_config(&config_for_fencing),
         hooks: crate::hooks::queue::Hooks::new(&me, &config_for_fencing.hooks),

@@ -73,9 +73,12 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Shared {
-    /// Record that the leader just reached this node.
-    pub fn note_leader_contact(&self) {
-        *crate::lock(&self.leader_contact.0) = Some(crate::clock::now());
+    /// Record that the leader of `term` just reached this node (and so that this node
+    /// acknowledged it, which a vote it grants later reports).
+    pub fn note_leader_contact(&self, term: u64) {
+        let now = crate::clock::now();
+        *crate::lock(&self.leader_contact.0) = Some(now);
+        crate::lock(&self.leases.contacts).heard(term, now);
     }
 
     /// A signed client for the node `name` at `addr`, over the daemon's one HTTP client.

@@ -65,10 +65,52 @@ pub async fn run(s: Arc<Shared>, policy: Policy, mut stop: watch::Receiver<bool>
         // Elected: the quiet period counts from now (or from the first lease request this
         // leader answered, if that came first), before any record is written.
         crate::lock(&s.leases.table).reset_for(leading.term, crate::clock::now());
+        if crate::lock(&s.leases.table).wants_voters_contact(leading.term) {
+            let contact = voters_contact(&s, leading.term, &metrics).await;
+            let mut table = crate::lock(&s.leases.table);
+            table.set_voters_contact(leading.term, contact);
+            let now = crate::clock::now();
+            let left = |q: Option<Instant>| {
+                q.map_or(0, |q| q.saturating_duration_since(now).as_millis() as u64)
+            };
+            let quiet = left(table.quiet_until(&s.leases.timings));
+            drop(table);
+            match contact {
+                Some(c) => info!(
+                    term = leading.term,
+                    quiet_ms = quiet,
+                    voters_last_heard_earlier_leader_ms_ago =
+                        now.saturating_duration_since(c).as_millis() as u64,
+                    "elected; reassigning nothing until the earlier leader's grants are over"
+                ),
+                None => info!(
+                    term = leading.term,
+                    quiet_ms = quiet,
+                    "elected; the voters' answers cover no quorum, so reassigning nothing for a \
+                     whole quiet period"
+                ),
+            }
+        }
         records.keep(&s, &metrics).await;
         members.watch(&s, leading);
         place(&s, &policy, leading).await;
     }
+}
+
+/// When a quorum of this term's voters last heard a leader of an earlier term, at the latest
+/// (`clusterd_lease::handover`): the answers that came with their votes, and this node's own
+/// contacts (read once no heartbeat accepted before is still being noted).
+async fn voters_contact(s: &Shared, term: u64, m: &Metrics) -> Option<Instant> {
+    let own = {
+        let _gate = s.leases.contact_gate.write().await;
+        crate::lock(&s.leases.contacts).latest_before(term, crate::clock::now())
+    };
+    let mut answers = crate::lock(&s.leases.votes).of_term(term);
+    answers.insert(s.id, own);
+    clusterd_lease::quorum_contact(
+        &answers,
+        m.membership_config.membership().get_joint_config(),
+    )
 }
 
 /// What the leader records of its leadership, and when it may try again after a failure.

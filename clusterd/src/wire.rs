@@ -40,7 +40,15 @@ pub struct WireAnswer {
     pub node: Option<String>,
     /// The whole body.
     pub body: Vec<u8>,
+    /// With a granted vote: the voter's last contact with an earlier leader
+    /// ([`HEADER_CONTACT`]), if it gave it.
+    pub contact: Option<String>,
 }
+
+/// Response header of a granted vote: `TERM SINCE_MS`, the voter's time since it last
+/// acknowledged a leader of a term before TERM (`clusterd_lease::handover`). Earlier builds
+/// neither send nor read it.
+pub const HEADER_CONTACT: &str = "x-clusterd-contact";
 
 /// Why no answer came.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,11 +126,14 @@ async fn send_http(client: &reqwest::Client, req: WireRequest) -> Result<WireAns
         }
     })?;
     let status = resp.status().as_u16();
-    let node = resp
-        .headers()
-        .get(auth::HEADER_NODE)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let node = header(auth::HEADER_NODE);
+    let contact = header(HEADER_CONTACT);
     let body = clusterd_fencing::agent::read_whole(resp, req.max_answer)
         .await
         .map_err(|end| {
@@ -132,5 +143,10 @@ async fn send_http(client: &reqwest::Client, req: WireRequest) -> Result<WireAns
                 _ => WireError::TooLong(reason),
             }
         })?;
-    Ok(WireAnswer { status, node, body })
+    Ok(WireAnswer {
+        status,
+        node,
+        body,
+        contact,
+    })
 }

@@ -256,11 +256,19 @@ impl Net {
             .insert(axum::extract::ConnectInfo(from_addr));
         let Ok(response) = router.oneshot(request).await;
         let status = response.status().as_u16();
-        let node = response
-            .headers()
-            .get(auth::HEADER_NODE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        let (node, contact) = {
+            let header = |name: &str| {
+                response
+                    .headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            };
+            (
+                header(auth::HEADER_NODE),
+                header(clusterd::wire::HEADER_CONTACT),
+            )
+        };
         let body = axum::body::to_bytes(response.into_body(), req.max_answer).await;
         let (lost, back) = {
             let mut st = lock(&self.state);
@@ -296,6 +304,7 @@ impl Net {
                     status,
                     node,
                     body: b.to_vec(),
+                    contact,
                 })
                 .map_err(|e| WireError::TooLong(e.to_string()));
             let _ = tx.send(answer);

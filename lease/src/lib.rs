@@ -7,7 +7,9 @@
 //! (`clusterd::lease`), the fence agents that do the IO live in `clusterd-fencing`.
 
 pub mod gate;
+pub mod handover;
 pub mod timings;
 
 pub use gate::{Backoff, FenceGate, GateDecision};
+pub use handover::{Contacts, contact_at, quorum_contact};
 pub use timings::{GUARD_WRITE_WINDOW, Guard, LeaseTimings, TimingProblem, guard_kernel_timeout};

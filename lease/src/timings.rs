@@ -22,7 +22,8 @@
 //!   only while a quorum acknowledged it within `quorum_fresh`, and one of that quorum voted for
 //!   the new leader, so every old grant was made before `elected + quorum_fresh` and the new
 //!   leader waits `quorum_fresh + takeover_delay` before reassigning anything
-//!   ([`LeaseTimings::new_leader_quiet_until`]).
+//!   ([`LeaseTimings::new_leader_quiet_until`]), or less when its voters tell it when they last
+//!   heard an earlier leader ([`crate::handover`], [`LeaseTimings::quiet_after_contact`]).
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -111,7 +112,8 @@ pub struct TimingProblem {
     pub message: String,
 }
 
-fn scale(d: Duration, ppm_num: u64) -> Duration {
+/// `d * ppm_num / 1_000_000`, saturating.
+pub(crate) fn scale(d: Duration, ppm_num: u64) -> Duration {
     // d * ppm_num / 1_000_000 in nanoseconds, without overflow for any sane lease.
     let nanos = d.as_nanos() * u128::from(ppm_num) / 1_000_000;
     Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
@@ -173,6 +175,25 @@ impl LeaseTimings {
     /// A leader elected at `elected_at` reassigns nothing before this instant.
     pub fn new_leader_quiet_until(&self, elected_at: Instant) -> Instant {
         elected_at + self.quorum_fresh + self.takeover_delay()
+    }
+
+    /// A leader whose voters (a quorum of them) last heard an earlier leader at `contact` at
+    /// the latest ([`crate::handover::quorum_contact`]) reassigns nothing before this instant:
+    /// every old grant was made within `quorum_fresh` (stretched by drift) of that contact, and
+    /// its lease is over a takeover delay after the grant.
+    pub fn quiet_after_contact(&self, contact: Instant) -> Instant {
+        contact
+            + scale(self.quorum_fresh, 1_000_000 + u64::from(self.drift_ppm))
+            + self.takeover_delay()
+    }
+
+    /// When a new leader elected at `elected_at` may reassign: the end of its quiet period from
+    /// election, or sooner if its voters' answers bound the old grants (`contact`).
+    pub fn quiet_until(&self, elected_at: Instant, contact: Option<Instant>) -> Instant {
+        let from_election = self.new_leader_quiet_until(elected_at);
+        contact.map_or(from_election, |c| {
+            from_election.min(self.quiet_after_contact(c))
+        })
     }
 
     /// Whether a leader may grant or renew a lease now, given the time since a quorum last

@@ -44,6 +44,9 @@ pub async fn confirm_loop(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         if !current {
             pause = Duration::from_millis(5);
         }
+        // Noted before the check: a vote this node grants from now on says it may have
+        // granted until that moment (`clusterd_lease::Contacts::led`).
+        crate::lock(&s.leases.contacts).led(metrics.current_term);
         let asked = crate::clock::now();
         let confirmed =
             tokio::time::timeout(s.leases.timings.quorum_fresh, s.raft.get_read_log_id())

@@ -3,10 +3,10 @@
 //! confirmed its leadership. Clocks only: the arithmetic is `clusterd_lease::LeaseTimings`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use clusterd_lease::LeaseTimings;
+use clusterd_lease::{Contacts, LeaseTimings};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -64,6 +64,11 @@ struct Granted {
 pub struct LeaseTable {
     term: Option<u64>,
     elected_at: Option<Instant>,
+    /// When a quorum of this term's voters last heard an earlier leader, at the latest
+    /// (`clusterd_lease::handover`); `None` until known, or if their answers cover no quorum.
+    voters_contact: Option<Instant>,
+    /// Whether the voters' answers were already looked at in this term.
+    contact_asked: bool,
     grants: BTreeMap<String, Granted>,
     /// Nodes with a takeover decided in this term whose write has not come back yet.
     taking: BTreeSet<String>,
@@ -105,6 +110,8 @@ impl LeaseTable {
         if self.term != Some(term) {
             self.term = Some(term);
             self.elected_at = Some(now);
+            self.voters_contact = None;
+            self.contact_asked = false;
             self.grants.clear();
             self.taking.clear();
             self.unsettled.clear();
@@ -192,9 +199,25 @@ impl LeaseTable {
         self.quiet_until(timings).is_none_or(|q| now < q)
     }
 
-    /// When this leader's quiet period after election ends (`None` before an election).
+    /// When this leader's quiet period after election ends (`None` before an election): a
+    /// whole quiet period from election, or sooner when its voters bounded the old grants.
     pub fn quiet_until(&self, timings: &LeaseTimings) -> Option<Instant> {
-        self.elected_at.map(|e| timings.new_leader_quiet_until(e))
+        self.elected_at
+            .map(|e| timings.quiet_until(e, self.voters_contact))
+    }
+
+    /// Whether the voters' answers of `term` still need looking at (once per term).
+    pub fn wants_voters_contact(&self, term: u64) -> bool {
+        self.term == Some(term) && !self.contact_asked
+    }
+
+    /// The voters of `term` (a quorum of them) last heard an earlier leader at `contact` at the
+    /// latest (`None`: their answers cover no quorum). Ignored for another term.
+    pub fn set_voters_contact(&mut self, term: u64, contact: Option<Instant>) {
+        if self.term == Some(term) {
+            self.contact_asked = true;
+            self.voters_contact = contact;
+        }
     }
 
     /// This leader's last grant to `node` in the current term.
@@ -213,7 +236,7 @@ impl LeaseTable {
         let Some(elected_at) = self.elected_at else {
             return live;
         };
-        let quiet = now < timings.new_leader_quiet_until(elected_at);
+        let quiet = now < timings.quiet_until(elected_at, self.voters_contact);
         for node in nodes {
             match self.grants.get(node) {
                 Some(g) if now.duration_since(g.last) < timings.lease => {
@@ -233,6 +256,39 @@ impl LeaseTable {
     }
 }
 
+/// The contacts the voters of this node's latest candidacy sent with their votes: per voter,
+/// the latest instant (this node's clock, `clusterd_lease::contact_at`) it can have last
+/// acknowledged a leader of an earlier term. Only the latest term is kept.
+#[derive(Debug, Default)]
+pub struct VoteAnswers {
+    term: u64,
+    answers: BTreeMap<crate::model::NodeId, Instant>,
+}
+
+impl VoteAnswers {
+    /// `voter` granted its vote in `term` and last heard an earlier leader by `at`. A repeated
+    /// answer keeps the later instant.
+    pub fn record(&mut self, term: u64, voter: crate::model::NodeId, at: Instant) {
+        if term > self.term {
+            self.term = term;
+            self.answers.clear();
+        }
+        if term == self.term {
+            let e = self.answers.entry(voter).or_insert(at);
+            *e = (*e).max(at);
+        }
+    }
+
+    /// The answers of `term` (empty for any other).
+    pub fn of_term(&self, term: u64) -> BTreeMap<crate::model::NodeId, Instant> {
+        if term == self.term {
+            self.answers.clone()
+        } else {
+            BTreeMap::new()
+        }
+    }
+}
+
 /// Shared lease state of a node: the leader's table, and this node's own lease as a holder.
 #[derive(Debug)]
 pub struct Leases {
@@ -245,16 +301,28 @@ pub struct Leases {
     /// While leading: when the last leadership check that a quorum confirmed *began*, and in
     /// which term ([`confirm_loop`]).
     pub confirmed: Mutex<Option<(Instant, u64)>>,
+    /// This node's contacts with leaders, answered with every vote it grants.
+    pub contacts: Mutex<Contacts>,
+    /// Held (shared) from before a heartbeat is handed to Raft until its contact is noted, and
+    /// (exclusive) while a vote's answer is read: an answer never misses a heartbeat accepted
+    /// before the vote.
+    pub contact_gate: tokio::sync::RwLock<()>,
+    /// The answers that came with the votes for this node.
+    pub votes: Arc<Mutex<VoteAnswers>>,
 }
 
 impl Leases {
-    /// Leases with `timings`, nothing granted or held.
-    pub fn new(timings: LeaseTimings) -> Self {
+    /// Leases with `timings`, nothing granted or held, for a daemon started at `started`;
+    /// the network records vote answers in `votes`.
+    pub fn new(timings: LeaseTimings, started: Instant, votes: Arc<Mutex<VoteAnswers>>) -> Self {
         Leases {
             timings,
             table: Mutex::new(LeaseTable::default()),
             holder: watch::channel(None).0,
             confirmed: Mutex::new(None),
+            contacts: Mutex::new(Contacts::new(started)),
+            contact_gate: tokio::sync::RwLock::new(()),
+            votes,
         }
     }
 }
@@ -301,6 +369,63 @@ mod tests {
         let after = t0 + t().quorum_fresh + t().takeover_delay() + Duration::from_millis(1);
         let live = table.liveness(&nodes, after, &t());
         assert_eq!(live.expired.len(), 2);
+    }
+
+    #[test]
+    fn the_voters_contact_shortens_the_quiet_period_of_its_own_term_only() {
+        let ms = Duration::from_millis;
+        let mut table = LeaseTable::default();
+        let t0 = crate::clock::now() + ms(10_000);
+        let whole = t0 + t().quorum_fresh + t().takeover_delay();
+        table.reset_for(3, t0);
+        assert_eq!(table.quiet_until(&t()), Some(whole));
+        assert!(table.wants_voters_contact(3));
+        assert!(!table.wants_voters_contact(2));
+        // The voters last heard the old leader 300 ms before this election.
+        let contact = t0 - ms(300);
+        table.set_voters_contact(2, Some(contact));
+        assert_eq!(
+            table.quiet_until(&t()),
+            Some(whole),
+            "another term's answer is ignored"
+        );
+        table.set_voters_contact(3, Some(contact));
+        assert!(!table.wants_voters_contact(3), "looked at once per term");
+        let sooner = t().quiet_after_contact(contact);
+        assert!(sooner < whole);
+        assert_eq!(table.quiet_until(&t()), Some(sooner));
+        let nodes = names(&["mx1"]);
+        assert!(
+            table
+                .liveness(&nodes, sooner - ms(1), &t())
+                .expired
+                .is_empty()
+        );
+        assert_eq!(table.liveness(&nodes, sooner, &t()).expired.len(), 1);
+        // A contact after the election never lengthens the quiet period.
+        table.reset_for(4, t0);
+        table.set_voters_contact(4, Some(t0 + ms(5_000)));
+        assert_eq!(table.quiet_until(&t()), Some(whole));
+        // No quorum of answers: the whole quiet period.
+        table.reset_for(5, t0);
+        table.set_voters_contact(5, None);
+        assert_eq!(table.quiet_until(&t()), Some(whole));
+    }
+
+    #[test]
+    fn vote_answers_keep_the_latest_term_and_the_later_of_two_answers() {
+        let ms = Duration::from_millis;
+        let t0 = crate::clock::now();
+        let mut v = VoteAnswers::default();
+        v.record(3, 1, t0 + ms(10));
+        v.record(3, 1, t0 + ms(5));
+        v.record(3, 2, t0 + ms(20));
+        assert_eq!(v.of_term(3), [(1, t0 + ms(10)), (2, t0 + ms(20))].into());
+        v.record(2, 3, t0);
+        assert_eq!(v.of_term(2), BTreeMap::new(), "an older term is not kept");
+        v.record(4, 3, t0);
+        assert_eq!(v.of_term(3), BTreeMap::new());
+        assert_eq!(v.of_term(4), [(3, t0)].into());
     }
 
     #[test]

@@ -25,6 +25,7 @@ use serde::de::DeserializeOwned;
 
 use super::TypeConfig;
 use crate::auth::{self, ClusterKey};
+use crate::lease::table::VoteAnswers;
 use crate::model::{Member, NodeId};
 use crate::wire::{Http, WireError, WireRequest};
 
@@ -137,6 +138,8 @@ pub struct Network {
     budgets: HashMap<NodeId, Arc<Mutex<Batch>>>,
     peers: PeerTable,
     backoff: Duration,
+    votes: Arc<Mutex<VoteAnswers>>,
+    drift_ppm: u32,
 }
 
 /// How many bytes of entries one AppendEntries to a peer carries: openraft 0.9 gives an
@@ -208,7 +211,17 @@ impl Network {
             http,
             peers,
             backoff,
+            votes: Arc::default(),
+            drift_ppm: 0,
         }
+    }
+
+    /// Record the contacts that come with granted votes in `votes`, read back with the
+    /// cluster's clock drift bound (`clusterd_lease::contact_at`).
+    pub fn with_vote_answers(mut self, votes: Arc<Mutex<VoteAnswers>>, drift_ppm: u32) -> Self {
+        self.votes = votes;
+        self.drift_ppm = drift_ppm;
+        self
     }
 }
 
@@ -237,6 +250,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             key: self.key.clone(),
             peers: self.peers.clone(),
             backoff: self.backoff,
+            votes: self.votes.clone(),
+            drift_ppm: self.drift_ppm,
         }
     }
 }
@@ -252,6 +267,8 @@ pub struct PeerClient {
     key: ClusterKey,
     peers: PeerTable,
     backoff: Duration,
+    votes: Arc<Mutex<VoteAnswers>>,
+    drift_ppm: u32,
 }
 
 impl PeerClient {
@@ -294,6 +311,24 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        self.call_answer(action, path, body, content_type, option)
+            .await
+            .map(|(resp, _)| resp)
+    }
+
+    /// [`PeerClient::call_with`], also returning the answer's [`crate::wire::HEADER_CONTACT`].
+    async fn call_answer<Resp, E>(
+        &self,
+        action: RPCTypes,
+        path: &str,
+        body: Vec<u8>,
+        content_type: &'static str,
+        option: &RPCOption,
+    ) -> Result<(Resp, Option<String>), RPCError<NodeId, Member, E>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
         let result = self
             .call_inner(action, path, body, content_type, option)
             .await;
@@ -311,7 +346,7 @@ impl PeerClient {
         body: Vec<u8>,
         content_type: &'static str,
         option: &RPCOption,
-    ) -> Result<Resp, RPCError<NodeId, Member, E>>
+    ) -> Result<(Resp, Option<String>), RPCError<NodeId, Member, E>>
     where
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
@@ -362,7 +397,7 @@ impl PeerClient {
         let bytes = answer.body;
         let reply: Result<Resp, E> =
             serde_json::from_slice(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        reply.map_err(|e| {
+        reply.map(|r| (r, answer.contact)).map_err(|e| {
             RPCError::RemoteError(RemoteError::new_with_node(
                 self.target,
                 self.node.clone(),
@@ -432,7 +467,27 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        self.call(RPCTypes::Vote, paths::VOTE, &rpc, &option).await
+        let body =
+            serde_json::to_vec(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let (resp, contact): (VoteResponse<NodeId>, _) = self
+            .call_answer(
+                RPCTypes::Vote,
+                paths::VOTE,
+                body,
+                "application/json",
+                &option,
+            )
+            .await?;
+        let received = crate::clock::now();
+        let term = rpc.vote.leader_id().term;
+        if resp.vote_granted
+            && resp.vote.leader_id().term == term
+            && let Some(since) = contact.as_deref().and_then(|c| parse_contact(c, term))
+        {
+            let at = clusterd_lease::contact_at(received, since, self.drift_ppm);
+            lock(&self.votes).record(term, self.target, at);
+        }
+        Ok(resp)
     }
 
     fn backoff(&self) -> Backoff {
@@ -440,9 +495,41 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     }
 }
 
+/// The [`crate::wire::HEADER_CONTACT`] value a voter sends with a vote granted in `term`.
+pub fn contact_header(term: u64, since: Duration) -> String {
+    format!("{term} {}", since.as_millis())
+}
+
+/// The time since the voter's last contact with an earlier leader, from a
+/// [`crate::wire::HEADER_CONTACT`] value, if it is well formed and about `term`.
+pub fn parse_contact(value: &str, term: u64) -> Option<Duration> {
+    let (t, since) = value.split_once(' ')?;
+    (t.parse::<u64>().ok()? == term).then_some(())?;
+    since.parse::<u64>().ok().map(Duration::from_millis)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_contact_header_reads_back_only_for_its_own_term_and_when_well_formed() {
+        let h = contact_header(7, Duration::from_millis(1234));
+        assert_eq!(h, "7 1234");
+        assert_eq!(parse_contact(&h, 7), Some(Duration::from_millis(1234)));
+        assert_eq!(parse_contact(&h, 8), None);
+        for bad in [
+            "",
+            "7",
+            "7 ",
+            "x 5",
+            "7 -1",
+            "7 1.5",
+            "7 99999999999999999999",
+        ] {
+            assert_eq!(parse_contact(bad, 7), None, "{bad:?}");
+        }
+    }
 
     fn chunk(data: Vec<u8>) -> InstallSnapshotRequest<TypeConfig> {
         InstallSnapshotRequest {
