@@ -399,6 +399,10 @@ pub async fn run_at<N: crate::vip::NetOps>(
             LEASE_RENEWAL,
             crate::lease::renew_loop(shared.clone(), stop_rx.clone()),
         );
+        background.spawn(
+            "link watch",
+            crate::vip::watch_links(net.clone(), stop_rx.clone()),
+        );
         background.spawn_watched(
             loops,
             crate::systemd::loops::ADDRESSES,

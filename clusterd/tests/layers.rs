@@ -67,6 +67,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "vip::cleanup",
             "vip::linux",
             "vip::mem",
+            "vip::neigh",
             "vip::packet",
             "vip::sockets",
             "wire",

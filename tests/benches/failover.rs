@@ -23,7 +23,8 @@
 //! Run as root: `cargo build --release -p clusterd --bins && cargo bench -p clusterd-tests
 //! --bench failover`. `FAILOVER_ROUNDS` (default 20) sets the rounds per fault;
 //! `FAILOVER_ANCHOR=none` skips keepalived (`apt-get install -y keepalived` to have it);
-//! `FAILOVER_FAULTS` (default `kill,stop,partition,link,leader,move`) picks the fault kinds.
+//! `FAILOVER_FAULTS` (default `kill,stop,partition,deaf,mute,link,leader,move`) picks the fault
+//! kinds (`deaf`, `mute`: one-way partitions of the owner, it hears no peer / no peer hears it).
 //! Every process and namespace is the lab's and goes with it; every wait is bounded.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -60,6 +61,8 @@ enum Kind {
     Kill,
     Stop,
     Partition,
+    Deaf,
+    Mute,
     LinkDown,
     LeaderKill,
     Move,
@@ -67,17 +70,21 @@ enum Kind {
 
 impl Kind {
     /// The faults (everything but planned moves).
-    const UNPLANNED: [Kind; 5] = [
+    const UNPLANNED: [Kind; 7] = [
         Kind::Kill,
         Kind::Stop,
         Kind::Partition,
+        Kind::Deaf,
+        Kind::Mute,
         Kind::LinkDown,
         Kind::LeaderKill,
     ];
-    const ALL: [Kind; 6] = [
+    const ALL: [Kind; 8] = [
         Kind::Kill,
         Kind::Stop,
         Kind::Partition,
+        Kind::Deaf,
+        Kind::Mute,
         Kind::LinkDown,
         Kind::LeaderKill,
         Kind::Move,
@@ -88,6 +95,8 @@ impl Kind {
             Kind::Kill => "kill -9 of the owner's daemon",
             Kind::Stop => "SIGSTOP of the owner's daemon",
             Kind::Partition => "owner partitioned from the other nodes",
+            Kind::Deaf => "one-way: owner hears no peer, still sends",
+            Kind::Mute => "one-way: owner's sends lost, still hears",
             Kind::LinkDown => "owner's link down",
             Kind::LeaderKill => "kill -9 of the owner, the Raft leader",
             Kind::Move => "planned move (clusterctl move)",
@@ -100,6 +109,8 @@ impl Kind {
             Kind::Kill => "kill",
             Kind::Stop => "stop",
             Kind::Partition => "partition",
+            Kind::Deaf => "deaf",
+            Kind::Mute => "mute",
             Kind::LinkDown => "link",
             Kind::LeaderKill => "leader",
             Kind::Move => "move",
@@ -120,7 +131,7 @@ fn chosen_kinds() -> Result<Vec<Kind>> {
                 .with_context(|| {
                     format!(
                         "FAILOVER_FAULTS: unknown fault {name:?}; use a comma-separated list of \
-                         kill, stop, partition, link, leader, move"
+                         kill, stop, partition, deaf, mute, link, leader, move"
                     )
                 })
         })
@@ -280,6 +291,8 @@ fn clusterd_phase(
                 Kind::Kill | Kind::LeaderKill => (Fault::Kill, Fault::Restart),
                 Kind::Stop => (Fault::Stop, Fault::Cont),
                 Kind::Partition => (Fault::Partition { from: None }, Fault::Heal),
+                Kind::Deaf => (Fault::DeafTo { from: None }, Fault::Heal),
+                Kind::Mute => (Fault::MuteTo { to: None }, Fault::Heal),
                 _ => (Fault::LinkDown, Fault::LinkUp),
             };
             watch.drain();

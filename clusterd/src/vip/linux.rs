@@ -258,6 +258,10 @@ impl NetOps for LinuxNet {
         .map_err(|e| NetError::new("announce", format!("{ip} on {iface}"), e))
     }
 
+    async fn watch_links(&self, stop: tokio::sync::watch::Receiver<bool>) -> Result<(), NetError> {
+        super::neigh::watch_links(stop).await
+    }
+
     async fn guard_setup(
         &self,
         floating: &[IpAddr],

@@ -25,6 +25,7 @@ use crate::node::Shared;
 pub mod cleanup;
 pub mod linux;
 pub mod mem;
+pub mod neigh;
 pub mod packet;
 pub mod sockets;
 
@@ -76,6 +77,18 @@ pub trait NetOps: Send + Sync + 'static {
         iface: &str,
         ip: IpAddr,
     ) -> impl Future<Output = Result<(), NetError>> + Send;
+    /// Until `stop`: when a link's carrier comes back after a blip, make the kernel ask for
+    /// its peers again at once ([`neigh`]). An error when that cannot run (the caller retries).
+    /// Does nothing where there is no kernel (tests).
+    fn watch_links(
+        &self,
+        mut stop: watch::Receiver<bool>,
+    ) -> impl Future<Output = Result<(), NetError>> + Send {
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+            Ok(())
+        }
+    }
     /// Install the guard: traffic and ARP for any of `floating` are dropped unless allowed,
     /// including announcements leaving any of `interfaces` (the floating addresses' links).
     fn guard_setup(
@@ -165,6 +178,31 @@ pub fn announce_schedule(cfg: &AnnounceConfig) -> Vec<Duration> {
         at.push(last + cfg.repeat_interval.get() * i);
     }
     at
+}
+
+/// Pause before the link watch is opened again after a failure.
+const LINK_WATCH_RETRY: Duration = Duration::from_secs(1);
+
+/// Keep [`NetOps::watch_links`] running until `stop`: after a failure it is logged (once per
+/// run of failures) and opened again after [`LINK_WATCH_RETRY`].
+pub async fn watch_links<N: NetOps>(net: Arc<N>, mut stop: watch::Receiver<bool>) {
+    let mut failing = false;
+    loop {
+        match net.watch_links(stop.clone()).await {
+            Ok(()) => return,
+            Err(e) => {
+                if !failing {
+                    warn!(error = %e, "link watch failed; peers may stay unreachable for a \
+                        second after a link blip until it runs again");
+                    failing = true;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(LINK_WATCH_RETRY) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
 }
 
 /// Run the address runtime of a mail node until `stop`.
