@@ -9,8 +9,9 @@
 //! - A voter that has voted in term `T` never accepts a heartbeat of an earlier term again. So
 //!   once it voted, "when did I last accept a heartbeat of a term before `T`" has a final
 //!   answer, and the voter sends it with its vote: `since`, the time from that last contact
-//!   to its answer. A voter that was itself leader of an earlier term answers 0 (it may have
-//!   granted until just now); one that restarted counts its start as a contact.
+//!   to its answer. A voter that still leads an earlier term answers 0 (it may be granting);
+//!   one that led an earlier term counts the moment it noticed it no longer led (every grant
+//!   of that term rests on a check begun before), and one that restarted counts its start.
 //! - The new leader's voters, any quorum `M` of them, meet every `Q` (quorums intersect). So the
 //!   latest last contact within `M` ([`quorum_contact`]) is after some `a >= c`, and every old
 //!   grant was made before it plus `quorum_fresh` (stretched by drift).
@@ -73,7 +74,8 @@ pub struct Contacts {
     started: Instant,
     by_term: BTreeMap<u64, Instant>,
     dropped: Option<Instant>,
-    led: Option<u64>,
+    /// The term this node leads (or may still lead: it stopped granting when it noticed).
+    leading: Option<u64>,
 }
 
 impl Contacts {
@@ -87,7 +89,7 @@ impl Contacts {
             started,
             by_term: BTreeMap::new(),
             dropped: None,
-            led: None,
+            leading: None,
         }
     }
 
@@ -102,17 +104,30 @@ impl Contacts {
         }
     }
 
-    /// This node began leading in `term` (before its first leadership check of that term: it
-    /// grants nothing before one is confirmed).
-    pub fn led(&mut self, term: u64) {
-        self.led = Some(self.led.map_or(term, |t| t.max(term)));
+    /// This node leads in `term`, as seen at `now` (before its first leadership check of that
+    /// term: it grants nothing before one is confirmed). Leading a new term ends the earlier
+    /// one ([`Self::stopped_leading`]).
+    pub fn leading(&mut self, term: u64, now: Instant) {
+        if self.leading.is_some_and(|t| t != term) {
+            self.stopped_leading(now);
+        }
+        self.leading = Some(term);
+    }
+
+    /// This node noticed at `now` that it no longer leads. Every grant it made rests on a
+    /// leadership check that began before `now`, so `now` counts as its last contact with its
+    /// own term, as if it had heard itself then.
+    pub fn stopped_leading(&mut self, now: Instant) {
+        if let Some(t) = self.leading.take() {
+            self.heard(t, now);
+        }
     }
 
     /// The latest instant this node can have acknowledged a leader of a term before `term`,
-    /// asked at `now`: its start, any contact kept, and `now` itself if it led an earlier term
-    /// (it may have granted until now).
+    /// asked at `now`: its start, any contact kept (a term it led counts until it noticed it
+    /// stopped leading), and `now` itself while it still leads an earlier term.
     pub fn latest_before(&self, term: u64, now: Instant) -> Instant {
-        if self.led.is_some_and(|t| t < term) {
+        if self.leading.is_some_and(|t| t < term) {
             return now;
         }
         self.by_term
@@ -202,17 +217,31 @@ mod tests {
         assert_eq!(c.latest_before(5, t0 + ms(900)), t0 + ms(200));
         assert_eq!(c.latest_before(6, t0 + ms(900)), t0 + ms(400));
         assert_eq!(c.latest_before(3, t0 + ms(900)), t0);
-        c.led(4);
+        c.leading(4, t0 + ms(500));
         assert_eq!(
             c.latest_before(4, t0 + ms(900)),
             t0 + ms(200),
-            "led 4, asked about 4"
+            "leads 4, asked about 4"
         );
         assert_eq!(
             c.latest_before(5, t0 + ms(900)),
             t0 + ms(900),
-            "led 4: until now"
+            "still leads 4: until now"
         );
+        c.stopped_leading(t0 + ms(600));
+        assert_eq!(
+            c.latest_before(6, t0 + ms(900)),
+            t0 + ms(600),
+            "led 4 until it noticed at 600"
+        );
+        c.leading(6, t0 + ms(700));
+        c.leading(7, t0 + ms(800));
+        assert_eq!(
+            c.latest_before(7, t0 + ms(900)),
+            t0 + ms(800),
+            "leading a new term ends the old one"
+        );
+        assert_eq!(c.latest_before(8, t0 + ms(900)), t0 + ms(900));
     }
 
     #[test]

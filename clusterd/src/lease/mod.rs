@@ -36,6 +36,8 @@ pub async fn confirm_loop(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         pause = every;
         if !s.leads(&metrics) {
             *crate::lock(&s.leases.confirmed) = None;
+            // Every grant rested on a check begun before now (this loop's own, earlier).
+            crate::lock(&s.leases.contacts).stopped_leading(crate::clock::now());
             continue;
         }
         // A leader without a confirmation in its term grants nothing: check again soon.
@@ -44,9 +46,9 @@ pub async fn confirm_loop(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         if !current {
             pause = Duration::from_millis(5);
         }
-        // Noted before the check: a vote this node grants from now on says it may have
-        // granted until that moment (`clusterd_lease::Contacts::led`).
-        crate::lock(&s.leases.contacts).led(metrics.current_term);
+        // Noted before the check: a vote this node grants from now on says it may be granting
+        // (`clusterd_lease::Contacts::leading`), until this loop sees it no longer leads.
+        crate::lock(&s.leases.contacts).leading(metrics.current_term, crate::clock::now());
         let asked = crate::clock::now();
         let confirmed =
             tokio::time::timeout(s.leases.timings.quorum_fresh, s.raft.get_read_log_id())
