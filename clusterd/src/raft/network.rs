@@ -294,29 +294,13 @@ impl PeerClient {
         E: std::error::Error + DeserializeOwned,
     {
         let body = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        self.call_with(action, path, body, "application/json", option)
-            .await
-    }
-
-    /// [`PeerClient::call`] with a body already encoded as `content_type`.
-    async fn call_with<Resp, E>(
-        &self,
-        action: RPCTypes,
-        path: &str,
-        body: Vec<u8>,
-        content_type: &'static str,
-        option: &RPCOption,
-    ) -> Result<Resp, RPCError<NodeId, Member, E>>
-    where
-        Resp: DeserializeOwned,
-        E: std::error::Error + DeserializeOwned,
-    {
-        self.call_answer(action, path, body, content_type, option)
+        self.call_answer(action, path, body, "application/json", option)
             .await
             .map(|(resp, _)| resp)
     }
 
-    /// [`PeerClient::call_with`], also returning the answer's [`crate::wire::HEADER_CONTACT`].
+    /// [`PeerClient::call`] with a body already encoded as `content_type`, also returning the
+    /// answer's [`crate::wire::HEADER_CONTACT`].
     async fn call_answer<Resp, E>(
         &self,
         action: RPCTypes,
@@ -452,7 +436,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     > {
         let body =
             encode_snapshot_chunk(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        self.call_with(
+        self.call_answer(
             RPCTypes::InstallSnapshot,
             paths::SNAPSHOT,
             body,
@@ -460,6 +444,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             &option,
         )
         .await
+        .map(|(resp, _)| resp)
     }
 
     async fn vote(
