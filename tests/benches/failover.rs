@@ -25,6 +25,7 @@
 //! `FAILOVER_ANCHOR=none` skips keepalived (`apt-get install -y keepalived` to have it);
 //! `FAILOVER_FAULTS` (default `kill,stop,partition,deaf,mute,link,leader,move`) picks the fault
 //! kinds (`deaf`, `mute`: one-way partitions of the owner, it hears no peer / no peer hears it).
+//! `FAILOVER_CONFIG` is TOML added to every node's clusterd config (e.g. a `[leases]` section).
 //! Every process and namespace is the lab's and goes with it; every wait is bounded.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -259,6 +260,7 @@ fn clusterd_lab(bin: &std::path::Path) -> Result<(TestLab, IpAddr, GreetingWatch
         clusterd_bin: Some(bin.to_owned()),
         clusterctl_bin: bin.parent().map(|d| d.join("clusterctl")),
         placement: Some(Placement::ManualFailback),
+        extra_config: std::env::var("FAILOVER_CONFIG").unwrap_or_default(),
         ..LabSpec::default()
     })?;
     let ip = IpAddr::V4(lab.floating_of("mx1")?);
