@@ -261,8 +261,9 @@ pub async fn run_at<N: crate::vip::NetOps>(
         peers.clone(),
         Duration::from_millis(raft_cfg.heartbeat_interval * 4),
         http.clone(),
-    )
-    .with_vote_answers(votes.clone(), lease_timings.drift_ppm);
+        votes.clone(),
+        lease_timings.drift_ppm,
+    );
     let raft = Raft::new(id, Arc::new(raft_cfg), network, log_store, state_machine)
         .await
         .map_err(|e| RunError::Raft(e.to_string()))?;
@@ -278,7 +279,6 @@ pub async fn run_at<N: crate::vip::NetOps>(
         http,
         replica,
         peers,
-        leader_contact: crate::node::LeaderContact::default(),
         unauthorized: Mutex::new(crate::auth::UnauthorizedLog::default()),
         loops: Default::default(),
         reachable_within,

@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use openraft::ServerState;
 use tokio::sync::watch;
@@ -19,10 +19,6 @@ use crate::model::NodeId;
 use crate::raft::network::PeerTable;
 use crate::raft::store::Replica;
 use crate::raft::{Metrics, Raft};
-
-/// When the leader last reached this node (an append or snapshot it accepted).
-#[derive(Debug, Default)]
-pub struct LeaderContact(Mutex<Option<Instant>>);
 
 /// What the API handlers and background duties share.
 pub struct Shared {
@@ -42,8 +38,6 @@ pub struct Shared {
     pub replica: watch::Receiver<Arc<Replica>>,
     /// What this node saw of its peers through its own RPCs.
     pub peers: PeerTable,
-    /// When the leader last reached this node.
-    pub leader_contact: LeaderContact,
     /// Throttle for unauthenticated-request log lines.
     pub unauthorized: Mutex<crate::auth::UnauthorizedLog>,
     /// Liveness beats of the daemon's loops, for the service manager's watchdog.
@@ -76,9 +70,7 @@ impl Shared {
     /// Record that the leader of `term` just reached this node (and so that this node
     /// acknowledged it, which a vote it grants later reports).
     pub fn note_leader_contact(&self, term: u64) {
-        let now = crate::clock::now();
-        *crate::lock(&self.leader_contact.0) = Some(now);
-        crate::lock(&self.leases.contacts).heard(term, now);
+        crate::lock(&self.leases.contacts).heard(term, crate::clock::now());
     }
 
     /// A signed client for the node `name` at `addr`, over the daemon's one HTTP client.
@@ -107,7 +99,9 @@ impl Shared {
 
     /// ms since the leader last reached this node.
     pub fn leader_contact_ms(&self) -> Option<u64> {
-        crate::lock(&self.leader_contact.0).map(|t| crate::clock::since(t).as_millis() as u64)
+        crate::lock(&self.leases.contacts)
+            .last_heard()
+            .map(|t| crate::clock::since(t).as_millis() as u64)
     }
 
     /// Whether this node leads, by `m`: it is in the leader state and names itself leader

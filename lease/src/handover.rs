@@ -74,6 +74,8 @@ pub struct Contacts {
     started: Instant,
     by_term: BTreeMap<u64, Instant>,
     dropped: Option<Instant>,
+    /// When a leader last reached this node (its own leadership not counted).
+    last_heard: Option<Instant>,
     /// The term this node leads (or may still lead: it stopped granting when it noticed).
     leading: Option<u64>,
 }
@@ -89,12 +91,24 @@ impl Contacts {
             started,
             by_term: BTreeMap::new(),
             dropped: None,
+            last_heard: None,
             leading: None,
         }
     }
 
     /// This node accepted a heartbeat or entries of the leader of `term` at `at`.
     pub fn heard(&mut self, term: u64, at: Instant) {
+        self.last_heard = Some(self.last_heard.map_or(at, |l| l.max(at)));
+        self.keep(term, at);
+    }
+
+    /// When a leader last reached this node (`None`: never in this life).
+    pub fn last_heard(&self) -> Option<Instant> {
+        self.last_heard
+    }
+
+    /// A contact with `term` at `at`, kept for [`Self::latest_before`].
+    fn keep(&mut self, term: u64, at: Instant) {
         let e = self.by_term.entry(term).or_insert(at);
         *e = (*e).max(at);
         while self.by_term.len() > Self::KEPT_TERMS {
@@ -119,7 +133,7 @@ impl Contacts {
     /// own term, as if it had heard itself then.
     pub fn stopped_leading(&mut self, now: Instant) {
         if let Some(t) = self.leading.take() {
-            self.heard(t, now);
+            self.keep(t, now);
         }
     }
 
@@ -229,6 +243,11 @@ mod tests {
             "still leads 4: until now"
         );
         c.stopped_leading(t0 + ms(600));
+        assert_eq!(
+            c.last_heard(),
+            Some(t0 + ms(400)),
+            "its own leadership is no leader reaching it"
+        );
         assert_eq!(
             c.latest_before(6, t0 + ms(900)),
             t0 + ms(600),

@@ -196,13 +196,17 @@ impl Batch {
 impl Network {
     /// A network for node `me`, signing with `key`, recording peer observations in `peers`.
     /// `backoff` is how long openraft waits before retrying an unreachable peer.
-    /// Every peer connection goes through `http` (one pool, built once at start).
+    /// Every peer connection goes through `http` (one pool, built once at start). The contacts
+    /// that come with granted votes go to `votes`, read back with the cluster's clock drift
+    /// bound `drift_ppm` (`clusterd_lease::contact_at`).
     pub fn new(
         me: NodeId,
         key: ClusterKey,
         peers: PeerTable,
         backoff: Duration,
         http: Http,
+        votes: Arc<Mutex<VoteAnswers>>,
+        drift_ppm: u32,
     ) -> Self {
         Network {
             me,
@@ -211,17 +215,9 @@ impl Network {
             http,
             peers,
             backoff,
-            votes: Arc::default(),
-            drift_ppm: 0,
+            votes,
+            drift_ppm,
         }
-    }
-
-    /// Record the contacts that come with granted votes in `votes`, read back with the
-    /// cluster's clock drift bound (`clusterd_lease::contact_at`).
-    pub fn with_vote_answers(mut self, votes: Arc<Mutex<VoteAnswers>>, drift_ppm: u32) -> Self {
-        self.votes = votes;
-        self.drift_ppm = drift_ppm;
-        self
     }
 }
 
