@@ -303,10 +303,8 @@ fn a_crashed_dovecot_is_seen_by_the_listener_watch_and_critical_on_one_refusal()
         critical_at.saturating_sub(crashed_at)
     );
     // The listener watch started that probe.
-    let log = without_colours(
-        &std::fs::read_to_string(lab.node("mx1")?.dir.join("clusterd.log"))
-            .context("mx1's clusterd log")?,
-    );
+    let log = std::fs::read_to_string(lab.node("mx1")?.dir.join("clusterd.log"))
+        .context("mx1's clusterd log")?;
     ensure!(
         log.lines()
             .any(|l| l.contains("checked port changed; probing now")
@@ -332,24 +330,6 @@ fn mx1_imap_critical<'a>(r: &'a StatusReport, why: &str) -> Result<&'a ServiceRe
         imap.reason
     );
     Ok(imap)
-}
-
-/// A log with its terminal colour sequences (`ESC [ ... m`) removed.
-fn without_colours(log: &str) -> String {
-    let mut out = String::with_capacity(log.len());
-    let mut chars = log.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 #[test]

@@ -14,9 +14,12 @@ fn filter() -> tracing_subscriber::EnvFilter {
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
+    // Colours only on a terminal: a log redirected to a file or a pipe gets plain text.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let stderr = || {
         tracing_subscriber::fmt()
             .with_env_filter(filter())
+            .with_ansi(colour)
             .with_writer(std::io::stderr)
     };
     match format {

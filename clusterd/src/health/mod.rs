@@ -202,14 +202,15 @@ struct Listeners {
 
 impl Listeners {
     /// Compare each target with `sockets`; the indexes of targets that started or stopped
-    /// listening since the last reading (nothing on the first reading).
-    fn changed(&mut self, targets: &[SocketAddr], sockets: &[TcpSocket]) -> Vec<usize> {
+    /// listening since the last reading, with whether they listen now (nothing on the first
+    /// reading).
+    fn changed(&mut self, targets: &[SocketAddr], sockets: &[TcpSocket]) -> Vec<(usize, bool)> {
         self.seen.resize(targets.len(), None);
         let mut out = Vec::new();
         for (i, target) in targets.iter().enumerate() {
             let now = sockets::listening(sockets, *target);
             if self.seen[i].is_some_and(|was| was != now) {
-                out.push(i);
+                out.push((i, now));
             }
             self.seen[i] = Some(now);
         }
@@ -252,10 +253,9 @@ async fn watch_listeners(
                     info!("listener watch reads the kernel's sockets again");
                     failing = false;
                 }
-                for i in listeners.changed(&targets, &socks) {
+                for (i, listening) in listeners.changed(&targets, &socks) {
                     let (name, addr, wake) = &watched[i];
-                    info!(check = %name, %addr, listening = sockets::listening(&socks, *addr),
-                        "checked port changed; probing now");
+                    info!(check = %name, %addr, listening, "checked port changed; probing now");
                     wake.notify_one();
                 }
             }
@@ -367,9 +367,17 @@ mod tests {
             "the first reading wakes nothing"
         );
         assert!(l.changed(&targets, &both).is_empty());
-        assert_eq!(l.changed(&targets, &both[1..]), [0], "imap stopped");
+        assert_eq!(
+            l.changed(&targets, &both[1..]),
+            [(0, false)],
+            "imap stopped"
+        );
         assert!(l.changed(&targets, &both[1..]).is_empty(), "still stopped");
-        assert_eq!(l.changed(&targets, &[]), [1], "smtp stopped");
-        assert_eq!(l.changed(&targets, &both), [0, 1], "both back");
+        assert_eq!(l.changed(&targets, &[]), [(1, false)], "smtp stopped");
+        assert_eq!(
+            l.changed(&targets, &both),
+            [(0, true), (1, true)],
+            "both back"
+        );
     }
 }

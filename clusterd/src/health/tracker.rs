@@ -107,12 +107,12 @@ impl Tracker {
 
     /// Whether the check is between states: a failure counted while not critical, or a pass
     /// counted while not up.
-    pub fn changing(&self) -> bool {
+    fn changing(&self) -> bool {
         (self.failures > 0 && self.state != Health::Critical)
             || (self.successes > 0 && !self.state.is_up())
     }
 
-    /// How long until the next probe: `fast` while [`changing`](Self::changing), else
+    /// How long until the next probe: `fast` while the check is between states, else
     /// `interval`.
     pub fn next_probe(&self, interval: Duration, fast: Duration) -> Duration {
         if self.changing() {
