@@ -15,7 +15,6 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use clusterd_tests::lab::clusterd::built_binary;
 use clusterd_tests::lab::testing::TestLab;
 use clusterd_tests::monitor::{AddressSampler, ArpProber};
 use clusterd_tests::{Fault, LabSpec};
@@ -61,15 +60,15 @@ fn main() -> Result<()> {
         .map(|v| v.parse().context("BLIP_ROUNDS must be a number"))
         .transpose()?
         .unwrap_or(10);
-    let bin = std::env::var_os("CLUSTERD_BIN")
-        .map(std::path::PathBuf::from)
-        .or_else(|| built_binary("clusterd"))
-        .context("build clusterd first: cargo build --release -p clusterd --bins")?;
     let mut lab = TestLab::up(LabSpec {
-        clusterd_bin: Some(bin.clone()),
-        clusterctl_bin: bin.parent().map(|d| d.join("clusterctl")),
         ..LabSpec::default()
     })?;
+    // The lab runs $CLUSTERD_BIN, else the clusterd built next to this bench.
+    let bin = lab
+        .state()
+        .clusterd_bin
+        .clone()
+        .context("build clusterd first: cargo build --release -p clusterd --bins")?;
     lab.wait_for_greeter("192.0.2.101".parse()?, "mx1", Duration::from_secs(20))?;
     lab.wait_for_greeter("192.0.2.102".parse()?, "mx2", Duration::from_secs(20))?;
     let targets = lab.state().floating.iter().map(|f| f.ip).collect();

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clusterd_tests::LabSpec;
-use clusterd_tests::lab::clusterd::built_binary;
 use clusterd_tests::lab::process::ns_command;
 use clusterd_tests::lab::testing::TestLab;
 use clusterd_tests::monitor::{AddressSampler, ArpProber};
@@ -36,10 +35,6 @@ fn main() -> Result<()> {
     let secs: u64 = env_num("LOAD_SECS", 600)?;
     let nice: i32 = env_num("LOAD_NICE", 0)?;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let bin = std::env::var_os("CLUSTERD_BIN")
-        .map(std::path::PathBuf::from)
-        .or_else(|| built_binary("clusterd"))
-        .context("build clusterd first: cargo build --release -p clusterd --bins")?;
     if std::process::Command::new("stress-ng")
         .arg("--version")
         .output()
@@ -49,11 +44,15 @@ fn main() -> Result<()> {
     }
     let extra_config = std::env::var("LOAD_CONFIG").unwrap_or_default();
     let mut lab = TestLab::up(LabSpec {
-        clusterd_bin: Some(bin.clone()),
-        clusterctl_bin: bin.parent().map(|d| d.join("clusterctl")),
         extra_config: extra_config.clone(),
         ..LabSpec::default()
     })?;
+    // The lab runs $CLUSTERD_BIN, else the clusterd built next to this bench.
+    let bin = lab
+        .state()
+        .clusterd_bin
+        .clone()
+        .context("build clusterd first: cargo build --release -p clusterd --bins")?;
     lab.wait_for_greeter("192.0.2.101".parse()?, "mx1", Duration::from_secs(20))?;
     lab.wait_for_greeter("192.0.2.102".parse()?, "mx2", Duration::from_secs(20))?;
     std::thread::sleep(Duration::from_secs(3));
@@ -83,8 +82,10 @@ fn main() -> Result<()> {
         Duration::from_secs(secs + 600),
     )?;
     println!(
-        "# load: stress-ng --cpu {cpus} in each of {} namespaces for {secs} s, clusterd nice {nice}",
-        names.len()
+        "# load: stress-ng --cpu {cpus} in each of {} namespaces for {secs} s, clusterd nice \
+         {nice} ({})",
+        names.len(),
+        bin.display()
     );
     if !extra_config.is_empty() {
         println!("config added:\n{}", extra_config.trim_end());

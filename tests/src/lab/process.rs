@@ -130,7 +130,13 @@ impl ProcId {
         wait_until(grace, Duration::from_millis(10), || {
             !self.alive() && tree.iter().all(|p| !p.alive())
         });
-        for p in &tree {
+        self.kill_rest(&tree, grace)
+    }
+
+    /// SIGKILL every process of `tree` still there and wait (5 s at most) until they and this
+    /// process are gone; `grace` is what the caller already waited, for the error.
+    fn kill_rest(&self, tree: &[ProcId], grace: Duration) -> Result<()> {
+        for p in tree {
             p.signal(Signal::SIGKILL)?;
         }
         if wait_until(Duration::from_secs(5), Duration::from_millis(10), || {
@@ -160,20 +166,7 @@ impl ProcId {
         if !gone {
             self.signal(Signal::SIGKILL)?;
         }
-        for p in &tree {
-            p.signal(Signal::SIGKILL)?;
-        }
-        let all_gone = wait_until(Duration::from_secs(5), Duration::from_millis(10), || {
-            !self.alive() && tree.iter().all(|p| !p.alive())
-        });
-        if all_gone {
-            Ok(())
-        } else {
-            Err(LabError::Timeout {
-                what: format!("pid {} and its children to exit", self.pid),
-                after: grace + Duration::from_secs(5),
-            })
-        }
+        self.kill_rest(&tree, grace)
     }
 }
 
